@@ -1,0 +1,1 @@
+"""The model and the analyses. Nothing here prints or imports rich."""

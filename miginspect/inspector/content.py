@@ -1,0 +1,134 @@
+"""Page contents: the final bytes of any page, in bulk or one at a time.
+
+Legacy pages whose final record is a delta (XBZRLE) or compressed
+(COMPRESS_PAGE) are rebuilt by replaying that page's records in stream order
+from zero. Hashes are xxh3-64 of the final page content; zero and never-sent
+pages hash like a page of zeros.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import xxhash
+
+from ..errors import FormatError
+from ..formats import ram as R
+from .pagemap import PAGE_DATA, BlockMap
+from .ramscan import RecordTable
+from .xbzrle import xbzrle_apply
+
+
+def zero_hash(page_size: int) -> int:
+    return xxhash.xxh3_64_intdigest(bytes(page_size))
+
+
+class PageReader:
+    """Reads final page contents of one capture."""
+
+    def __init__(self, buf, page_size: int, records: RecordTable | None) -> None:  # noqa: ANN001
+        self.buf = buf
+        self.ps = page_size
+        self.rt = records
+        self._zero = bytes(page_size)
+        self._replayed: dict[tuple[int, int], bytes] = {}
+
+    def page(self, bm: BlockMap, index: int) -> bytes:
+        if bm.state[index] != PAGE_DATA:
+            return self._zero
+        if bm.replay_pages is not None and len(bm.replay_pages) and bm.final_kind[index] in (
+            R.RAM_SAVE_FLAG_XBZRLE, R.RAM_SAVE_FLAG_COMPRESS_PAGE
+        ):
+            return self._replay(bm, index)
+        off = int(bm.offset[index])
+        return bytes(self.buf[off : off + self.ps])
+
+    def _replay(self, bm: BlockMap, index: int) -> bytes:
+        key = (bm.block.index, index)
+        hit = self._replayed.get(key)
+        if hit is not None:
+            return hit
+        assert self.rt is not None
+        rt = self.rt
+        recs = np.flatnonzero((rt.block == bm.block.index) & (rt.page == index))
+        out = self._replay_records(recs)
+        if len(self._replayed) < 4096:
+            self._replayed[key] = out
+        return out
+
+    def _replay_records(self, recs: np.ndarray) -> bytes:
+        rt = self.rt
+        assert rt is not None
+        page = bytearray(self.ps)
+        for r in recs:
+            kind = int(rt.kind[r])
+            off = int(rt.data_off[r])
+            if kind == R.RAM_SAVE_FLAG_PAGE:
+                page[:] = self.buf[off : off + self.ps]
+            elif kind == R.RAM_SAVE_FLAG_ZERO:
+                page[:] = self._zero
+            elif kind == R.RAM_SAVE_FLAG_XBZRLE:
+                ln = int.from_bytes(self.buf[off + 1 : off + 3], "big")
+                xbzrle_apply(page, bytes(self.buf[off + 3 : off + 3 + ln]), int(rt.rec_off[r]))
+            elif kind == R.RAM_SAVE_FLAG_COMPRESS_PAGE:
+                ln = int.from_bytes(self.buf[off : off + 4], "big")
+                try:
+                    data = zlib.decompress(bytes(self.buf[off + 4 : off + 4 + ln]))
+                except zlib.error as e:
+                    raise FormatError(f"COMPRESS_PAGE data does not inflate: {e}",
+                                      int(rt.rec_off[r]), "ram") from e
+                if len(data) != self.ps:
+                    raise FormatError(f"COMPRESS_PAGE inflates to {len(data)} bytes",
+                                      int(rt.rec_off[r]), "ram")
+                page[:] = data
+        return bytes(page)
+
+    def replay_all(self, bm: BlockMap) -> dict[int, bytes]:
+        """Final content of every page of `bm` that needs replaying, in one pass."""
+        out: dict[int, bytes] = {}
+        if bm.replay_pages is None or not len(bm.replay_pages) or self.rt is None:
+            return out
+        rt = self.rt
+        sel = np.flatnonzero(rt.block == bm.block.index)
+        pages = rt.page[sel]
+        want = np.isin(pages, bm.replay_pages)
+        sel, pages = sel[want], pages[want]
+        order = np.argsort(pages, kind="stable")
+        sel, pages = sel[order], pages[order]
+        bounds = np.flatnonzero(np.diff(pages)) + 1
+        for group in np.split(sel, bounds):
+            if len(group):
+                out[int(rt.page[group[0]])] = self._replay_records(group)
+        return out
+
+    def iter_data_pages(
+        self, bm: BlockMap, progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, memoryview | bytes]]:
+        """(page index, content) of every data page, ascending."""
+        replayed = self.replay_all(bm)
+        idx = np.flatnonzero(bm.state == PAGE_DATA)
+        offs = bm.offset[idx]
+        buf = memoryview(self.buf) if not isinstance(self.buf, bytes) else self.buf
+        ps = self.ps
+        for n, (i, o) in enumerate(zip(idx.tolist(), offs.tolist(), strict=True)):
+            if replayed and i in replayed:
+                yield i, replayed[i]
+            else:
+                yield i, buf[o : o + ps]
+            if progress and n % 65536 == 65535:
+                progress(n + 1)
+
+    def hashes(self, bm: BlockMap, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """xxh3-64 of every page's final content (zero/absent pages: hash of zeros)."""
+        out = np.full(bm.pages, zero_hash(self.ps), np.uint64)
+        h = xxhash.xxh3_64_intdigest
+        vals = []
+        idxs = []
+        for i, data in self.iter_data_pages(bm, progress):
+            idxs.append(i)
+            vals.append(h(data))
+        if idxs:
+            out[np.asarray(idxs, np.int64)] = np.asarray(vals, np.uint64)
+        return out

@@ -1,0 +1,188 @@
+"""`info`: what a migration file holds, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..formats import ram as R
+from ..formats.stream import MIG_CMD_NAMES
+from .capture import Capture
+from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
+
+
+@dataclass
+class BlockInfo:
+    name: str
+    used_length: int
+    pages: int
+    data_pages: int
+    zero_pages: int
+    absent_pages: int
+    page_records: int
+    zero_records: int
+    xbzrle_records: int
+    compress_records: int = 0
+    resent_pages: int = 0  # pages sent more than once (legacy)
+    mr_addr: int | None = None
+    mapped_ram: dict[str, Any] | None = None  # header fields and region spans
+
+
+@dataclass
+class SectionInfo:
+    type: str
+    idstr: str | None
+    instance_id: int | None
+    version_id: int | None
+    offset: int
+    length: int
+    section_id: int | None = None
+    command: str | None = None
+    sized_by: str | None = None
+
+
+@dataclass
+class InfoReport:
+    path: str
+    format: str
+    file_size: int
+    allocated_size: int
+    stream_offset: int
+    decompressed_size: int | None
+    machine_type: str | None
+    page_size: int
+    page_size_source: str
+    stream_version: int | None
+    capabilities: list[str]
+    ram_total: int | None
+    ramblocks: list[BlockInfo]
+    sections: list[SectionInfo]
+    vmdescription: dict[str, Any] | None
+    notices: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # why the walk stopped early, if it did
+    container: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def block_infos(cap: Capture) -> list[BlockInfo]:
+    out = []
+    rt = cap.walk.records
+    for b in cap.blocks:
+        bm = cap.maps[b.name]
+        counts = {R.RAM_SAVE_FLAG_PAGE: 0, R.RAM_SAVE_FLAG_ZERO: 0, R.RAM_SAVE_FLAG_XBZRLE: 0,
+                  R.RAM_SAVE_FLAG_COMPRESS_PAGE: 0}
+        if cap.format == "legacy" and rt is not None and len(rt):
+            kinds = rt.kind[rt.block == b.index]
+            vals, cnt = np.unique(kinds, return_counts=True)
+            for v, c in zip(vals.tolist(), cnt.tolist(), strict=True):
+                counts[v] = c
+        data = bm.count(PAGE_DATA)
+        mr = None
+        if b.mapped_ram is not None:
+            m = b.mapped_ram
+            counts[R.RAM_SAVE_FLAG_PAGE] = data
+            mr = {
+                "header_offset": m.header_offset,
+                "version": m.version,
+                "page_size": m.page_size,
+                "bitmap_offset": m.bitmap_offset,
+                "bitmap_bytes": m.bitmap_bytes,
+                "pages_offset": m.pages_offset,
+                "pages_end": m.pages_offset + b.used_length if not m.skipped else 0,
+                "skipped": m.skipped,
+                "bitmap_untrusted": bm.bitmap_untrusted,
+            }
+        out.append(
+            BlockInfo(
+                name=b.name,
+                used_length=b.used_length,
+                pages=bm.pages,
+                data_pages=data,
+                zero_pages=bm.count(PAGE_ZERO),
+                absent_pages=bm.count(PAGE_ABSENT),
+                page_records=counts[R.RAM_SAVE_FLAG_PAGE],
+                zero_records=counts[R.RAM_SAVE_FLAG_ZERO],
+                xbzrle_records=counts[R.RAM_SAVE_FLAG_XBZRLE],
+                compress_records=counts[R.RAM_SAVE_FLAG_COMPRESS_PAGE],
+                resent_pages=int(np.count_nonzero(bm.sends > 1)),
+                mr_addr=b.mr_addr,
+                mapped_ram=mr,
+            )
+        )
+    return out
+
+
+def section_infos(cap: Capture) -> list[SectionInfo]:
+    out = []
+    for s in cap.walk.sections:
+        out.append(
+            SectionInfo(
+                type=s.kind,
+                idstr=s.idstr,
+                instance_id=s.instance_id,
+                version_id=s.version_id,
+                offset=s.offset,
+                length=s.length,
+                section_id=s.section_id,
+                command=MIG_CMD_NAMES.get(s.cmd) if s.cmd is not None else None,
+                sized_by=s.sized_by,
+            )
+        )
+    return out
+
+
+def info(cap: Capture) -> InfoReport:
+    w = cap.walk
+    src = cap.source
+    t = w.trailer
+    vd = None
+    if t is not None:
+        vd = {"offset": t.offset, "length": t.length,
+              "devices": len(t.data.get("devices", [])) if t.data else None,
+              "error": t.error}
+    notices = [asdict(n) for n in w.notices]
+    stopped = w.error.oneline() if w.error is not None else None
+    return InfoReport(
+        path=cap.path,
+        format=cap.format,
+        file_size=src.file_size,
+        allocated_size=src.allocated_size,
+        stream_offset=src.base,
+        decompressed_size=len(src.buf) if src.decompressed else None,
+        machine_type=w.machine_type,
+        page_size=w.page_size,
+        page_size_source=w.page_size_source,
+        stream_version=w.version,
+        capabilities=list(w.capabilities),
+        ram_total=w.ram_total,
+        ramblocks=block_infos(cap),
+        sections=section_infos(cap),
+        vmdescription=vd,
+        notices=notices,
+        stopped=stopped,
+        container=container_info(cap),
+    )
+
+
+def container_info(cap: Capture) -> dict[str, Any]:
+    c = cap.source.container
+    if c.kind != "libvirt" or c.libvirt is None:
+        return {"kind": "none", "compression": c.compression}
+    h = c.libvirt
+    return {
+        "kind": "libvirt",
+        "magic": h.magic,
+        "complete": h.complete,
+        "version": h.version,
+        "format": h.format_name,
+        "was_running": h.was_running,
+        "payload_offset": h.payload_offset,
+        "data_len": h.data_len,
+        "cookie_offset": h.cookie_offset,
+        "byte_order": h.byte_order,
+        "compression": c.compression,
+    }

@@ -1,0 +1,53 @@
+"""The one place where construct grammars meet file bytes.
+
+Every construct parse of file content goes through `parse_at`, which turns
+construct's and struct's errors and short reads into `FormatError`s carrying
+the byte offset.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from construct import Construct, ConstructError, StreamError
+
+from ..errors import FormatError, TruncatedError
+
+#: A grammar item read by `parse_at` never spans more than this (the largest
+#: are a 64 KiB page payload and a RAMBlock list); bigger blobs (the JSON
+#: trailer, bitmaps) are sliced directly.
+DEFAULT_LIMIT = 1 << 20
+
+
+def parse_at(
+    grammar: Construct,
+    buf: Any,
+    offset: int,
+    what: str,
+    limit: int = DEFAULT_LIMIT,
+    end: int | None = None,
+    **params: Any,
+) -> tuple[Any, int]:
+    """Parse `grammar` at `offset` of `buf`; return (object, bytes consumed)."""
+    stop = len(buf) if end is None else min(end, len(buf))
+    if offset < 0 or offset > stop:
+        raise TruncatedError(f"{what} starts past the end of the data", offset, what)
+    chunk = bytes(buf[offset : min(stop, offset + limit)])
+    stream = io.BytesIO(chunk)
+    try:
+        obj = grammar.parse_stream(stream, **params)
+    except StreamError as e:
+        if offset + limit >= stop:
+            raise TruncatedError(
+                f"the data ends inside {what} ({stop - offset} bytes left)", offset, what
+            ) from e
+        raise FormatError(f"{what} is larger than {limit} bytes", offset, what) from e
+    except (ConstructError, ValueError, UnicodeDecodeError, OverflowError) as e:
+        raise FormatError(f"cannot parse {what}: {_short(e)}", offset, what) from e
+    return obj, stream.tell()
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__

@@ -1,0 +1,105 @@
+"""The QEMU_VM_VMDESCRIPTION JSON trailer: finding it and sizing device sections.
+
+Device (VMState) sections carry no length; the trailer's description of each
+section lets a reader skip it: the section's payload length is the sum of
+its fields' `size` x `array_len`, plus, for each subsection written,
+1 (marker) + 1 + len(name) + 4 (version) + the subsection's own length.
+A `struct` field's `size` already includes its own subsections.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ..formats.stream import QEMU_VM_VMDESCRIPTION
+
+#: Search at most this far back from the end for the trailer.
+MAX_TRAILER_SEARCH = 64 << 20
+
+
+@dataclass
+class Trailer:
+    offset: int  # of the 0x06 type byte
+    length: int  # of the JSON
+    json_offset: int
+    data: dict[str, Any] | None
+    error: str | None = None
+
+
+def find_trailer(buf: Any, start: int = 0) -> Trailer | None:
+    """Backward search: a 0x06 byte whose be32 length reaches exactly to the end,
+    followed by `{`. Returns None when there is none."""
+    end = len(buf)
+    lo = max(start, end - MAX_TRAILER_SEARCH)
+    p = end - 5
+    # The JSON is text, so the first 0x06 found from the end is at most a few
+    # bytes before the real marker (inside the length field).
+    tries = 0
+    while p >= lo and tries < 64:
+        p = _rfind(buf, QEMU_VM_VMDESCRIPTION, lo, p + 1)
+        if p < 0:
+            return None
+        tries += 1
+        (n,) = struct.unpack_from(">I", buf, p + 1)
+        if n == end - (p + 5) and n > 0 and buf[p + 5] == 0x7B:
+            return read_trailer_at(buf, p)
+        p -= 1
+    return None
+
+
+def _rfind(buf: Any, byte: int, lo: int, hi: int) -> int:
+    if hasattr(buf, "rfind"):
+        return buf.rfind(bytes([byte]), lo, hi)
+    return bytes(buf[lo:hi]).rfind(bytes([byte])) + lo if byte in buf[lo:hi] else -1
+
+
+def read_trailer_at(buf: Any, p: int) -> Trailer:
+    """Read the trailer whose type byte is at `p` (length checked against the buffer)."""
+    (n,) = struct.unpack_from(">I", buf, p + 1)
+    avail = len(buf) - (p + 5)
+    t = Trailer(p, n, p + 5, None)
+    if n > avail:
+        t.error = f"vmdescription says {n} bytes of JSON, only {avail} remain"
+        return t
+    raw = bytes(buf[p + 5 : p + 5 + n])
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        t.error = f"vmdescription JSON does not parse: {e}"
+        return t
+    if not isinstance(data, dict):
+        t.error = "vmdescription JSON is not an object"
+        return t
+    t.data = data
+    return t
+
+
+def vmsd_length(desc: dict[str, Any]) -> int:
+    """Bytes a VMState section/subsection payload occupies, from its description."""
+    total = 0
+    for f in desc.get("fields", ()) or ():
+        size = int(f.get("size", 0))
+        count = int(f.get("array_len", 1)) if "array_len" in f else 1
+        if size < 0 or count < 0:
+            raise ValueError("negative size in vmdescription")
+        total += size * count
+    for sub in desc.get("subsections", ()) or ():
+        name = str(sub.get("vmsd_name", ""))
+        total += 1 + 1 + len(name.encode()) + 4 + vmsd_length(sub)
+    return total
+
+
+def device_index(data: dict[str, Any] | None) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """(section idstr, instance_id) -> descriptions in stream order."""
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    if not data:
+        return out
+    for dev in data.get("devices", ()) or ():
+        if not isinstance(dev, dict):
+            continue
+        key = (str(dev.get("name", "")), int(dev.get("instance_id", 0)))
+        out.setdefault(key, []).append(dev)
+    return out

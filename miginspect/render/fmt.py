@@ -1,0 +1,30 @@
+"""Small formatting helpers shared by the renderers."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+
+
+def size(n: int | float | None) -> str:
+    """1,234,567 -> '1.18 MiB' (bytes below 1 KiB stay exact)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def hexoff(n: int | None) -> str:
+    return "-" if n is None else f"0x{n:x}"
+
+
+def num(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def name(s: str | None) -> str:
+    """Untrusted names (RAMBlock, device idstrs) escaped before they reach rich markup."""
+    return "-" if s is None else escape(s)

@@ -1,0 +1,119 @@
+"""Terminal rendering of `InfoReport`."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from ..inspector.info import InfoReport, SectionInfo
+from .fmt import hexoff, name, num, size
+
+
+def _summary(r: InfoReport) -> Table:
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("file", name(r.path))
+    fmt = r.format
+    c = r.container or {}
+    if c.get("kind") == "libvirt":
+        state = "complete" if c.get("complete") else "[red]INCOMPLETE (LibvirtQemudPart)[/]"
+        fmt = f"{fmt} inside a libvirt save image ({c.get('format')}, {state})"
+    elif c.get("compression"):
+        fmt = f"{fmt} ({c['compression']}-compressed)"
+    t.add_row("format", fmt)
+    alloc = f"  (allocated {size(r.allocated_size)})" if r.allocated_size != r.file_size else ""
+    t.add_row("file size", f"{size(r.file_size)} = {num(r.file_size)} bytes{alloc}")
+    if r.decompressed_size is not None:
+        t.add_row("decompressed", f"{size(r.decompressed_size)} = {num(r.decompressed_size)} bytes")
+    if r.stream_offset:
+        t.add_row("QEMU stream at", hexoff(r.stream_offset))
+    t.add_row("machine type", name(r.machine_type))
+    t.add_row("page size", f"{r.page_size} (from {r.page_size_source})")
+    t.add_row("capabilities", name(", ".join(r.capabilities)) or "none recorded")
+    if r.ram_total is not None:
+        t.add_row("RAM total", f"{size(r.ram_total)} in {len(r.ramblocks)} RAMBlocks")
+    if r.vmdescription:
+        v = r.vmdescription
+        t.add_row("vmdescription", f"{size(v['length'])} JSON at {hexoff(v['offset'])}"
+                  + (f", {v['devices']} devices" if v.get("devices") is not None else ""))
+    return t
+
+
+def _blocks(r: InfoReport) -> Table:
+    legacy = r.format == "legacy"
+    t = Table(title="RAMBlocks", title_justify="left", title_style="bold")
+    t.add_column("name")
+    t.add_column("used length", justify="right")
+    t.add_column("pages", justify="right")
+    t.add_column("data", justify="right", style="green")
+    t.add_column("zero", justify="right", style="cyan")
+    t.add_column("never sent", justify="right", style="dim")
+    if legacy:
+        t.add_column("PAGE rec", justify="right")
+        t.add_column("ZERO rec", justify="right")
+        t.add_column("XBZRLE rec", justify="right")
+        t.add_column("re-sent", justify="right", style="yellow")
+    else:
+        t.add_column("pages region", justify="right")
+        t.add_column("bitmap", justify="right")
+    for b in r.ramblocks:
+        row = [name(b.name), size(b.used_length), num(b.pages), num(b.data_pages),
+               num(b.zero_pages), num(b.absent_pages)]
+        if legacy:
+            row += [num(b.page_records), num(b.zero_records), num(b.xbzrle_records),
+                    num(b.resent_pages)]
+        else:
+            m = b.mapped_ram or {}
+            if m.get("skipped"):
+                row += ["skipped (x-ignore-shared)", "-"]
+            else:
+                row += [f"{hexoff(m.get('pages_offset'))}-{hexoff(m.get('pages_end'))}",
+                        hexoff(m.get("bitmap_offset"))]
+        t.add_row(*row)
+    return t
+
+
+def _collapse(sections: list[SectionInfo]) -> list[tuple[SectionInfo, int, int]]:
+    """Runs of consecutive PART sections of one idstr shown as one row."""
+    out: list[tuple[SectionInfo, int, int]] = []
+    for s in sections:
+        if out and s.type == "PART" and out[-1][0].type == "PART" and out[-1][0].idstr == s.idstr:
+            first, n, total = out[-1]
+            out[-1] = (first, n + 1, total + s.length)
+        else:
+            out.append((s, 1, s.length))
+    return out
+
+
+def _sections(r: InfoReport) -> Table:
+    t = Table(title="Sections", title_justify="left", title_style="bold")
+    t.add_column("type")
+    t.add_column("idstr")
+    t.add_column("inst", justify="right")
+    t.add_column("ver", justify="right")
+    t.add_column("id", justify="right")
+    t.add_column("offset", justify="right")
+    t.add_column("length", justify="right")
+    for s, n, total in _collapse(r.sections):
+        typ = s.type if n == 1 else f"PART ×{n}"
+        ident = name(s.idstr) if s.type != "COMMAND" else f"[magenta]{s.command}[/]"
+        t.add_row(typ, ident, num(s.instance_id), num(s.version_id), num(s.section_id),
+                  hexoff(s.offset), num(total))
+    return t
+
+
+def render_info(r: InfoReport, console: Console, show_sections: bool = True) -> None:
+    parts: list = [_summary(r)]
+    console.print(Panel(Group(*parts), title="miginspect info", title_align="left"))
+    console.print(_blocks(r))
+    if show_sections:
+        console.print(_sections(r))
+    for n in r.notices:
+        style = "yellow" if n["severity"] == "warning" else "dim"
+        where = f" [{name(n['where'])}]" if n["where"] else ""
+        console.print(f"[{style}]{n['severity']}{where} at {hexoff(n['offset'])}: "
+                      f"{name(n['message'])}[/]")
+    if r.stopped:
+        console.print(f"[red]stopped early: {name(r.stopped)}[/]")
