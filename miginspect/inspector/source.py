@@ -83,6 +83,9 @@ class Source:
     allocated_size: int  # bytes allocated on disk for the input file
     container: Container = field(default_factory=Container)
     decompressed: bool = False
+    #: descriptor of the file behind `buf` (the input, or the temporary file a
+    #: compressed input was inflated into), for SEEK_DATA/SEEK_HOLE queries
+    fd: int | None = None
     _closers: list[Any] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
@@ -238,7 +241,7 @@ def open_source(path: str, progress: Progress | None = None) -> Source:
         size = st.st_size
         allocated = getattr(st, "st_blocks", 0) * 512
         mm = _mmap_fd(f.fileno(), size)
-        src = Source(path, mm, 0, size, allocated)
+        src = Source(path, mm, 0, size, allocated, fd=f.fileno())
         src._closers.append(f)
         if mm:
             src._closers.append(mm)
@@ -253,6 +256,7 @@ def open_source(path: str, progress: Progress | None = None) -> Source:
                 tmp, mm2 = _inflate(f, comp, hdr.payload_offset, size, progress)
                 src._closers += [tmp, mm2] if mm2 else [tmp]
                 src.buf, src.base, src.decompressed = mm2, 0, True
+                src.fd = tmp.fileno()
             return src
         comp = sniff_compression(head)
         if comp:
@@ -260,6 +264,7 @@ def open_source(path: str, progress: Progress | None = None) -> Source:
             tmp, mm2 = _inflate(f, comp, 0, size, progress)
             src._closers += [tmp, mm2] if mm2 else [tmp]
             src.buf, src.base, src.decompressed = mm2, 0, True
+            src.fd = tmp.fileno()
             # a compressed libvirt image (e.g. `virsh save` output run through zstd)
             inner = bytes(mm2[:16])
             if inner in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL):
