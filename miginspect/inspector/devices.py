@@ -1,0 +1,270 @@
+"""Device state: FULL (VMState) sections decoded with the vmdescription JSON.
+
+Device sections carry no tags, so the trailer's description of each section
+is the only key to its bytes. Every field becomes a `StateNode`: integers
+decoded by their VMStateInfo type (formats.vmstate), other types as hex,
+nested structs, arrays and subsections as children. The walker already
+bounded each section (`Section.payload_offset/payload_end`); decoding stays
+inside those bounds, and a description that does not fit the bytes is
+reported on that device (`DeviceState.error`) instead of stopping the rest.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from ..errors import FormatError, MigError, UnsupportedError
+from ..formats import vmstate as V
+from .capture import Capture
+from .parsing import parse_at
+from .vmdesc import device_index
+
+#: Opaque values longer than this are kept as a prefix plus a digest.
+MAX_HEX_BYTES = 4096
+#: Scalar arrays longer than this are kept as hex like opaque data.
+MAX_LIST_ITEMS = 1024
+#: Nesting deeper than this in a description is refused (a hostile JSON).
+MAX_DEPTH = 64
+
+
+
+def _dtype(fmt: str) -> np.dtype:
+    """numpy dtype of a big-endian struct format of one item (">Q" -> ">u8")."""
+    kind = "f" if fmt[-1] in "efd" else ("u" if fmt[-1].isupper() else "i")
+    return np.dtype(f">{kind}{struct.calcsize(fmt)}")
+
+
+_DTYPES: dict[str, np.dtype] = {name: _dtype(ff.fmtstr) for name, ff in V.VMSTATE_SCALARS.items()}
+
+
+@dataclass
+class StateNode:
+    """One field, array element, struct or subsection of a device's state."""
+
+    name: str
+    type: str  # the JSON type, or "array" / "subsection"
+    offset: int  # file offset of its first byte
+    size: int  # bytes it occupies in the stream
+    value: Any = None  # int / float for numbers, hex str for opaque bytes, list for arrays
+    children: list[StateNode] = field(default_factory=list)
+    version: int | None = None  # subsections and structs: the version written
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "type": self.type, "offset": self.offset,
+                             "size": self.size}
+        if self.version is not None:
+            d["version"] = self.version
+        if self.children:
+            d["children"] = [c.to_json() for c in self.children]
+        else:
+            d["value"] = self.value
+        return d
+
+
+@dataclass
+class DeviceState:
+    idstr: str
+    instance_id: int
+    vmsd_name: str | None
+    version_id: int | None
+    section_offset: int
+    payload_offset: int
+    payload_end: int
+    fields: list[StateNode] = field(default_factory=list)
+    error: str | None = None  # why decoding stopped early, if it did
+
+    @property
+    def key(self) -> str:
+        return f"{self.idstr}#{self.instance_id}" if self.instance_id else self.idstr
+
+    def leaves(self) -> Iterator[tuple[str, StateNode]]:
+        """(path, node) of every value-bearing node, in stream order."""
+        yield from _leaves(self.fields, "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "idstr": self.idstr,
+            "instance_id": self.instance_id,
+            "vmsd_name": self.vmsd_name,
+            "version_id": self.version_id,
+            "section_offset": self.section_offset,
+            "payload_offset": self.payload_offset,
+            "payload_end": self.payload_end,
+            "error": self.error,
+            "fields": [f.to_json() for f in self.fields],
+        }
+
+
+@dataclass
+class DevicesReport:
+    path: str
+    devices: list[DeviceState]
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "devices": [d.to_json() for d in self.devices],
+                "notices": list(self.notices)}
+
+
+def _leaves(nodes: list[StateNode], prefix: str) -> Iterator[tuple[str, StateNode]]:
+    for n in nodes:
+        if n.name.startswith("["):
+            path = prefix + n.name
+        elif n.type == "subsection":
+            path = f"{prefix}{{{n.name}}}" if not prefix else f"{prefix}.{{{n.name}}}"
+        else:
+            path = f"{prefix}.{n.name}" if prefix else n.name
+        if n.children:
+            yield from _leaves(n.children, path)
+        else:
+            yield path, n
+
+
+class _Decoder:
+    def __init__(self, buf: Any, idstr: str) -> None:
+        self.buf = buf
+        self.idstr = idstr
+
+    def vmsd(self, desc: dict[str, Any], pos: int, end: int, depth: int) -> tuple[list[StateNode],
+                                                                                  int]:
+        if depth > MAX_DEPTH:
+            raise FormatError(f"vmdescription nests deeper than {MAX_DEPTH} levels", pos,
+                              self.idstr)
+        out: list[StateNode] = []
+        seen: dict[str, int] = {}
+        for f in _list(desc.get("fields")):
+            node, pos = self.field(f, pos, end, depth)
+            k = seen.get(node.name, 0)
+            seen[node.name] = k + 1
+            if k:
+                node.name = f"{node.name}~{k + 1}"
+            out.append(node)
+        for sub in _list(desc.get("subsections")):
+            want = str(sub.get("vmsd_name", ""))
+            hdr, n = parse_at(V.vmstate_subsection_header, self.buf, pos,
+                              f"subsection {want!r}", limit=1 + 256 + 4, end=end)
+            if hdr.name != want:
+                raise FormatError(f"subsection {hdr.name!r} where the vmdescription lists "
+                                  f"{want!r}", pos, self.idstr)
+            children, p = self.vmsd(sub, pos + n, end, depth + 1)
+            out.append(StateNode(want, "subsection", pos, p - pos, children=children,
+                                 version=hdr.version_id))
+            pos = p
+        return out, pos
+
+    def field(self, f: dict[str, Any], pos: int, end: int, depth: int) -> tuple[StateNode, int]:
+        name = str(f.get("name", "?"))
+        if "index" in f:
+            name = f"{name}[{int(f['index'])}]"
+        typ = str(f.get("type", "?"))
+        size = int(f.get("size", 0))
+        count = int(f["array_len"]) if "array_len" in f else None
+        n = 1 if count is None else count
+        if size < 0 or n < 0:
+            raise FormatError(f"negative size or array_len for field {name!r}", pos, self.idstr)
+        total = size * n
+        if pos + total > end:
+            raise FormatError(
+                f"field {name!r} ({typ}, {total} bytes) runs {pos + total - end} bytes past the "
+                "end of the section: the vmdescription does not match the bytes", pos,
+                self.idstr)
+        if typ in V.STRUCT_TYPES or typ == V.TMP_TYPE:
+            sub = f.get("struct") if typ in V.STRUCT_TYPES else f
+            if not isinstance(sub, dict):
+                return StateNode(name, typ, pos, total, self._hex(pos, total)), pos + total
+            elems = []
+            for i in range(n):
+                p0 = pos + i * size
+                children, p = self.vmsd(sub, p0, p0 + size, depth + 1)
+                if p != p0 + size:
+                    raise FormatError(
+                        f"struct {name!r} decodes to {p - p0} bytes, the vmdescription says "
+                        f"{size}", p0, self.idstr)
+                ver = sub.get("version")
+                elems.append(StateNode(f"[{i}]" if count is not None else name, typ, p0, size,
+                                       children=children,
+                                       version=int(ver) if isinstance(ver, int) else None))
+            if count is None:
+                return elems[0], pos + total
+            return StateNode(name, "array", pos, total, children=elems), pos + total
+        dt = _DTYPES.get(typ)
+        if typ == V.NULLPTR_TYPE:
+            val: Any = None if self.buf[pos] == V.VMS_NULLPTR_MARKER else self._hex(pos, total)
+        elif dt is not None and dt.itemsize == size and n <= MAX_LIST_ITEMS:
+            arr = np.frombuffer(self.buf, dt, count=n, offset=pos)
+            vals = arr.tolist()
+            if typ == "bool":
+                vals = [bool(v) for v in vals]
+            val = vals if count is not None else vals[0]
+        else:
+            val = self._hex(pos, total)
+        return StateNode(name, typ if count is None else f"{typ}[{count}]", pos, total,
+                         val), pos + total
+
+    def _hex(self, pos: int, n: int) -> str:
+        raw = bytes(self.buf[pos : pos + min(n, MAX_HEX_BYTES)])
+        if n <= MAX_HEX_BYTES:
+            return raw.hex()
+        digest = xxhash.xxh3_64_hexdigest(self.buf[pos : pos + n])
+        return f"{raw.hex()}...({n} bytes, xxh3 {digest})"
+
+
+def _list(v: Any) -> list[Any]:
+    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+
+def decode_devices(cap: Capture, only: str | None = None) -> DevicesReport:
+    """Decode every FULL section of `cap` that the vmdescription describes.
+    `only`: keep devices whose idstr or vmsd name equals it or contains it."""
+    w = cap.walk
+    if w.trailer is None or w.trailer.data is None:
+        why = w.trailer.error if w.trailer is not None and w.trailer.error else (
+            "the file has no vmdescription trailer (suppress-vmdesc, postcopy or cut short)")
+        raise UnsupportedError(f"cannot decode device state: {why}",
+                               w.trailer.offset if w.trailer else None, "vmdescription")
+    index = device_index(w.trailer.data)
+    report = DevicesReport(cap.path, [])
+    for sec in w.sections:
+        if sec.kind != "FULL" or sec.payload_offset is None:
+            continue
+        descs = index.get((sec.idstr or "", sec.instance_id or 0))
+        if not descs:
+            report.notices.append(f"section {sec.idstr!r} at 0x{sec.offset:x} is not in the "
+                                  "vmdescription; not decoded")
+            continue
+        desc = descs.pop(0)
+        end = sec.payload_end if sec.payload_end is not None else sec.payload_offset
+        dev = DeviceState(sec.idstr or "", sec.instance_id or 0, desc.get("vmsd_name"),
+                          sec.version_id, sec.offset, sec.payload_offset, end)
+        if only is not None and not _matches(dev, only, exact=False):
+            continue
+        dec = _Decoder(cap.source.buf, dev.idstr)
+        try:
+            dev.fields, p = dec.vmsd(desc, sec.payload_offset, end, 0)
+            if p != end:
+                dev.error = (f"the vmdescription accounts for {p - sec.payload_offset} bytes, "
+                             f"the section holds {end - sec.payload_offset}")
+        except MigError as e:
+            dev.error = e.oneline()
+        except (ValueError, TypeError, KeyError) as e:
+            dev.error = f"malformed vmdescription entry ({type(e).__name__}: {e})"
+        report.devices.append(dev)
+    if only is not None and any(_matches(d, only, exact=True) for d in report.devices):
+        report.devices = [d for d in report.devices if _matches(d, only, exact=True)]
+    if w.error is not None:
+        report.notices.append(f"the walk stopped early: {w.error.oneline()}")
+    return report
+
+
+def _matches(dev: DeviceState, only: str, exact: bool) -> bool:
+    names = (dev.idstr, dev.key, dev.vmsd_name or "")
+    return only in names if exact else any(only in n for n in names)
+
+
+__all__ = ["decode_devices", "DevicesReport", "DeviceState", "StateNode"]
