@@ -1,0 +1,661 @@
+"""Convert a capture between the legacy (sequential) and mapped-ram layouts.
+
+The output holds the final state of every page of the input (last record
+wins, XBZRLE deltas replayed by `PageReader`) and every non-RAM record of the
+input byte for byte, in the input's order. Only three things are rewritten:
+
+* the configuration record: the `configuration/capabilities` subsection gains
+  or loses `mapped-ram` (other subsections are copied);
+* the `ram` sections. mapped-ram out: the START section holds the MEM_SIZE
+  list with a MappedRamHeader per RAMBlock, laid out as QEMU 10 lays it out
+  (bitmap right after the header, pages at the next 1 MiB boundary, the next
+  entry right after the pages region); data pages are written at their place,
+  zero pages are left as holes (never written) with their bitmap bit clear;
+  every PART/END holds only EOS. Legacy out: the START holds MEM_SIZE + EOS,
+  the first PART (or the END) carries every page once, in block and page
+  order (PAGE for data, ZERO for zero pages, CONTINUE after a block's first
+  record), every other PART/END holds only EOS;
+* a libvirt header: same XML, cookie and padding (`data_len` unchanged), the
+  format field set to `sparse` or `raw`. The mapped-ram offsets are absolute
+  in the output file, so they include the libvirt header.
+
+The output is written to a temporary file in the output's folder and renamed
+over OUT once complete; the input is opened read-only. Memory stays bounded:
+pages are streamed from the input's mmap to their place in the output in
+runs of at most 1 MiB; only per-page numpy columns are held.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from ..errors import InconsistentError, MigError, UnsupportedError, UsageError
+from ..formats import configuration as C
+from ..formats import libvirt as LV
+from ..formats import mapped_ram as M
+from ..formats import ram as R
+from ..formats import stream as S
+from ..formats.common import CountedString
+from .capture import Capture, open_capture
+from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
+from .stream import Section
+
+Progress = Callable[[int, int], None]
+
+TARGETS = ("mapped-ram", "legacy")
+MAPPED_RAM = "mapped-ram"
+
+#: Page data is written in runs of at most this many bytes.
+RUN_BYTES = 1 << 20
+#: Sequential output is buffered up to this many bytes.
+BUFFER_BYTES = 4 << 20
+
+_U64 = struct.Struct(">Q")
+_ZERO_RECORD = np.dtype([("word", ">u8"), ("fill", "u1")])  # ZERO|CONTINUE, fill byte 0
+
+
+# ---------------------------------------------------------------------------------
+# report
+
+
+@dataclass
+class FileSizes:
+    apparent: int
+    allocated: int
+
+
+@dataclass
+class BlockConversion:
+    name: str
+    used_length: int
+    pages: int
+    data_pages: int
+    zero_pages: int
+    absent_pages: int
+    input_sends: int  # page records (legacy) or set bits (mapped-ram) in the input
+    bitmap_offset: int | None = None  # mapped-ram output only
+    pages_offset: int | None = None
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    blocks: int
+    pages: int
+    data_pages: int
+    sections: int  # non-RAM records compared byte for byte
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConvertReport:
+    input: str
+    output: str
+    from_format: str
+    to_format: str
+    input_container: dict[str, Any]
+    output_container: dict[str, Any]
+    machine_type: str | None
+    page_size: int
+    capabilities_in: list[str]
+    capabilities_out: list[str]
+    input_size: FileSizes
+    output_size: FileSizes
+    stream_offset_out: int
+    ram_total: int
+    data_bytes: int  # page bytes written
+    mapped_ram_bound: int  # size a mapped-ram file of this state takes (§4.3 layout)
+    mapped_ram_bound_source: str
+    blocks: list[BlockConversion]
+    sections_copied: int
+    ram_sections: int
+    notices: list[str]
+    seconds: float
+    verify: VerifyResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------
+# output plumbing
+
+
+def _pwrite_all(fd: int, data: Any, off: int) -> None:
+    mv = memoryview(data)
+    while len(mv):
+        n = os.pwrite(fd, mv, off)
+        mv = mv[n:]
+        off += n
+
+
+class _Output:
+    """Positioned, buffered writes into the temporary output file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.start = 0  # file offset of buf[0]
+        self.buf = bytearray()
+
+    @property
+    def pos(self) -> int:
+        return self.start + len(self.buf)
+
+    def write(self, data: Any) -> None:
+        self.buf += data
+        if len(self.buf) >= BUFFER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            _pwrite_all(self.fd, self.buf, self.start)
+            self.start += len(self.buf)
+            self.buf = bytearray()
+
+    def seek(self, pos: int) -> None:
+        self.flush()
+        self.start = pos
+
+    def write_at(self, data: Any, off: int) -> None:
+        _pwrite_all(self.fd, data, off)
+
+
+# ---------------------------------------------------------------------------------
+# pieces built with the grammars
+
+
+def configuration_bytes(buf: Any, cap: Capture, caps: list[str]) -> bytes:
+    """The input's configuration record with its capabilities list set to `caps`
+    (other subsections copied, QEMU's subsection order kept)."""
+    cfg = cap.walk.configuration
+    assert cfg is not None
+    subs = cfg.subsections
+    head_end = subs[0][2] if subs else cfg.end
+    out = bytearray(buf[cfg.offset : head_end])
+    raw: dict[str, bytes] = {}
+    versions: dict[str, int] = {}
+    for k, (name, version, off) in enumerate(subs):
+        nxt = subs[k + 1][2] if k + 1 < len(subs) else cfg.end
+        raw[name] = bytes(buf[off:nxt])
+        versions[name] = version
+    for name in (C.SUBSECTION_TARGET_PAGE_BITS, C.SUBSECTION_CAPABILITIES, C.SUBSECTION_UUID):
+        if name == C.SUBSECTION_CAPABILITIES:
+            if caps:
+                out += C.subsection_capabilities.build(dict(
+                    marker=S.QEMU_VM_SUBSECTION, name=name,
+                    version_id=versions.get(name, 1), caps=caps))
+        elif name in raw:
+            out += raw[name]
+    return bytes(out)
+
+
+def output_capabilities(cap: Capture, to: str) -> list[str]:
+    caps = [c for c in cap.walk.capabilities if c != MAPPED_RAM]
+    if to == MAPPED_RAM:
+        caps.append(MAPPED_RAM)
+    order = {c: i for i, c in enumerate(C.VALIDATED_CAPABILITIES)}
+    return sorted(caps, key=lambda c: order.get(c, len(order)))
+
+
+def _footer(sec: Section) -> bytes:
+    if not sec.footer:
+        return b""
+    return S.section_footer.build(dict(section_id=sec.section_id))
+
+
+def _eos() -> bytes:
+    return _U64.pack(R.RAM_SAVE_FLAG_EOS)
+
+
+def _entry_head_len(name: str, ignore_shared: bool) -> int:
+    return 1 + len(name.encode("latin-1")) + 8 + (8 if ignore_shared else 0)
+
+
+def libvirt_prefix(cap: Capture, to: str) -> bytes:
+    """virQEMUSaveHeader + XML + cookie + padding for the output (empty if the input
+    is not a libvirt image). data_len is unchanged; the format field is set."""
+    lv = cap.source.container.libvirt
+    if lv is None:
+        return b""
+    src = cap.source
+    if cap.source.base == lv.payload_offset and bytes(src.buf[:16]) in (
+        LV.QEMU_SAVE_MAGIC, LV.QEMU_SAVE_PARTIAL
+    ):
+        body = bytes(src.buf[LV.QEMU_SAVE_HEADER_SIZE : lv.payload_offset])
+    else:  # the QEMU stream was inflated; the header and XML are in the file itself
+        with open(src.path, "rb") as f:
+            f.seek(LV.QEMU_SAVE_HEADER_SIZE)
+            body = f.read(lv.data_len)
+        if len(body) != lv.data_len:
+            raise InconsistentError("the libvirt XML area is shorter than data_len", 20,
+                                    "libvirt")
+    grammar = LV.virQEMUSaveHeader_le if lv.byte_order == "little" else LV.virQEMUSaveHeader_be
+    fmt = LV.QEMU_SAVE_FORMAT_SPARSE if to == MAPPED_RAM else LV.QEMU_SAVE_FORMAT_RAW
+    head = grammar.build(dict(magic=LV.QEMU_SAVE_MAGIC, version=LV.QEMU_SAVE_VERSION,
+                              data_len=lv.data_len, was_running=int(lv.was_running),
+                              format=fmt, cookieOffset=lv.cookie_offset))
+    return head + body
+
+
+# ---------------------------------------------------------------------------------
+# layout
+
+
+def _check_convertible(cap: Capture, to: str) -> None:
+    w = cap.walk
+    if to not in TARGETS:
+        raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})")
+    if w.error is not None:
+        raise w.error
+    if w.configuration is None:
+        raise UnsupportedError(
+            "the stream has no configuration record (machine type <= 2.3 or Xen), so the "
+            "mapped-ram capability cannot be recorded", w.base + 8, "configuration")
+    if not w.blocks:
+        raise UnsupportedError("the stream has no ram section", w.base, "ram")
+    if to == MAPPED_RAM and w.ignore_shared:
+        raise UnsupportedError(
+            "x-ignore-shared streams: which RAMBlocks are shared is not recorded, and QEMU 10 "
+            "refuses mapped-ram with shared blocks", w.configuration.offset, "configuration")
+    if w.other_ram_records.get("HOOK"):
+        raise UnsupportedError("RDMA hook records cannot be converted", None, "ram")
+    for b in w.blocks:
+        if b.host_page_size is not None:
+            raise UnsupportedError("postcopy host page sizes in the RAMBlock list",
+                                   b.entry_offset, b.name)
+    secs = w.sections
+    expect = w.configuration.end
+    for s in secs:
+        if s.offset != expect:
+            raise InconsistentError(
+                f"records are not contiguous: {s.kind} at 0x{s.offset:x}, previous record ends "
+                f"at 0x{expect:x}", s.offset, "stream")
+        expect = s.end
+
+
+def _ram_ids(cap: Capture) -> set[int]:
+    return {s.section_id for s in cap.walk.sections
+            if s.kind == "START" and s.idstr == R.RAM_SECTION_IDSTR and s.instance_id == 0
+            and s.section_id is not None}
+
+
+def mapped_ram_bound(cap: Capture, prefix_len: int | None = None) -> int:
+    """Size of a mapped-ram file holding this capture's state, per format-spec §4.3:
+    the non-RAM records, each RAMBlock's list entry + 28-byte header + bitmap rounded up
+    to 1 MiB, plus used_length, and an EOS (+ footer) in each ram section."""
+    w = cap.walk
+    base = prefix_len if prefix_len is not None else (
+        len(libvirt_prefix(cap, MAPPED_RAM)) if cap.source.container.libvirt else 0)
+    pos = base + 8 + len(configuration_bytes(cap.source.buf, cap, output_capabilities(
+        cap, MAPPED_RAM)))
+    ram = _ram_ids(cap)
+    for s in w.sections:
+        if s.section_id in ram and s.kind in ("START", "PART", "END"):
+            pos += s.payload_offset - s.offset
+            if s.kind == "START":
+                pos += 8
+                for b in w.blocks:
+                    bmo = pos + _entry_head_len(b.name, w.ignore_shared) + \
+                        M.MAPPED_RAM_HEADER_SIZE
+                    pos = M.pages_offset_for(bmo, b.used_length // w.page_size) + b.used_length
+            pos += 8 + (5 if s.footer else 0)
+        else:
+            pos += s.end - s.offset
+    return pos
+
+
+# ---------------------------------------------------------------------------------
+# the converter
+
+
+class _Converter:
+    def __init__(self, cap: Capture, to: str, out: _Output, prefix: bytes,
+                 progress: Progress | None) -> None:
+        self.cap = cap
+        self.w = cap.walk
+        self.to = to
+        self.out = out
+        self.prefix = prefix
+        self.progress = progress
+        self.ps = cap.page_size
+        self.maps = cap.maps
+        self.reader = cap.reader
+        self.buf = cap.source.buf
+        self.ram = _ram_ids(cap)
+        self.total_data = sum(m.count(PAGE_DATA) for m in self.maps.values()) * self.ps
+        self.done = 0
+        self.layout: dict[str, tuple[int, int]] = {}
+        self.pages_written = False
+        self.copied = 0
+        self.ram_sections = 0
+
+    def tick(self, n: int) -> None:
+        self.done += n
+        if self.progress:
+            self.progress(self.done, self.total_data)
+
+    def run(self) -> None:
+        out, w = self.out, self.w
+        out.write(self.prefix)
+        out.write(bytes(self.buf[w.base : w.base + 8]))  # QEVM + version
+        out.write(configuration_bytes(self.buf, self.cap, output_capabilities(self.cap, self.to)))
+        for s in w.sections:
+            if s.section_id in self.ram and s.kind in ("START", "PART", "END"):
+                self.ram_sections += 1
+                out.write(bytes(self.buf[s.offset : s.payload_offset]))
+                if s.kind == "START":
+                    self.ram_start(s)
+                elif self.to == "legacy" and not self.pages_written:
+                    self.legacy_records()
+                    self.pages_written = True
+                out.write(_eos())
+                out.write(_footer(s))
+            else:
+                self.copy(s.offset, s.end)
+                self.copied += 1
+        out.flush()
+
+    def copy(self, start: int, end: int) -> None:
+        mv = memoryview(self.buf) if not isinstance(self.buf, bytes) else self.buf
+        for p in range(start, end, RUN_BYTES):
+            self.out.write(mv[p : min(end, p + RUN_BYTES)])
+
+    # -- START: MEM_SIZE list ----------------------------------------------------
+    def ram_start(self, s: Section) -> None:
+        w, out = self.w, self.out
+        total = sum(b.used_length for b in w.blocks)
+        out.write(_U64.pack(total | R.RAM_SAVE_FLAG_MEM_SIZE))
+        params = dict(postcopy_page_size=False, ignore_shared=w.ignore_shared,
+                      mapped_ram=self.to == MAPPED_RAM)
+        for b in w.blocks:
+            entry: dict[str, Any] = dict(idstr=b.name, used_length=b.used_length,
+                                         page_size=None, mr_addr=b.mr_addr, mapped_ram=None)
+            if self.to == MAPPED_RAM:
+                npages = b.used_length // self.ps
+                bmo = out.pos + _entry_head_len(b.name, w.ignore_shared) + \
+                    M.MAPPED_RAM_HEADER_SIZE
+                pgo = M.pages_offset_for(bmo, npages)
+                entry["mapped_ram"] = dict(version=M.MAPPED_RAM_HDR_VERSION, page_size=self.ps,
+                                           bitmap_offset=bmo, pages_offset=pgo)
+                out.write(R.ramblock_entry.build(entry, **params))
+                assert out.pos == bmo
+                bm = self.maps[b.name]
+                out.write(bitmap_bytes(bm.state == PAGE_DATA))
+                out.flush()
+                self.mapped_pages(bm, pgo)
+                self.layout[b.name] = (bmo, pgo)
+                out.seek(pgo + b.used_length)
+            else:
+                out.write(R.ramblock_entry.build(entry, **params))
+
+    def mapped_pages(self, bm: BlockMap, pages_offset: int) -> None:
+        fd, ps = self.out.fd, self.ps
+        per_run = max(1, RUN_BYTES // ps)
+        parts: list[Any] = []
+        first = 0
+        for i, data in self.reader.iter_data_pages(bm):
+            if parts and (i != first + len(parts) or len(parts) >= per_run):
+                _pwrite_all(fd, b"".join(parts), pages_offset + first * ps)
+                self.tick(len(parts) * ps)
+                parts = []
+            if not parts:
+                first = i
+            parts.append(data)
+        if parts:
+            _pwrite_all(fd, b"".join(parts), pages_offset + first * ps)
+            self.tick(len(parts) * ps)
+
+    # -- legacy page records --------------------------------------------------------
+    def legacy_records(self) -> None:
+        out, ps = self.out, self.ps
+        for b in self.w.blocks:
+            bm = self.maps[b.name]
+            name = CountedString.build(b.name)
+            zeros = np.flatnonzero(bm.state == PAGE_ZERO).astype(np.uint64)
+            state = {"first": True, "z": 0}
+
+            def zero_records(upto: int, zeros: np.ndarray = zeros, name: bytes = name,
+                             state: dict[str, Any] = state) -> None:
+                k = int(np.searchsorted(zeros, upto))
+                z = state["z"]
+                if k <= z:
+                    return
+                idx = zeros[z:k]
+                if state["first"]:
+                    out.write(_U64.pack(int(idx[0]) * ps | R.RAM_SAVE_FLAG_ZERO) + name + b"\0")
+                    state["first"] = False
+                    idx = idx[1:]
+                recs = np.zeros(len(idx), _ZERO_RECORD)
+                recs["word"] = idx * np.uint64(ps) | np.uint64(
+                    R.RAM_SAVE_FLAG_ZERO | R.RAM_SAVE_FLAG_CONTINUE)
+                out.write(recs.tobytes())
+                state["z"] = k
+
+            page_cont = R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_CONTINUE
+            n = 0
+            for i, data in self.reader.iter_data_pages(bm):
+                zero_records(i)
+                if state["first"]:
+                    out.write(_U64.pack(i * ps | R.RAM_SAVE_FLAG_PAGE) + name)
+                    state["first"] = False
+                else:
+                    out.write(_U64.pack(i * ps | page_cont))
+                out.write(data)
+                n += 1
+                if n == 256:
+                    self.tick(n * ps)
+                    n = 0
+            self.tick(n * ps)
+            zero_records(bm.pages)
+
+
+def bitmap_bytes(bits: np.ndarray) -> bytes:
+    """A mapped-ram bitmap as a 64-bit little-endian host writes it (page i = bit i%8 of
+    byte i/8), padded to whole 8-byte words."""
+    raw = np.packbits(bits.astype(bool), bitorder="little")
+    out = np.zeros(M.bitmap_size(len(bits)), np.uint8)
+    out[: len(raw)] = raw
+    return out.tobytes()
+
+
+def _sizes(path: str) -> FileSizes:
+    st = os.stat(path)
+    return FileSizes(st.st_size, getattr(st, "st_blocks", 0) * 512)
+
+
+def _container(cap: Capture) -> dict[str, Any]:
+    c = cap.source.container
+    d: dict[str, Any] = {"kind": c.kind, "compression": c.compression}
+    if c.libvirt is not None:
+        d.update(libvirt_format=c.libvirt.format_name, data_len=c.libvirt.data_len,
+                 was_running=c.libvirt.was_running, byte_order=c.libvirt.byte_order)
+    return d
+
+
+def _check_paths(in_path: str, out_path: str, force: bool) -> None:
+    if os.path.isdir(out_path):
+        raise UsageError(f"{out_path} is a folder; give the output file's name")
+    if os.path.lexists(out_path):
+        if os.path.exists(out_path) and os.path.samefile(in_path, out_path):
+            raise UsageError(f"{out_path} is the input file; the input is never modified")
+        if not force:
+            raise UsageError(f"{out_path} exists; use --force to replace it")
+    d = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(d):
+        raise UsageError(f"output folder {d} does not exist")
+
+
+def convert(
+    in_path: str,
+    out_path: str,
+    to: str,
+    force: bool = False,
+    verify: bool = False,
+    progress: Progress | None = None,
+    read_progress: Progress | None = None,
+    sync: bool = True,
+) -> ConvertReport:
+    """Convert `in_path` into `out_path` with the `to` layout ("mapped-ram" or "legacy")."""
+    t0 = time.monotonic()
+    if to not in TARGETS:
+        raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})")
+    _check_paths(in_path, out_path, force)
+    with open_capture(in_path, progress=read_progress, strict=True) as cap:
+        _check_convertible(cap, to)
+        prefix = libvirt_prefix(cap, to)
+        outdir = os.path.dirname(os.path.abspath(out_path))
+        fd, tmp = tempfile.mkstemp(dir=outdir, prefix="." + os.path.basename(out_path) + ".",
+                                   suffix=".part")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            conv = _Converter(cap, to, _Output(fd), prefix, progress)
+            conv.run()
+            if sync:
+                os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, out_path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        report = _report(cap, conv, in_path, out_path, to, prefix, t0)
+    if verify:
+        report.verify = verify_conversion(in_path, out_path, to)
+    report.seconds = round(time.monotonic() - t0, 3)
+    return report
+
+
+def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str,
+            prefix: bytes, t0: float) -> ConvertReport:
+    w = cap.walk
+    blocks = []
+    for b in w.blocks:
+        bm = conv.maps[b.name]
+        bmo, pgo = conv.layout.get(b.name, (None, None))
+        blocks.append(BlockConversion(
+            b.name, b.used_length, bm.pages, bm.count(PAGE_DATA), bm.count(PAGE_ZERO),
+            bm.count(PAGE_ABSENT), int(bm.sends.sum()), bmo, pgo))
+    notices = [f"{n.severity}: {n.message}" for n in w.notices]
+    for b in w.blocks:
+        if conv.maps[b.name].bitmap_untrusted:
+            notices.append(f"warning: {b.name}: {conv.maps[b.name].bitmap_untrusted}")
+    bound, source = _bound(cap, len(prefix))
+    out_cont: dict[str, Any] = {"kind": "libvirt" if prefix else "none", "compression": None}
+    if prefix:
+        out_cont["libvirt_format"] = "sparse" if to == MAPPED_RAM else "raw"
+    return ConvertReport(
+        input=in_path, output=out_path, from_format=cap.format, to_format=to,
+        input_container=_container(cap), output_container=out_cont,
+        machine_type=w.machine_type, page_size=cap.page_size,
+        capabilities_in=list(w.capabilities), capabilities_out=output_capabilities(cap, to),
+        input_size=FileSizes(cap.source.file_size, cap.source.allocated_size),
+        output_size=_sizes(out_path), stream_offset_out=len(prefix),
+        ram_total=sum(b.used_length for b in w.blocks), data_bytes=conv.done,
+        mapped_ram_bound=bound, mapped_ram_bound_source=source, blocks=blocks,
+        sections_copied=conv.copied, ram_sections=conv.ram_sections, notices=notices,
+        seconds=round(time.monotonic() - t0, 3))
+
+
+def _bound(cap: Capture, prefix_len: int) -> tuple[int, str]:
+    try:  # the size audit's bound, when that module exists
+        from . import size as size_audit  # type: ignore[attr-defined]
+
+        fn = getattr(size_audit, "mapped_ram_bound", None)
+        if fn is not None:
+            return int(fn(cap)), "inspector.size.mapped_ram_bound"
+    except ImportError:
+        pass
+    return mapped_ram_bound(cap, prefix_len), "format-spec §4.3 layout (inspector.convert)"
+
+
+# ---------------------------------------------------------------------------------
+# verification
+
+
+def _expected_state(state: np.ndarray, to: str) -> np.ndarray:
+    if to == MAPPED_RAM:  # a mapped-ram file cannot tell never-sent from zero
+        return np.where(state == PAGE_ABSENT, PAGE_ZERO, state).astype(np.uint8)
+    return state
+
+
+def _device_digests(cap: Capture) -> list[tuple[str, int]]:
+    ram = _ram_ids(cap)
+    buf = cap.source.buf
+    out = []
+    for s in cap.walk.sections:
+        if s.section_id in ram and s.kind in ("START", "PART", "END"):
+            continue
+        h = xxhash.xxh3_64()
+        for p in range(s.offset, s.end, RUN_BYTES):
+            h.update(buf[p : min(s.end, p + RUN_BYTES)])
+        out.append((f"{s.kind} {s.idstr or s.cmd or ''}", h.intdigest()))
+    return out
+
+
+def verify_conversion(in_path: str, out_path: str, to: str) -> VerifyResult:
+    """Read OUT back with our own readers and compare it with IN: same RAMBlocks, same
+    page states (never-sent counts as zero in mapped-ram), same final page contents
+    (xxh3-64 of every page), same non-RAM records byte for byte, right layout."""
+    problems: list[str] = []
+    with open_capture(in_path) as a, open_capture(out_path) as b:
+        if b.format != to:
+            problems.append(f"output reads as {b.format}, expected {to}")
+        names_a = [(x.name, x.used_length) for x in a.blocks]
+        names_b = [(x.name, x.used_length) for x in b.blocks]
+        if names_a != names_b:
+            problems.append(f"RAMBlock lists differ: {names_a} vs {names_b}")
+        pages = data = 0
+        for blk in a.blocks if names_a == names_b else []:
+            ma, mb = a.maps[blk.name], b.maps[blk.name]
+            exp = _expected_state(ma.state, to)
+            bad = np.flatnonzero(exp != mb.state)
+            if len(bad):
+                problems.append(f"{blk.name}: {len(bad)} page states differ (first page "
+                                f"{int(bad[0])})")
+            ha, hb = a.hashes(blk.name), b.hashes(blk.name)
+            bad = np.flatnonzero(ha != hb)
+            if len(bad):
+                problems.append(f"{blk.name}: {len(bad)} page contents differ (first page "
+                                f"{int(bad[0])})")
+            if mb.bitmap_untrusted:
+                problems.append(f"{blk.name}: {mb.bitmap_untrusted}")
+            pages += ma.pages
+            data += mb.count(PAGE_DATA)
+        da, db = _device_digests(a), _device_digests(b)
+        if da != db:
+            problems.append(f"non-RAM records differ ({len(da)} in the input, {len(db)} in "
+                            "the output)")
+        if b.walk.notices:
+            for n in b.walk.notices:
+                if n.severity == "warning":
+                    problems.append(f"output: {n.message}")
+        la, lb = a.source.container.libvirt, b.source.container.libvirt
+        if (la is None) != (lb is None):
+            problems.append("libvirt header present in only one of the files")
+        elif la is not None and lb is not None:
+            want = "sparse" if to == MAPPED_RAM else "raw"
+            if lb.format_name != want:
+                problems.append(f"libvirt format field is {lb.format_name}, expected {want}")
+            if (la.xml, la.cookie, la.data_len) != (lb.xml, lb.cookie, lb.data_len):
+                problems.append("libvirt XML, cookie or data_len changed")
+        return VerifyResult(not problems, len(a.blocks), pages, data, len(da), problems)
+
+
+__all__ = ["convert", "verify_conversion", "mapped_ram_bound", "ConvertReport", "VerifyResult",
+           "TARGETS", "MigError"]
