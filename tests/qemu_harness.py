@@ -102,7 +102,7 @@ def parse_info_ramblock(text: str) -> list[tuple[str, int]]:
     for line in text.splitlines():
         parts = line.split()
         hexes = [p for p in parts if p.startswith("0x")]
-        if len(hexes) == 3:  # name, page size ("4 KiB"), offset, used, total
+        if len(hexes) >= 3:  # name, page size ("4 KiB"), offset, used, total[, HVA]
             out.append((parts[0], int(hexes[1], 16)))
     return out
 
