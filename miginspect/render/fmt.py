@@ -17,6 +17,18 @@ def size(n: int | float | None) -> str:
     return f"{n:.2f} TiB"
 
 
+def short_size(n: int | None) -> str:
+    """Compact size for table cells: '128 MiB', '4 KiB', '1.5 GiB'."""
+    if n is None:
+        return "-"
+    v = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(v) < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{v:.1f} TiB"
+
+
 def hexoff(n: int | None) -> str:
     return "-" if n is None else f"0x{n:x}"
 

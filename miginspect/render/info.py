@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
 from ..inspector.info import InfoReport, SectionInfo
-from .fmt import hexoff, name, num, size
+from .fmt import hexoff, name, num, short_size, size
 
 
 def _summary(r: InfoReport) -> Table:
@@ -43,23 +44,24 @@ def _summary(r: InfoReport) -> Table:
 
 def _blocks(r: InfoReport) -> Table:
     legacy = r.format == "legacy"
-    t = Table(title="RAMBlocks", title_justify="left", title_style="bold")
-    t.add_column("name")
-    t.add_column("used length", justify="right")
-    t.add_column("pages", justify="right")
-    t.add_column("data", justify="right", style="green")
-    t.add_column("zero", justify="right", style="cyan")
-    t.add_column("never sent", justify="right", style="dim")
+    caption = ("final page state: data / zero / never sent; records: PAGE / ZERO / XBZRLE, "
+               "repeats included; re-sent: pages sent more than once" if legacy else
+               "final page state from the bitmap: data = set bits, zero = clear bits")
+    t = Table(title="RAMBlocks", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+              caption=caption, caption_justify="left", caption_style="dim")
+    t.add_column("name", overflow="fold", min_width=12)
+    for col, style in (("size", None), ("pages", None), ("data", "green"), ("zero", "cyan"),
+                       ("unsent", "dim")):
+        t.add_column(col, justify="right", style=style, no_wrap=True)
     if legacy:
-        t.add_column("PAGE rec", justify="right")
-        t.add_column("ZERO rec", justify="right")
-        t.add_column("XBZRLE rec", justify="right")
-        t.add_column("re-sent", justify="right", style="yellow")
+        for col, style in (("PAGE", None), ("ZERO", None), ("XBZRLE", None),
+                           ("re-sent", "yellow")):
+            t.add_column(col, justify="right", style=style, no_wrap=True)
     else:
-        t.add_column("pages region", justify="right")
-        t.add_column("bitmap", justify="right")
+        t.add_column("pages region", justify="right", no_wrap=True)
+        t.add_column("bitmap at", justify="right", no_wrap=True)
     for b in r.ramblocks:
-        row = [name(b.name), size(b.used_length), num(b.pages), num(b.data_pages),
+        row = [name(b.name), short_size(b.used_length), num(b.pages), num(b.data_pages),
                num(b.zero_pages), num(b.absent_pages)]
         if legacy:
             row += [num(b.page_records), num(b.zero_records), num(b.xbzrle_records),
@@ -88,7 +90,7 @@ def _collapse(sections: list[SectionInfo]) -> list[tuple[SectionInfo, int, int]]
 
 
 def _sections(r: InfoReport) -> Table:
-    t = Table(title="Sections", title_justify="left", title_style="bold")
+    t = Table(title="Sections", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
     t.add_column("type")
     t.add_column("idstr")
     t.add_column("inst", justify="right")
