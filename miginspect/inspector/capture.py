@@ -109,7 +109,7 @@ def open_capture(
     stops (an unsupported feature) stay in `capture.walk.error` for the caller to show."""
     src = open_source(path, progress)
     try:
-        walk = walk_stream(src.buf, src.base, progress, page_size)
+        walk = walk_stream(src.buf, src.base, progress, page_size, src.release)
     except BaseException:
         src.close()
         raise

@@ -117,6 +117,7 @@ class RamScanner:
         block_lengths: list[int],
         mapped_ram: bool = False,
         progress: Callable[[int], None] | None = None,
+        release: Callable[[int, int], None] | None = None,
     ) -> None:
         if page_size < 1024 or page_size & (page_size - 1):
             raise UnsupportedError(f"page size {page_size} is not a power of two >= 1 KiB")
@@ -131,6 +132,8 @@ class RamScanner:
         self.cur = -1  # index of the block named by the last non-CONTINUE record
         self.cols = _Columns()
         self.progress = progress
+        self.release = release  # drop scanned mmap pages from RSS
+        self._released = 0
         self.other_records = {"EOS": 0, "MULTIFD_FLUSH": 0}
         self.fill_nonzero = 0
 
@@ -202,8 +205,8 @@ class RamScanner:
                             cols.a_rec, cols.a_data, cols.a_block, cols.a_page, cols.a_kind)
                         pos += n * stride
                         count += n
-                        if self.progress and count >= 65536:
-                            self.progress(pos)
+                        if count >= 16384:
+                            self._tick(pos)
                             count = 0
                         continue
                 addr = w ^ flags
@@ -225,8 +228,8 @@ class RamScanner:
                 a_kind.append(flags ^ R.RAM_SAVE_FLAG_CONTINUE)
                 pos += stride
                 count += 1
-                if count >= 65536 and self.progress:
-                    self.progress(pos)
+                if count >= 16384:
+                    self._tick(pos)
                     count = 0
                 continue
             # slow path: everything else
@@ -235,6 +238,13 @@ class RamScanner:
                 cols.a_rec, cols.a_data, cols.a_block, cols.a_page, cols.a_kind)
             if pos < 0:  # EOS
                 return -pos
+
+    def _tick(self, pos: int) -> None:
+        if self.progress:
+            self.progress(pos)
+        if self.release and pos - self._released >= 32 << 20:
+            self.release(self._released, pos)
+            self._released = pos
 
     def _vector_run(self, pos: int, end: int, flags: int, stride: int, cur: int) -> int:
         """Consume as many consecutive `flags` records as the data holds; return how many."""
@@ -275,7 +285,8 @@ class RamScanner:
             pos += m * stride
             if m < k:
                 return total
-            chunk = min(chunk * 4, 1 << 16)
+            self._tick(pos)
+            chunk = min(chunk * 4, 1 << 14)
 
     def _mapped_ram_page(self, pos: int, flags: int) -> None:
         raise FormatError(

@@ -91,6 +91,21 @@ class Source:
     def __len__(self) -> int:
         return len(self.buf)
 
+    def release(self, start: int, end: int) -> None:
+        """Drop the mapping's pages in [start, end) from this process's resident set
+        (the data stays in the page cache), so RSS follows the work, not the file."""
+        buf = self.buf
+        if not isinstance(buf, mmap.mmap) or end <= start:
+            return
+        g = mmap.PAGESIZE
+        s = start // g * g
+        e = min(end, len(buf)) // g * g
+        if e > s:
+            try:
+                buf.madvise(mmap.MADV_DONTNEED, s, e - s)
+            except (AttributeError, OSError, ValueError):
+                pass
+
     def close(self) -> None:
         for c in reversed(self._closers):
             try:

@@ -156,7 +156,9 @@ class StreamWalker:
         base: int = 0,
         progress: Callable[[int, int], None] | None = None,
         page_size: int | None = None,
+        release: Callable[[int, int], None] | None = None,
     ) -> None:
+        self.release = release
         self.buf = buf
         self.base = base
         self.end = len(buf)
@@ -502,7 +504,8 @@ class StreamWalker:
         self.scanner = RamScanner(
             buf, ps, [b.name for b in w.blocks], [b.used_length for b in w.blocks],
             mapped_ram=w.mapped_ram,
-            progress=(lambda p: self.progress(p, self.end)) if self.progress else None)
+            progress=(lambda p: self.progress(p, self.end)) if self.progress else None,
+            release=self.release)
         return pos
 
     def _mapped_ram_block(self, blk: RamBlock, h: Any, hoff: int) -> int:
@@ -568,9 +571,11 @@ def walk_stream(
     base: int = 0,
     progress: Callable[[int, int], None] | None = None,
     page_size: int | None = None,
+    release: Callable[[int, int], None] | None = None,
 ) -> StreamWalk:
-    """Walk the QEMU stream that starts at `base` in `buf`."""
-    return StreamWalker(buf, base, progress, page_size).walk()
+    """Walk the QEMU stream that starts at `base` in `buf`. `release(start, end)`, if
+    given, is called for ranges the walk is done with (see Source.release)."""
+    return StreamWalker(buf, base, progress, page_size, release).walk()
 
 
 __all__ = ["walk_stream", "StreamWalk", "Section", "RamBlock", "MappedRamInfo", "Notice",
