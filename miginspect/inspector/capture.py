@@ -66,7 +66,9 @@ class Capture:
 
     @cached_property
     def reader(self) -> PageReader:
-        return PageReader(self.source.buf, self.page_size, self.walk.records)
+        r = PageReader(self.source.buf, self.page_size, self.walk.records)
+        r.release = self.source.release
+        return r
 
     def page(self, block: str, index: int) -> bytes:
         bm = self.maps[block]

@@ -34,6 +34,8 @@ class PageReader:
         self.rt = records
         self._zero = bytes(page_size)
         self._replayed: dict[tuple[int, int], bytes] = {}
+        #: Source.release: drop pages already read from the resident set
+        self.release: Callable[[int, int], None] | None = None
 
     def page(self, bm: BlockMap, index: int) -> bytes:
         if bm.state[index] != PAGE_DATA:
@@ -112,13 +114,20 @@ class PageReader:
         offs = bm.offset[idx]
         buf = memoryview(self.buf) if not isinstance(self.buf, bytes) else self.buf
         ps = self.ps
+        lo, hi = None, 0
         for n, (i, o) in enumerate(zip(idx.tolist(), offs.tolist(), strict=True)):
             if replayed and i in replayed:
                 yield i, replayed[i]
             else:
                 yield i, buf[o : o + ps]
-            if progress and n % 65536 == 65535:
-                progress(n + 1)
+                lo = o if lo is None or o < lo else lo
+                hi = o + ps if o + ps > hi else hi
+            if n % 8192 == 8191:
+                if progress:
+                    progress(n + 1)
+                if self.release and lo is not None:
+                    self.release(lo, hi)
+                    lo, hi = None, 0
 
     def hashes(self, bm: BlockMap, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """xxh3-64 of every page's final content (zero/absent pages: hash of zeros)."""
