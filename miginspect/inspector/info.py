@@ -10,6 +10,7 @@ import numpy as np
 from ..formats import ram as R
 from ..formats.stream import MIG_CMD_NAMES
 from .capture import Capture
+from .mapped_ram import check_bitmaps
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
 
 
@@ -84,6 +85,7 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
         mr = None
         if b.mapped_ram is not None:
             m = b.mapped_ram
+            chk = check_bitmaps(cap)[b.name]
             counts[R.RAM_SAVE_FLAG_PAGE] = data
             mr = {
                 "header_offset": m.header_offset,
@@ -95,6 +97,10 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
                 "pages_end": m.pages_offset + b.used_length if not m.skipped else 0,
                 "skipped": m.skipped,
                 "bitmap_untrusted": bm.bitmap_untrusted,
+                "bitmap_layout": chk.layout,
+                "stale_pages": chk.stale_pages,
+                "hole_pages": chk.hole_pages,
+                "set_bits_over_holes": chk.set_bits_over_holes,
             }
         out.append(
             BlockInfo(

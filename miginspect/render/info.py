@@ -117,5 +117,13 @@ def render_info(r: InfoReport, console: Console, show_sections: bool = True) -> 
         where = f" [{name(n['where'])}]" if n["where"] else ""
         console.print(f"[{style}]{n['severity']}{where} at {hexoff(n['offset'])}: "
                       f"{name(n['message'])}[/]")
+    for b in r.ramblocks:
+        m = b.mapped_ram or {}
+        if m.get("stale_pages"):
+            console.print(f"[yellow]{name(b.name)}: {num(m['stale_pages'])} stale page(s): clear "
+                          "bit, old non-zero bytes left in the region (read as zero)[/]")
+        if m.get("bitmap_untrusted"):
+            console.print(f"[red]{name(b.name)}: bitmap untrusted: "
+                          f"{name(m['bitmap_untrusted'])}[/]")
     if r.stopped:
         console.print(f"[red]stopped early: {name(r.stopped)}[/]")
