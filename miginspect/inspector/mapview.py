@@ -1,0 +1,179 @@
+"""`map`: every RAMBlock's pages by final state, as run-length ranges and cells.
+
+Page classes, one per page, from the unified `BlockMap`:
+
+* never sent (legacy only: no record names the page; a fresh destination holds zeros),
+* zero (legacy: last record ZERO; mapped-ram: clear bit),
+* data (last copy is page bytes; mapped-ram: set bit),
+* re-sent k times (legacy: k >= 2 records for the page, whatever the final state).
+
+For mapped-ram files only the bitmaps are read, never the pages regions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .capture import Capture
+from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
+
+CLASS_ABSENT = 0
+CLASS_ZERO = 1
+CLASS_DATA = 2
+CLASS_RESENT = 3
+CLASS_KEYS = {CLASS_ABSENT: "never_sent", CLASS_ZERO: "zero", CLASS_DATA: "data",
+              CLASS_RESENT: "resent"}
+_STATE_TO_CLASS = {PAGE_ABSENT: CLASS_ABSENT, PAGE_ZERO: CLASS_ZERO, PAGE_DATA: CLASS_DATA}
+
+
+@dataclass
+class BlockView:
+    name: str
+    used_length: int
+    page_size: int
+    pages: int
+    counts: dict[str, int]  # pages per state: never_sent, zero, data; resent = sent >= 2
+    max_sends: int
+    resent_histogram: dict[int, int]  # k -> pages sent exactly k times (k >= 2)
+    mr_addr: int | None = None
+    bitmap_untrusted: str | None = None
+    state: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint8))
+    sends: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint32))
+
+    def ranges(self) -> dict[str, list[list[int]]]:
+        """state -> [[first_page, end_page), ...] run-length ranges."""
+        starts, ends, vals = runs(self.state)
+        out = {}
+        for st, key in ((PAGE_ABSENT, "never_sent"), (PAGE_ZERO, "zero"), (PAGE_DATA, "data")):
+            sel = vals == st
+            out[key] = np.stack((starts[sel], ends[sel]), axis=1).tolist()
+        return out
+
+    def resent_ranges(self) -> list[list[int]]:
+        """[[first_page, end_page, k], ...]: runs of pages each sent k >= 2 times."""
+        multi = np.where(self.sends >= 2, self.sends, 0)
+        rs, re_, rv = runs(multi)
+        sel = rv >= 2
+        return np.stack((rs[sel], re_[sel], rv[sel].astype(np.int64)), axis=1).tolist()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "used_length": self.used_length,
+            "page_size": self.page_size,
+            "pages": self.pages,
+            "counts": self.counts,
+            "max_sends": self.max_sends,
+            "resent_histogram": {str(k): v for k, v in self.resent_histogram.items()},
+            "ranges": self.ranges(),
+            "resent_ranges": self.resent_ranges(),
+            "mr_addr": self.mr_addr,
+            "bitmap_untrusted": self.bitmap_untrusted,
+        }
+
+
+@dataclass
+class MapReport:
+    path: str
+    format: str
+    page_size: int
+    blocks: list[BlockView]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "page_size": self.page_size,
+            "range_convention": "[first_page, end_page) page indices within the block; "
+                                "byte offset = page * page_size",
+            "blocks": [b.to_json() for b in self.blocks],
+        }
+
+
+def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-length encoding: (starts, ends, value) of runs of equal values."""
+    n = len(values)
+    if n == 0:
+        e = np.empty(0, np.int64)
+        return e, e, values[:0]
+    cut = np.flatnonzero(values[1:] != values[:-1]) + 1
+    starts = np.concatenate(([0], cut)).astype(np.int64)
+    ends = np.concatenate((cut, [n])).astype(np.int64)
+    return starts, ends, values[starts]
+
+
+def block_view(bm: BlockMap) -> BlockView:
+    state, sends = bm.state, bm.sends
+    counts = {"never_sent": bm.count(PAGE_ABSENT), "zero": bm.count(PAGE_ZERO),
+              "data": bm.count(PAGE_DATA), "resent": int(np.count_nonzero(sends >= 2))}
+    hist: dict[int, int] = {}
+    if counts["resent"]:
+        ks, cs = np.unique(sends[sends >= 2], return_counts=True)
+        hist = {int(k): int(c) for k, c in zip(ks, cs, strict=True)}
+    return BlockView(
+        name=bm.name,
+        used_length=bm.block.used_length,
+        page_size=bm.block.page_size,
+        pages=bm.pages,
+        counts=counts,
+        max_sends=int(sends.max()) if len(sends) else 0,
+        resent_histogram=hist,
+        mr_addr=bm.block.mr_addr,
+        bitmap_untrusted=bm.bitmap_untrusted,
+        state=state,
+        sends=sends,
+    )
+
+
+def page_map(cap: Capture, blocks: list[str] | None = None) -> MapReport:
+    """The map report of `cap`, limited to the named blocks if given."""
+    names = [cap.block(n).name for n in blocks] if blocks else [b.name for b in cap.blocks]
+    maps = cap.maps
+    return MapReport(cap.path, cap.format, cap.page_size, [block_view(maps[n]) for n in names])
+
+
+@dataclass
+class Cells:
+    """Per-cell page counts of one block (cells of `per_cell` consecutive pages)."""
+
+    per_cell: int
+    counts: np.ndarray  # (ncells, 4) pages per class (CLASS_*)
+    max_sends: np.ndarray  # (ncells,) highest send count in the cell
+    size: np.ndarray  # (ncells,) pages in the cell (the last one may be short)
+
+    @property
+    def dominant(self) -> np.ndarray:
+        """Class shown per cell: re-sent if any page was re-sent, else the class with most
+        pages (ties go to data, then zero)."""
+        c = self.counts
+        order = c[:, [CLASS_ABSENT, CLASS_ZERO, CLASS_DATA]]
+        # argmax picks the first maximum: reverse so data wins ties
+        dom = 2 - np.argmax(order[:, ::-1], axis=1)
+        return np.where(c[:, CLASS_RESENT] > 0, CLASS_RESENT, dom)
+
+    @property
+    def purity(self) -> np.ndarray:
+        """Fraction of the cell's pages that belong to its dominant class."""
+        d = self.dominant
+        return self.counts[np.arange(len(d)), d] / np.maximum(self.size, 1)
+
+
+def cells(view: BlockView, per_cell: int) -> Cells:
+    """Bin a block's pages into cells of `per_cell` pages."""
+    per_cell = max(1, int(per_cell))
+    n = view.pages
+    cls = np.array([_STATE_TO_CLASS[s] for s in range(3)], np.uint8)[view.state]
+    resent = view.sends >= 2
+    cls = np.where(resent, CLASS_RESENT, cls)
+    ncells = (n + per_cell - 1) // per_cell
+    pad = ncells * per_cell - n
+    c = np.concatenate((cls, np.full(pad, 255, np.uint8))).reshape(ncells, per_cell)
+    counts = np.stack([(c == k).sum(axis=1) for k in range(4)], axis=1)
+    s = np.concatenate((view.sends, np.zeros(pad, view.sends.dtype))).reshape(ncells, per_cell)
+    size = np.full(ncells, per_cell, np.int64)
+    if pad and ncells:
+        size[-1] = per_cell - pad
+    return Cells(per_cell, counts, s.max(axis=1) if ncells else np.empty(0, np.uint32), size)
