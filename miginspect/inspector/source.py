@@ -4,28 +4,37 @@ temporary file when compressed, with a libvirt save header recognised.
 A `Source` exposes `buf` (a read-only buffer of the QEMU-level bytes) and
 `base`, the offset in `buf` where the QEMU stream starts. Offsets reported by
 the readers are offsets in `buf`: for plain and libvirt raw/sparse files they
-are file offsets; for compressed files, offsets in the decompressed data.
+are file offsets; for compressed files (and libvirt gzip/bzip2/xz/lzop/zstd
+images), offsets in the decompressed data, which starts with the QEMU stream.
+
+Compressed data is inflated by `inflate` with bounded memory. Damaged or cut
+compressed data does not fail here: what decoded is kept and
+`Container.inflation` says where it stopped, so the stream can be walked up to
+the cut; `Source.explain` words a walk's error with that context.
+
+mapped-ram inside compressed data (a bare mapped-ram file run through a
+compressor by hand; libvirt never compresses its `sparse` format) works through
+the temporary file: its offsets count from the start of the decompressed data,
+which is where QEMU's offsets counted from.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import mmap
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
-import zstandard
-
-from ..errors import BadMagicError, FormatError, TruncatedError, UnsupportedError
+from ..errors import (
+    BadMagicError,
+    FormatError,
+    MigError,
+    TruncatedError,
+    UnsupportedError,
+)
 from ..formats import libvirt as lv
+from .inflate import Inflation, Progress, inflate_head, inflate_to_tempfile
 from .parsing import parse_at
-
-Progress = Callable[[int, int], None]
 
 COMPRESSION_MAGICS = (
     (b"\x1f\x8b", "gzip"),
@@ -35,11 +44,9 @@ COMPRESSION_MAGICS = (
     (b"\x89LZO\x00\r\n\x1a\n", "lzop"),
 )
 
-#: Decompressing stops with an error past this many bytes (a guard against
-#: decompression bombs); MIGINSPECT_MAX_INFLATE overrides it.
-DEFAULT_MAX_INFLATE = 256 << 30
-
-_CHUNK = 4 << 20
+#: The domain XML and the cookie are each read up to this size; libvirt's own
+#: are a few KiB. Longer ones are cut (a hostile data_len cannot make us read GBs).
+MAX_XML = 16 << 20
 
 
 def sniff_compression(head: bytes) -> str | None:
@@ -52,7 +59,7 @@ def sniff_compression(head: bytes) -> str | None:
 @dataclass
 class LibvirtHeader:
     magic: str
-    complete: bool
+    complete: bool  # False for the LibvirtQemudPart magic: libvirt never finished the save
     version: int
     data_len: int
     was_running: bool
@@ -60,9 +67,10 @@ class LibvirtHeader:
     format_name: str
     cookie_offset: int
     byte_order: str
-    payload_offset: int
+    payload_offset: int  # file offset of the QEMU data (92 + data_len)
     xml: str
     cookie: str | None
+    xml_length: int = 0  # bytes of XML before its NUL
 
 
 @dataclass
@@ -72,6 +80,8 @@ class Container:
     kind: str = "none"  # "none" or "libvirt"
     compression: str | None = None  # compressor of the QEMU stream, if any
     libvirt: LibvirtHeader | None = None
+    #: how the compressed data decompressed (None when nothing was compressed)
+    inflation: Inflation | None = None
 
 
 @dataclass
@@ -106,6 +116,30 @@ class Source:
             except (AttributeError, OSError, ValueError):
                 pass
 
+    def explain(self, err: MigError) -> MigError:
+        """`err` (where a walk of this source stopped) with what the container adds:
+        compressed data cut or damaged, an incomplete libvirt save. Offsets in a
+        compressed file's own bytes are named as file offsets."""
+        c = self.container
+        inf = c.inflation
+        part = c.libvirt is not None and not c.libvirt.complete
+        if (inf is None or inf.complete) and not part:
+            return err
+        bits = []
+        if part:
+            bits.append("incomplete libvirt save image (LibvirtQemudPart: libvirt never "
+                        "finished writing it)")
+        if inf is not None and not inf.complete:
+            bits.append(inf.describe())
+        where = "decompressed offset" if self.decompressed else "offset"
+        at = f" at {where} {err.offset}" if err.offset is not None else ""
+        bits.append(f"the QEMU stream stops{at}: {err.message}")
+        msg = "; ".join(bits)
+        if inf is not None and not inf.complete:
+            cls = TruncatedError if inf.truncated else FormatError
+            return cls(msg, inf.error_offset, "container")
+        return type(err)(msg, err.offset, err.where)
+
     def close(self) -> None:
         for c in reversed(self._closers):
             try:
@@ -132,77 +166,17 @@ def _mmap_fd(fd: int, size: int) -> Any:
     return mm
 
 
-def _decompressor(kind: str, f: BinaryIO) -> BinaryIO:
-    if kind == "gzip":
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    if kind == "bzip2":
-        return bz2.BZ2File(f, mode="rb")
-    if kind == "xz":
-        return lzma.LZMAFile(f, mode="rb")
-    if kind == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-    if kind == "lzop":
-        raise UnsupportedError(
-            "lzop-compressed data: no maintained Python lzop reader is bundled; decompress it "
-            "first with `lzop -dc FILE > FILE.raw` (Debian package lzop)",
-            0,
-            "container",
-        )
-    raise UnsupportedError(f"unknown compression {kind}")
-
-
-def _inflate(
-    f: BinaryIO, kind: str, start: int, total: int, progress: Progress | None
-) -> tuple[Any, Any]:
-    """Stream-decompress `f` from `start` into an unnamed temporary file; mmap it."""
-    limit = int(os.environ.get("MIGINSPECT_MAX_INFLATE", DEFAULT_MAX_INFLATE))
-    f.seek(start)
-    tmp = tempfile.TemporaryFile(prefix="miginspect-")
-    written = 0
-    try:
-        with _decompressor(kind, f) as d:
-            while True:
-                try:
-                    chunk = d.read(_CHUNK)
-                except (EOFError, OSError, lzma.LZMAError, zstandard.ZstdError) as e:
-                    raise TruncatedError(
-                        f"{kind} data is damaged or cut short after {written} decompressed "
-                        f"bytes: {e}",
-                        f.tell() if not f.closed else None,
-                        "container",
-                    ) from e
-                if not chunk:
-                    break
-                written += len(chunk)
-                if written > limit:
-                    raise FormatError(
-                        f"{kind} data inflates past {limit} bytes (MIGINSPECT_MAX_INFLATE)",
-                        start,
-                        "container",
-                    )
-                _write_sparse(tmp, chunk)
-                if progress:
-                    progress(min(f.tell(), total), total)
-    except BaseException:
-        tmp.close()
-        raise
-    tmp.truncate(written)
-    tmp.flush()
-    return tmp, _mmap_fd(tmp.fileno(), written)
-
-
-_ZERO = bytes(_CHUNK)
-
-
-def _write_sparse(tmp: BinaryIO, chunk: bytes) -> None:
-    # Leave holes for all-zero chunks so inflating a mostly zero image costs no disk.
-    if len(chunk) == _CHUNK and chunk == _ZERO:
-        tmp.seek(len(chunk), os.SEEK_CUR)
-    else:
-        tmp.write(chunk)
+def _cstring(buf: Any, start: int, end: int) -> tuple[str, int]:
+    """The NUL-terminated text in buf[start:end] (at most MAX_XML bytes) and its length."""
+    stop = min(end, start + MAX_XML)
+    nul = buf.find(b"\0", start, stop)
+    n = (nul if nul >= 0 else stop) - start
+    return bytes(buf[start : start + n]).decode("utf-8", "replace"), n
 
 
 def _parse_libvirt(buf: Any) -> LibvirtHeader:
+    """The libvirt header, domain XML and cookie at the start of `buf` (which must hold
+    at least the 92-byte header and data_len bytes after it)."""
     magic = bytes(buf[:16])
     hdr, _ = parse_at(lv.virQEMUSaveHeader_le, buf, 0, "libvirt save header")
     order = "little"
@@ -216,7 +190,7 @@ def _parse_libvirt(buf: Any) -> LibvirtHeader:
     if hdr.data_len < 0 or lv.QEMU_SAVE_HEADER_SIZE + hdr.data_len > len(buf):
         raise TruncatedError(
             f"libvirt header says {hdr.data_len} bytes of XML follow, the file has "
-            f"{len(buf) - lv.QEMU_SAVE_HEADER_SIZE}",
+            f"{max(0, len(buf) - lv.QEMU_SAVE_HEADER_SIZE)}",
             20,
             "libvirt",
         )
@@ -224,14 +198,13 @@ def _parse_libvirt(buf: Any) -> LibvirtHeader:
     if fmt not in lv.QEMU_SAVE_FORMAT_NAMES:
         raise UnsupportedError(f"unknown libvirt save image format {fmt}", 28, "libvirt")
     start = lv.QEMU_SAVE_HEADER_SIZE
-    data = bytes(buf[start : start + hdr.data_len])
+    end = start + hdr.data_len
     cookie = None
     if 0 < hdr.cookieOffset <= hdr.data_len:
-        xml_raw = data[: hdr.cookieOffset]
-        cookie = data[hdr.cookieOffset :].split(b"\0", 1)[0].decode("utf-8", "replace")
+        xml, xml_len = _cstring(buf, start, start + hdr.cookieOffset)
+        cookie, _ = _cstring(buf, start + hdr.cookieOffset, end)
     else:
-        xml_raw = data
-    xml = xml_raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        xml, xml_len = _cstring(buf, start, end)
     return LibvirtHeader(
         magic=magic.decode("latin-1"),
         complete=magic == lv.QEMU_SAVE_MAGIC,
@@ -242,10 +215,32 @@ def _parse_libvirt(buf: Any) -> LibvirtHeader:
         format_name=lv.QEMU_SAVE_FORMAT_NAMES[fmt],
         cookie_offset=hdr.cookieOffset,
         byte_order=order,
-        payload_offset=start + hdr.data_len,
+        payload_offset=end,
         xml=xml,
         cookie=cookie,
+        xml_length=xml_len,
     )
+
+
+def _is_libvirt(head: bytes) -> bool:
+    return head[:16] in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL)
+
+
+def _inflate_into(src: Source, f: Any, kind: str, start: int, progress: Progress | None) -> None:
+    """Decompress the input from `start` and make the result `src.buf` (base 0)."""
+    tmp, size, st = inflate_to_tempfile(src.path, f.fileno(), kind, start, src.file_size,
+                                        progress)
+    src._closers.append(tmp)
+    mm = _mmap_fd(tmp.fileno(), size)
+    if size:
+        src._closers.append(mm)
+    src.buf, src.base, src.decompressed = mm, 0, True
+    src.fd = tmp.fileno()
+    src.container.inflation = st
+    if size == 0 and st.error:
+        cls = TruncatedError if st.truncated else FormatError
+        raise cls(f"{kind} data at offset {start} {st.error}; nothing decompressed",
+                  st.error_offset, "container")
 
 
 def open_source(path: str, progress: Progress | None = None) -> Source:
@@ -261,38 +256,70 @@ def open_source(path: str, progress: Progress | None = None) -> Source:
         if mm:
             src._closers.append(mm)
         head = bytes(mm[:16])
-        if head in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL):
+        if _is_libvirt(head):
             hdr = _parse_libvirt(mm)
             src.container = Container("libvirt", None, hdr)
             src.base = hdr.payload_offset
             comp = hdr.format_name if hdr.format_name not in ("raw", "sparse") else None
             if comp:
                 src.container.compression = comp
-                tmp, mm2 = _inflate(f, comp, hdr.payload_offset, size, progress)
-                src._closers += [tmp, mm2] if mm2 else [tmp]
-                src.buf, src.base, src.decompressed = mm2, 0, True
-                src.fd = tmp.fileno()
+                if hdr.payload_offset >= size:
+                    part = "" if hdr.complete else " (incomplete save: LibvirtQemudPart)"
+                    raise TruncatedError(
+                        f"the {comp} libvirt image ends after its XML: no QEMU data{part}",
+                        hdr.payload_offset, "libvirt")
+                _inflate_into(src, f, comp, hdr.payload_offset, progress)
             return src
         comp = sniff_compression(head)
         if comp:
             src.container = Container("none", comp, None)
-            tmp, mm2 = _inflate(f, comp, 0, size, progress)
-            src._closers += [tmp, mm2] if mm2 else [tmp]
-            src.buf, src.base, src.decompressed = mm2, 0, True
-            src.fd = tmp.fileno()
+            _inflate_into(src, f, comp, 0, progress)
             # a compressed libvirt image (e.g. `virsh save` output run through zstd)
-            inner = bytes(mm2[:16])
-            if inner in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL):
-                hdr = _parse_libvirt(mm2)
+            if _is_libvirt(bytes(src.buf[:16])):
+                hdr = _parse_libvirt(src.buf)
                 src.container.kind = "libvirt"
                 src.container.libvirt = hdr
                 src.base = hdr.payload_offset
                 if hdr.format_name not in ("raw", "sparse"):
                     raise UnsupportedError(
-                        f"a {hdr.format_name} libvirt image inside {comp} data", 0, "container"
-                    )
+                        f"a {hdr.format_name} libvirt image inside {comp} data: decompress "
+                        f"the outer {comp} layer first", 0, "container")
         return src
     except BaseException:
         f.close()
         raise
 
+
+def read_container(path: str) -> Container:
+    """The container of `path` (libvirt header, XML, cookie, compression) without
+    decompressing the QEMU data: for a libvirt image only its header area is read;
+    for a compressed file, only as much as its start takes."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(16)
+        if _is_libvirt(head):
+            mm = _mmap_fd(f.fileno(), size)
+            try:
+                hdr = _parse_libvirt(mm)
+            finally:
+                if isinstance(mm, mmap.mmap):
+                    mm.close()
+            comp = hdr.format_name if hdr.format_name not in ("raw", "sparse") else None
+            return Container("libvirt", comp, hdr)
+        comp = sniff_compression(head)
+        if comp is None:
+            return Container()
+        inner = inflate_head(path, f.fileno(), comp, 0, size, lv.QEMU_SAVE_HEADER_SIZE)
+        if not _is_libvirt(inner) or len(inner) < lv.QEMU_SAVE_HEADER_SIZE:
+            return Container("none", comp, None)
+        first, _ = parse_at(lv.virQEMUSaveHeader_le, inner, 0, "libvirt save header")
+        data_len = first.data_len
+        if not 0 <= data_len <= MAX_XML * 2 + (1 << 20):
+            first, _ = parse_at(lv.virQEMUSaveHeader_be, inner, 0, "libvirt save header")
+            data_len = first.data_len
+        if not 0 <= data_len <= MAX_XML * 2 + (1 << 20):
+            raise FormatError(f"libvirt header inside {comp} data: data_len {data_len} is "
+                              "out of range", 20, "libvirt")
+        whole = inflate_head(path, f.fileno(), comp, 0, size,
+                             lv.QEMU_SAVE_HEADER_SIZE + data_len)
+        return Container("libvirt", comp, _parse_libvirt(whole))
