@@ -117,7 +117,7 @@ def open_capture(
         raise
     cap = Capture(src, walk)
     if strict and isinstance(walk.error, FormatError):
-        err: MigError = walk.error
+        err: MigError = src.explain(walk.error)
         cap.close()
         raise err
     return cap
