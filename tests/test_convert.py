@@ -238,6 +238,10 @@ def test_live_legacy_to_mapped_ram_layout_and_content(live_to_mapped) -> None:  
             (b["name"], b["used_length"]) for b in sample_meta(LIVE)["info_ramblock"]["parsed"]]
         _layout_like_qemu(cap)
         got = _pc_ram_digests(cap)
+        conf = cap.walk.trailer.data["configuration"]
+    assert rep.vmdescription_configuration_updated
+    with open_capture(str(sample_path(MAPPED))) as real:  # QEMU's own mapped-ram JSON
+        assert conf == real.walk.trailer.data["configuration"]
     want = _pmem_pages(LIVE)[: len(got)]
     keep = _vga_mask(len(got))
     assert np.array_equal(got[keep], want[keep])
@@ -271,6 +275,7 @@ def test_mapped_ram_to_legacy_records(mapped_to_legacy) -> None:  # noqa: ANN001
     ram = meta["query-migrate"]["ram"]
     with open_capture(str(out)) as cap:
         assert cap.format == "legacy" and cap.walk.capabilities == []
+        assert "subsections" not in cap.walk.trailer.data["configuration"]
         rt = cap.walk.records
         # every page exactly once; ZERO records = QEMU's clear bits (`duplicate`)
         assert len(rt) == ram["total"] // PAGE
@@ -311,6 +316,7 @@ def test_state_a_layout_equals_qemus_mapped_ram(tmp_path) -> None:
     with open_capture(str(out)) as a, open_capture(str(real)) as b:
         ca, cb = a.walk.configuration, b.walk.configuration
         assert bytes(a.source.buf[ca.offset : ca.end]) == bytes(b.source.buf[cb.offset : cb.end])
+        assert a.walk.trailer.data["configuration"] == b.walk.trailer.data["configuration"]
         for x, y in zip(a.blocks, b.blocks, strict=True):
             assert (x.name, x.used_length) == (y.name, y.used_length)
             mx, my = x.mapped_ram, y.mapped_ram

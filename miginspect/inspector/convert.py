@@ -27,6 +27,7 @@ runs of at most 1 MiB; only per-page numpy columns are held.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import tempfile
@@ -120,6 +121,7 @@ class ConvertReport:
     ram_sections: int
     notices: list[str]
     seconds: float
+    vmdescription_configuration_updated: bool = False
     verify: VerifyResult | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -206,6 +208,45 @@ def output_capabilities(cap: Capture, to: str) -> list[str]:
     return sorted(caps, key=lambda c: order.get(c, len(order)))
 
 
+def _capabilities_description(caps: list[str]) -> dict[str, Any]:
+    """The vmdescription entry QEMU writes for a configuration/capabilities subsection
+    (seen in QEMU 10 mapped-ram files; one capability, the only case we write)."""
+    return {"vmsd_name": C.SUBSECTION_CAPABILITIES, "version": 1, "fields": [
+        {"name": "caps_count", "type": "uint32", "size": 4},
+        {"name": "capabilities", "type": "capability",
+         "size": sum(1 + len(c.encode("latin-1")) for c in caps)}]}
+
+
+def vmdescription_bytes(buf: Any, sec: Section, caps: list[str]) -> bytes | None:
+    """The vmdescription record with its "configuration" object describing the new
+    capabilities subsection, or None to copy the record unchanged (QEMU's loader skips
+    the JSON; tools such as analyze-migration.py read the configuration through it).
+    Rewritten only when the JSON re-serialises to exactly its original bytes."""
+    if sec.payload_offset is None or sec.payload_end is None or len(caps) > 1:
+        return None
+    raw = bytes(buf[sec.payload_offset : sec.payload_end])
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("configuration"), dict) or \
+            json.dumps(data).encode() != raw:
+        return None
+    cfg = data["configuration"]
+    subs = [x for x in cfg.get("subsections", []) if not (
+        isinstance(x, dict) and x.get("vmsd_name") == C.SUBSECTION_CAPABILITIES)]
+    if caps:
+        subs.insert(1 if subs and subs[0].get("vmsd_name") == C.SUBSECTION_TARGET_PAGE_BITS
+                    else 0, _capabilities_description(caps))
+    if subs:
+        cfg["subsections"] = subs
+    else:
+        cfg.pop("subsections", None)
+    js = json.dumps(data).encode()
+    return bytes([S.QEMU_VM_VMDESCRIPTION]) + S.vmdescription.build(dict(length=len(js),
+                                                                         json=js))
+
+
 def _footer(sec: Section) -> bytes:
     if not sec.footer:
         return b""
@@ -290,8 +331,9 @@ def _ram_ids(cap: Capture) -> set[int]:
 
 def mapped_ram_bound(cap: Capture, prefix_len: int | None = None) -> int:
     """Size of a mapped-ram file holding this capture's state, per format-spec §4.3:
-    the non-RAM records, each RAMBlock's list entry + 28-byte header + bitmap rounded up
-    to 1 MiB, plus used_length, and an EOS (+ footer) in each ram section."""
+    the non-RAM records (the configuration and vmdescription as QEMU writes them with
+    mapped-ram on), each RAMBlock's list entry + 28-byte header + bitmap rounded up to
+    1 MiB, plus used_length, and an EOS (+ footer) in each ram section."""
     w = cap.walk
     base = prefix_len if prefix_len is not None else (
         len(libvirt_prefix(cap, MAPPED_RAM)) if cap.source.container.libvirt else 0)
@@ -308,6 +350,9 @@ def mapped_ram_bound(cap: Capture, prefix_len: int | None = None) -> int:
                         M.MAPPED_RAM_HEADER_SIZE
                     pos = M.pages_offset_for(bmo, b.used_length // w.page_size) + b.used_length
             pos += 8 + (5 if s.footer else 0)
+        elif s.kind == "VMDESCRIPTION" and (desc := vmdescription_bytes(
+                cap.source.buf, s, output_capabilities(cap, MAPPED_RAM))) is not None:
+            pos += len(desc)  # its "configuration" object describes the capabilities too
         else:
             pos += s.end - s.offset
     return pos
@@ -337,6 +382,7 @@ class _Converter:
         self.pages_written = False
         self.copied = 0
         self.ram_sections = 0
+        self.vmdesc_rewritten = False
 
     def tick(self, n: int) -> None:
         self.done += n
@@ -359,6 +405,11 @@ class _Converter:
                     self.pages_written = True
                 out.write(_eos())
                 out.write(_footer(s))
+            elif s.kind == "VMDESCRIPTION" and (desc := vmdescription_bytes(
+                    self.buf, s, output_capabilities(self.cap, self.to))) is not None:
+                out.write(desc)
+                self.copied += 1
+                self.vmdesc_rewritten = True
             else:
                 self.copy(s.offset, s.end)
                 self.copied += 1
@@ -569,7 +620,8 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
         ram_total=sum(b.used_length for b in w.blocks), data_bytes=conv.done,
         mapped_ram_bound=bound, mapped_ram_bound_source=source, blocks=blocks,
         sections_copied=conv.copied, ram_sections=conv.ram_sections, notices=notices,
-        seconds=round(time.monotonic() - t0, 3))
+        seconds=round(time.monotonic() - t0, 3),
+        vmdescription_configuration_updated=conv.vmdesc_rewritten)
 
 
 def _bound(cap: Capture, prefix_len: int) -> tuple[int, str]:
@@ -602,8 +654,13 @@ def _device_digests(cap: Capture) -> list[tuple[str, int]]:
         if s.section_id in ram and s.kind in ("START", "PART", "END"):
             continue
         h = xxhash.xxh3_64()
-        for p in range(s.offset, s.end, RUN_BYTES):
-            h.update(buf[p : min(s.end, p + RUN_BYTES)])
+        if s.kind == "VMDESCRIPTION" and cap.walk.trailer is not None and \
+                isinstance(cap.walk.trailer.data, dict):  # all but the "configuration" object
+            data = {k: v for k, v in cap.walk.trailer.data.items() if k != "configuration"}
+            h.update(json.dumps(data).encode())
+        else:
+            for p in range(s.offset, s.end, RUN_BYTES):
+                h.update(buf[p : min(s.end, p + RUN_BYTES)])
         out.append((f"{s.kind} {s.idstr or s.cmd or ''}", h.intdigest()))
     return out
 

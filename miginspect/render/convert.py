@@ -35,7 +35,9 @@ def _summary(r: ConvertReport) -> Table:
     t.add_row("RAM", f"{size(r.ram_total)} in {len(r.blocks)} RAMBlocks, "
               f"{size(r.data_bytes)} of page data written")
     t.add_row("records", f"{r.sections_copied} non-RAM records copied byte for byte, "
-              f"{r.ram_sections} ram sections rewritten")
+              f"{r.ram_sections} ram sections rewritten"
+              + ("; vmdescription \"configuration\" updated"
+                 if r.vmdescription_configuration_updated else ""))
     t.add_row("time", f"{r.seconds:.2f} s")
     return t
 
