@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import ui
+from ..errors import FormatError
 from ..inspector.capture import open_capture
 from ..inspector.info import info
 from ..render.info import render_info
@@ -25,11 +26,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size)
+        cap = open_capture(args.file, progress=cb, page_size=args.page_size, strict=False)
     with cap:
+        err = cap.walk.error
+        lv = cap.source.container.libvirt
+        partial = lv is not None and not lv.complete
+        if isinstance(err, FormatError) and not partial:
+            raise cap.source.explain(err)
         report = info(cap)
     if args.json:
         ui.print_json(report.to_json())
     else:
         render_info(report, ui.console(), show_sections=not args.no_sections)
-    return 0
+    # an incomplete libvirt save is reported in full; exit 1 when its stream is cut
+    # or the compressed data around it is damaged
+    inf = cap.source.container.inflation
+    return 1 if isinstance(err, FormatError) or (inf is not None and inf.error) else 0

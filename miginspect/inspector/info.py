@@ -10,6 +10,7 @@ import numpy as np
 from ..formats import ram as R
 from ..formats.stream import MIG_CMD_NAMES
 from .capture import Capture
+from .libvirt_image import container_report
 from .mapped_ram import check_bitmaps
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
 
@@ -175,20 +176,6 @@ def info(cap: Capture) -> InfoReport:
 
 
 def container_info(cap: Capture) -> dict[str, Any]:
-    c = cap.source.container
-    if c.kind != "libvirt" or c.libvirt is None:
-        return {"kind": "none", "compression": c.compression}
-    h = c.libvirt
-    return {
-        "kind": "libvirt",
-        "magic": h.magic,
-        "complete": h.complete,
-        "version": h.version,
-        "format": h.format_name,
-        "was_running": h.was_running,
-        "payload_offset": h.payload_offset,
-        "data_len": h.data_len,
-        "cookie_offset": h.cookie_offset,
-        "byte_order": h.byte_order,
-        "compression": c.compression,
-    }
+    """What wraps the QEMU stream (libvirt header, compression) and how much of the
+    stream is there; see libvirt_image.container_report."""
+    return container_report(cap)

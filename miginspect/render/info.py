@@ -24,6 +24,8 @@ def _summary(r: InfoReport) -> Table:
     elif c.get("compression"):
         fmt = f"{fmt} ({c['compression']}-compressed)"
     t.add_row("format", fmt)
+    for label, value in _container_rows(c):
+        t.add_row(label, value)
     alloc = f"  (allocated {size(r.allocated_size)})" if r.allocated_size != r.file_size else ""
     t.add_row("file size", f"{size(r.file_size)} = {num(r.file_size)} bytes{alloc}")
     if r.decompressed_size is not None:
@@ -40,6 +42,43 @@ def _summary(r: InfoReport) -> Table:
         t.add_row("vmdescription", f"{size(v['length'])} JSON at {hexoff(v['offset'])}"
                   + (f", {v['devices']} devices" if v.get("devices") is not None else ""))
     return t
+
+
+def _container_rows(c: dict) -> list[tuple[str, str]]:
+    """libvirt header, domain and stream completeness lines of the summary."""
+    rows: list[tuple[str, str]] = []
+    if c.get("kind") == "libvirt":
+        state = "was running" if c.get("was_running") else "was paused"
+        rows.append(("libvirt header", f"{name(c.get('magic'))} version {c.get('version')}, "
+                     f"format {name(c.get('format'))}, {state}, {c.get('byte_order')}-endian, "
+                     f"QEMU data at {hexoff(c.get('payload_offset'))}"))
+        d = c.get("domain") or {}
+        if d.get("error"):
+            rows.append(("domain", f"[yellow]{name(d['error'])}[/]"))
+        else:
+            mem = d.get("memory_kib")
+            rows.append(("domain", f"{name(d.get('name'))}  uuid {name(d.get('uuid'))}  "
+                         f"memory {size(mem * 1024) if mem is not None else '-'}"))
+    s = c.get("stream") or {}
+    z = s.get("decompressed")
+    if z and not z.get("complete"):
+        rows.append((f"{z['compression']} data", f"[red]{name(z['compression'])} data "
+                     f"{name(z.get('error'))} at file offset {hexoff(z.get('error_offset'))}; "
+                     f"{num(z.get('inflated'))} bytes decompressed[/]"))
+    elif z and z.get("trailing"):
+        rows.append((f"{z['compression']} data", f"[yellow]{num(z['trailing'])} bytes after "
+                     f"the end of the {name(z['compression'])} data, ignored[/]"))
+    if s and (c.get("kind") == "libvirt" or not s.get("complete")):
+        if s.get("complete"):
+            text = f"complete: {num(s.get('bytes'))} bytes, up to the EOF record"
+        else:
+            text = (f"[red]cut: {num(s.get('bytes'))} bytes present, readable up to "
+                    f"{hexoff(s.get('stopped_at'))}[/]")
+        pages, sent = s.get("ram_pages"), s.get("ram_pages_sent")
+        if pages:
+            text += f"; RAM pages sent {num(sent)} of {num(pages)}"
+        rows.append(("QEMU stream", text))
+    return rows
 
 
 def _blocks(r: InfoReport) -> Table:
