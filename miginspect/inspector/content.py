@@ -133,11 +133,23 @@ class PageReader:
         """xxh3-64 of every page's final content (zero/absent pages: hash of zeros)."""
         out = np.full(bm.pages, zero_hash(self.ps), np.uint64)
         h = xxhash.xxh3_64_intdigest
-        vals = []
-        idxs = []
-        for i, data in self.iter_data_pages(bm, progress):
-            idxs.append(i)
-            vals.append(h(data))
-        if idxs:
-            out[np.asarray(idxs, np.int64)] = np.asarray(vals, np.uint64)
+        idx = np.flatnonzero(bm.state == PAGE_DATA)
+        buf = memoryview(self.buf) if not isinstance(self.buf, bytes) else self.buf
+        ps = self.ps
+        # chunks of pages hashed in a tight loop (no generator: ~2.5x faster)
+        for s in range(0, len(idx), _HASH_CHUNK):
+            part = idx[s : s + _HASH_CHUNK]
+            offs = bm.offset[part]
+            out[part] = np.array([h(buf[o : o + ps]) for o in offs.tolist()], np.uint64)
+            if progress:
+                progress(s + len(part))
+            if self.release:
+                self.release(int(offs.min()), int(offs.max()) + ps)
+        # pages rebuilt from deltas: the offset above pointed at their last record
+        for i, data in self.replay_all(bm).items():
+            out[i] = h(data)
         return out
+
+
+#: Data pages hashed per step of `PageReader.hashes` (progress and RSS release).
+_HASH_CHUNK = 8192
