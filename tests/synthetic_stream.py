@@ -14,19 +14,27 @@ from miginspect.formats.common import CountedString
 PS = 4096
 
 
-def page_record(block: str, page: int, data: bytes | None, cont: bool = False) -> bytes:
-    """A PAGE record (data) or a ZERO record (data None) for `page` of `block`."""
-    flags = R.RAM_SAVE_FLAG_ZERO if data is None else R.RAM_SAVE_FLAG_PAGE
+def page_record(block: str, page: int, data: bytes | tuple | None, cont: bool = False
+                ) -> bytes:
+    """A PAGE record (data), a ZERO record (data None) or an XBZRLE record
+    (data = ("xbzrle", encoded delta)) for `page` of `block`."""
+    if isinstance(data, tuple):
+        flags = R.RAM_SAVE_FLAG_XBZRLE
+        payload: object = {"encoding": R.ENCODING_FLAG_XBZRLE, "length": len(data[1]),
+                           "data": data[1]}
+    else:
+        flags = R.RAM_SAVE_FLAG_ZERO if data is None else R.RAM_SAVE_FLAG_PAGE
+        payload = 0 if data is None else data
     if cont:
         flags |= R.RAM_SAVE_FLAG_CONTINUE
     return R.ram_page_record.build(
-        {"word": page * PS | flags, "idstr": None if cont else block,
-         "payload": 0 if data is None else data}, page_size=PS)
+        {"word": page * PS | flags, "idstr": None if cont else block, "payload": payload},
+        page_size=PS)
 
 
 def build_stream(
     blocks: dict[str, int],
-    pages: list[tuple[str, int, bytes | None]],
+    pages: list[tuple[str, int, bytes | tuple | None]],
     devices: list[tuple[str, dict[str, Any], bytes]] = (),
     machine: str = "pc-i440fx-10.0",
 ) -> bytes:

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pytest
+import xxhash
 import zstandard
 from conftest import SAMPLES as SAMPLE_DIR
 from conftest import sample_meta, sample_names, sample_path
@@ -117,6 +118,20 @@ def test_json_contract_and_page_list(pair, capsys):
     assert sorted(listed) == [1, 2, 3]
     assert listed[1]["hash_a"] != listed[1]["hash_b"]
     assert (listed[2]["state_a"], listed[2]["state_b"]) == ("data", "zero")
+
+
+def test_xbzrle_delta_pages_compare_by_their_final_content(tmp_path):
+    base = _page(1)
+    delta = bytes([0x10, 0x03]) + b"xyz"  # skip 16 bytes, 3 new bytes
+    final = base[:16] + b"xyz" + base[19:]
+    a = _write(tmp_path, "a.mig", {"pc.ram": 2 * PS}, [("pc.ram", 0, final),
+                                                       ("pc.ram", 1, base)])
+    b = _write(tmp_path, "b.mig", {"pc.ram": 2 * PS}, [
+        ("pc.ram", 0, base), ("pc.ram", 1, base), ("pc.ram", 0, ("xbzrle", delta))])
+    with open_capture(a) as ca, open_capture(b) as cb:
+        r = diff_captures(ca, cb)
+        assert r.ram_identical
+        assert int(cb.hashes("pc.ram")[0]) == xxhash.xxh3_64_intdigest(final)
 
 
 def test_page_hexdiff(pair, capsys):
