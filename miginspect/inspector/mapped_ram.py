@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +113,8 @@ def pages_with_data(extents: np.ndarray | None, region: int, npages: int, ps: in
     return np.cumsum(marks[:-1]) > 0
 
 
-def nonzero_pages(buf: Any, region: int, want: np.ndarray, ps: int) -> np.ndarray:
+def nonzero_pages(buf: Any, region: int, want: np.ndarray, ps: int,
+                  release: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Bool per page of the region: True where the page's bytes are not all zero.
     Only pages flagged in `want` are read (in windows); the rest come back False."""
     n = len(want)
@@ -124,11 +126,14 @@ def nonzero_pages(buf: Any, region: int, want: np.ndarray, ps: int) -> np.ndarra
         v = np.frombuffer(buf, np.uint64, count=(b - a) * words, offset=region + a * ps)
         nz = np.bitwise_or.reduce(v.reshape(b - a, words), axis=1) != 0
         out[a:b] = nz & want[a:b]
+        if release is not None:
+            release(region + a * ps, region + b * ps)
     return out
 
 
 def check_block(
-    buf: Any, fd: int | None, blk: RamBlock, raw_bitmap: np.ndarray, layout: str = "le64"
+    buf: Any, fd: int | None, blk: RamBlock, raw_bitmap: np.ndarray, layout: str = "le64",
+    release: Callable[[int, int], None] | None = None,
 ) -> BitmapCheck:
     """Compare one block's bitmap with its pages region (see the module docstring)."""
     info = blk.mapped_ram
@@ -143,7 +148,7 @@ def check_block(
     ext = data_extents(fd, region, region + blk.used_length)
     has_data = pages_with_data(ext, region, n, ps)
     over_holes = int(np.count_nonzero(bits & ~has_data))
-    stale_mask = nonzero_pages(buf, region, ~bits & has_data, ps)
+    stale_mask = nonzero_pages(buf, region, ~bits & has_data, ps, release)
     stale_index = np.flatnonzero(stale_mask)
     chk = BitmapCheck(
         block=blk.name,
@@ -160,13 +165,14 @@ def check_block(
         chk.untrusted = (f"{padding} bit(s) set past the last page: the bitmap was not written "
                          "by a little-endian host, or is damaged")
     if chk.stale_pages or over_holes or padding:
-        _score_layouts(chk, buf, raw_bitmap, region, n, ps, has_data, bits)
+        _score_layouts(chk, buf, raw_bitmap, region, n, ps, has_data, bits, release)
     return chk
 
 
 def _score_layouts(chk: BitmapCheck, buf: Any, raw: np.ndarray, region: int, n: int, ps: int,
-                   has_data: np.ndarray, bits: np.ndarray) -> None:
-    nonzero = nonzero_pages(buf, region, has_data, ps)
+                   has_data: np.ndarray, bits: np.ndarray,
+                   release: Callable[[int, int], None] | None) -> None:
+    nonzero = nonzero_pages(buf, region, has_data, ps, release)
     chk.zero_data_pages = int(np.count_nonzero(bits & ~nonzero))
     scores = {}
     for lay in LAYOUTS:
@@ -194,7 +200,7 @@ def check_bitmaps(cap: Any) -> dict[str, BitmapCheck]:
         if b.mapped_ram is None:
             continue
         chk = check_block(src.buf, getattr(src, "fd", None), b, cap.raw_bitmap(b),
-                          cap.bitmap_layout)
+                          cap.bitmap_layout, getattr(src, "release", None))
         bm: BlockMap = cap.maps[b.name]
         bm.stale_pages = chk.stale_index
         if chk.untrusted and not bm.bitmap_untrusted:

@@ -1,0 +1,357 @@
+"""`extract`: RAMBlocks (or guest-physical memory) written out as sparse raw files.
+
+Rules, decided here and tested:
+
+* Every output file is created inside the output folder the user named, under a
+  name made safe from the RAMBlock idstr (which holds `/` and `:`); the path is
+  resolved and checked to lie in that folder, symlinks are never followed, and
+  an existing file is replaced only with `force`. Every target is checked
+  before anything is written.
+* Only data pages are written; zero and never-sent pages are skipped over, so
+  they become holes (the file is truncated to its full length at the end).
+  mapped-ram: the bitmap wins, stale bytes under a clear bit are not copied.
+  Legacy: the last record wins, XBZRLE/COMPRESS_PAGE pages are replayed.
+* Pages are copied in runs: consecutive pages whose copies lie at a constant
+  stride in the input (one run per pages region in mapped-ram, one per batch
+  of CONTINUE records in a legacy stream) go out in one write.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..formats import elfcore as E
+from .capture import Capture
+from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
+from .physical import PhysicalLayout, x86_layout
+
+MANIFEST = "miginspect-extract.json"
+_MAX_WRITE = 16 << 20
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+
+Progress = Callable[[int, int], None]
+
+
+def safe_name(idstr: str, taken: set[str] | None = None, suffix: str = ".raw") -> str:
+    """A file name for a RAMBlock idstr: path separators, `:` and anything outside
+    [A-Za-z0-9._@+-] become `_`, leading dots and underscores are dropped, the length is
+    bounded, and a `~N` tag keeps it unique (case-insensitively) among `taken`."""
+    base = _UNSAFE.sub("_", idstr).lstrip("._")[:200] or "block"
+    out = base + suffix
+    n = 2
+    while taken is not None and out.lower() in taken:
+        out = f"{base}~{n}{suffix}"
+        n += 1
+    if taken is not None:
+        taken.add(out.lower())
+    return out
+
+
+@dataclass
+class ExtractedFile:
+    file: str  # name inside the output folder
+    kind: str  # "block", "physical-raw", "physical-elf"
+    size: int  # apparent size
+    data_bytes: int  # bytes written (data pages)
+    block: str | None = None
+    used_length: int | None = None
+    pages: int | None = None
+    data_pages: int | None = None
+    zero_pages: int | None = None
+    absent_pages: int | None = None
+    mr_addr: int | None = None
+
+
+@dataclass
+class ExtractReport:
+    input: str
+    format: str
+    output_dir: str
+    files: list[ExtractedFile] = field(default_factory=list)
+    physical: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- output folder ---------------------------------------------------------------
+class OutputDir:
+    """The one folder extract writes into; every path is checked against it."""
+
+    def __init__(self, path: str | os.PathLike[str], force: bool) -> None:
+        p = Path(path)
+        try:
+            p.mkdir(exist_ok=True)
+        except FileNotFoundError as e:
+            raise UsageError(f"cannot create output folder {str(p)!r}: its parent does not "
+                             "exist") from e
+        except FileExistsError as e:
+            raise UsageError(f"{str(p)!r} exists and is not a folder") from e
+        if not p.is_dir():
+            raise UsageError(f"{str(p)!r} is not a folder")
+        self.root = p.resolve()
+        self.force = force
+
+    def target(self, name: str) -> Path:
+        """`name` inside the folder; a bare file name only, never a path."""
+        t = self.root / name
+        if name in ("", ".", "..") or os.sep in name or "/" in name or t.parent != self.root:
+            raise UsageError(f"refusing to write {name!r}: it would land outside "
+                             f"{str(self.root)!r}")
+        return t
+
+    def check(self, names: list[str]) -> None:
+        """Refuse (before anything is written) what would overwrite without force."""
+        for n in names:
+            t = self.root / n
+            if t.is_symlink():
+                raise UsageError(f"refusing to write through the symlink {str(t)!r}")
+            if t.exists():
+                if not self.force:
+                    raise UsageError(f"{str(t)!r} exists; use --force to overwrite")
+                if not t.is_file():
+                    raise UsageError(f"{str(t)!r} exists and is not a regular file")
+            self.target(n)
+
+    def open(self, name: str) -> int:
+        t = self.target(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        if not self.force:
+            flags |= os.O_EXCL
+        try:
+            return os.open(t, flags, 0o644)
+        except FileExistsError as e:
+            raise UsageError(f"{str(t)!r} exists; use --force to overwrite") from e
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UsageError(f"refusing to write through the symlink {str(t)!r}") from e
+            raise
+
+
+# -- page copying ------------------------------------------------------------------
+def _pwrite_all(fd: int, data: Any, off: int) -> None:
+    mv = memoryview(data).cast("B")
+    while len(mv):
+        n = os.pwrite(fd, mv, off)
+        mv = mv[n:]
+        off += n
+
+
+def _const_stride_runs(idx: np.ndarray, offs: np.ndarray) -> list[tuple[int, int]]:
+    """[(i, j)] slices of (idx, offs) where pages are consecutive and the source offsets
+    advance by one constant stride."""
+    n = len(idx)
+    if n == 0:
+        return []
+    dp = np.diff(idx)
+    do = np.diff(offs)
+    # a pair (k, k+1) may join a run if the pages are consecutive
+    ok = dp == 1
+    out = []
+    brk = np.flatnonzero(~ok)  # pair indices that must split
+    # walk the stretches between forced splits; inside a stretch, split where stride changes
+    starts = np.concatenate(([0], brk + 1))
+    ends = np.concatenate((brk + 1, [n]))
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        if e - s <= 1:
+            out.append((s, e))
+            continue
+        seg = do[s : e - 1]
+        cut = np.flatnonzero(seg[1:] != seg[:-1]) + 1  # stride changes between pairs
+        i = s
+        for c in (cut + s).tolist():
+            out.append((i, c + 1))  # pair c-1 ended at element c
+            i = c + 1
+        if i < e:
+            out.append((i, e))
+    return out
+
+
+def write_pages(cap: Capture, bm: BlockMap, fd: int, dest: int, first: int, count: int,
+                progress: Callable[[int], None] | None = None) -> int:
+    """Write the data pages [first, first+count) of `bm` to `fd`, page i at
+    dest + (i - first) * page_size. Returns the bytes written."""
+    ps = bm.block.page_size
+    buf = cap.source.buf
+    arr = np.frombuffer(buf, np.uint8) if len(buf) else np.zeros(0, np.uint8)
+    sel = np.flatnonzero(bm.state[first : first + count] == PAGE_DATA) + first
+    replayed: dict[int, bytes] = {}
+    if bm.replay_pages is not None and len(bm.replay_pages):
+        want = np.intersect1d(bm.replay_pages, sel)
+        if len(want):
+            replayed = cap.reader.replay_all(bm)
+            sel = np.setdiff1d(sel, want, assume_unique=True)
+            for p in want.tolist():
+                _pwrite_all(fd, replayed[p], dest + (p - first) * ps)
+    offs = bm.offset[sel]
+    written = len(replayed) * ps
+    release = cap.source.release
+    for i, j in _const_stride_runs(sel, offs):
+        k = j - i
+        o0 = int(offs[i])
+        stride = int(offs[i + 1] - offs[i]) if k > 1 else ps
+        p0 = int(sel[i])
+        step = max(1, _MAX_WRITE // max(ps, stride))
+        for a in range(0, k, step):
+            m = min(step, k - a)
+            src = o0 + a * stride
+            if stride == ps:
+                data = arr[src : src + m * ps]
+            else:
+                data = np.lib.stride_tricks.as_strided(
+                    arr[src:], shape=(m, ps), strides=(stride, 1), writeable=False)
+                data = np.ascontiguousarray(data)
+            _pwrite_all(fd, data, dest + (p0 + a - first) * ps)
+            release(min(src, src + (m - 1) * stride), max(src, src + (m - 1) * stride) + ps)
+            written += m * ps
+            if progress:
+                progress(m * ps)
+    return written
+
+
+# -- extract -------------------------------------------------------------------------
+def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
+                   blocks: list[str] | None = None, progress: Progress | None = None,
+                   manifest: bool = True) -> ExtractReport:
+    """One sparse raw file per RAMBlock in `outdir` (plus a JSON manifest)."""
+    out = OutputDir(outdir, force)
+    chosen = [cap.block(n) for n in blocks] if blocks else list(cap.blocks)
+    taken: set[str] = {MANIFEST.lower()}
+    names = [safe_name(b.name, taken) for b in chosen]
+    out.check(names + ([MANIFEST] if manifest else []))
+    rep = ExtractReport(cap.path, cap.format, str(out.root))
+    maps = cap.maps
+    total = sum(maps[b.name].count(PAGE_DATA) * b.page_size for b in chosen)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    for b, fname in zip(chosen, names, strict=True):
+        bm = maps[b.name]
+        fd = out.open(fname)
+        try:
+            nbytes = write_pages(cap, bm, fd, 0, 0, bm.pages, tick)
+            os.ftruncate(fd, b.used_length)
+        finally:
+            os.close(fd)
+        rep.files.append(ExtractedFile(
+            file=fname, kind="block", size=b.used_length, data_bytes=nbytes, block=b.name,
+            used_length=b.used_length, pages=bm.pages, data_pages=bm.count(PAGE_DATA),
+            zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_ABSENT),
+            mr_addr=b.mr_addr))
+        if bm.bitmap_untrusted:
+            rep.notes.append(f"{b.name}: bitmap untrusted ({bm.bitmap_untrusted}); pages were "
+                             f"taken from the {cap.bitmap_layout} reading")
+    if manifest:
+        _write_manifest(out, rep)
+    return rep
+
+
+def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
+                     formats: tuple[str, ...] = ("raw", "elf"), ram_block: str | None = None,
+                     max_ram_below_4g: int | None = None, progress: Progress | None = None,
+                     manifest: bool = True) -> ExtractReport:
+    """Guest-physical memory of an x86 pc/q35 guest: `physical.raw` (sparse, byte at
+    guest-physical address A at file offset A) and/or `physical.elf` (ELF64 core, one
+    PT_LOAD per RAM range, sparse)."""
+    name = ram_block or "pc.ram"
+    blk = cap.block(name)
+    lay = x86_layout(cap.walk.machine_type, blk.used_length, name, max_ram_below_4g)
+    out = OutputDir(outdir, force)
+    files = {"raw": "physical.raw", "elf": "physical.elf"}
+    names = [files[f] for f in formats]
+    out.check(names + ([MANIFEST] if manifest else []))
+    rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay.to_json())
+    bm = cap.maps[name]
+    total = bm.count(PAGE_DATA) * blk.page_size * len(formats)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    others = [b.name for b in cap.blocks if b.name != name]
+    rep.notes.append(f"guest-physical layout: {lay.rule}")
+    if others:
+        rep.notes.append("only the main RAM block is mapped; ROMs, option ROMs and device "
+                         f"memory ({len(others)} other blocks) are not part of the image")
+    for f in formats:
+        fname = files[f]
+        fd = out.open(fname)
+        try:
+            if f == "raw":
+                nbytes = _write_ranges(cap, bm, lay, fd, lambda gpa: gpa, tick)
+                size = lay.end
+            else:
+                offsets = elf_offsets(lay, blk.page_size)
+                _pwrite_all(fd, elf_header(lay, offsets), 0)
+                nbytes = _write_ranges(cap, bm, lay, fd, offsets.__getitem__, tick)
+                size = max((offsets[r.gpa] + r.length for r in lay.ranges),
+                           default=E.EHDR_SIZE)
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        rep.files.append(ExtractedFile(file=fname, kind=f"physical-{f}", size=size,
+                                       data_bytes=nbytes, block=name))
+    if manifest:
+        _write_manifest(out, rep)
+    return rep
+
+
+def _write_ranges(cap: Capture, bm: BlockMap, lay: PhysicalLayout, fd: int,
+                  where: Callable[[Any], int], tick: Callable[[int], None]) -> int:
+    ps = bm.block.page_size
+    n = 0
+    for r in lay.ranges:
+        n += write_pages(cap, bm, fd, where(r.gpa), r.block_offset // ps, r.length // ps, tick)
+    return n
+
+
+def elf_offsets(lay: PhysicalLayout, page_size: int) -> dict[int, int]:
+    """File offset of each range's bytes (keyed by guest-physical start), page aligned
+    after the headers."""
+    head = E.EHDR_SIZE + E.PHDR_SIZE * len(lay.ranges)
+    off = (head + page_size - 1) // page_size * page_size
+    out = {}
+    for r in lay.ranges:
+        out[r.gpa] = off
+        off += r.length
+    return out
+
+
+def elf_header(lay: PhysicalLayout, offsets: dict[int, int]) -> bytes:
+    eh = E.Elf64_Ehdr.build(dict(
+        e_ident_class=E.ELFCLASS64, e_ident_data=E.ELFDATA2LSB,
+        e_ident_version=E.EV_CURRENT, e_ident_osabi=E.ELFOSABI_NONE, e_ident_pad=bytes(8),
+        e_type=E.ET_CORE, e_machine=E.EM_X86_64, e_version=E.EV_CURRENT, e_entry=0,
+        e_phoff=E.EHDR_SIZE, e_shoff=0, e_flags=0, e_ehsize=E.EHDR_SIZE,
+        e_phentsize=E.PHDR_SIZE, e_phnum=len(lay.ranges), e_shentsize=0, e_shnum=0,
+        e_shstrndx=0))
+    ph = b"".join(E.Elf64_Phdr.build(dict(
+        p_type=E.PT_LOAD, p_flags=E.PF_R | E.PF_W | E.PF_X, p_offset=offsets[r.gpa],
+        p_vaddr=0, p_paddr=r.gpa, p_filesz=r.length, p_memsz=r.length, p_align=0))
+        for r in lay.ranges)
+    return eh + ph
+
+
+def _write_manifest(out: OutputDir, rep: ExtractReport) -> None:
+    import json
+
+    fd = out.open(MANIFEST)
+    with os.fdopen(fd, "w") as f:
+        json.dump(rep.to_json(), f, indent=1)
+        f.write("\n")
