@@ -33,8 +33,10 @@ pick up pages re-dirtied behind it), or the ram END section begins
 Relation to QEMU's figure, checked on real QEMU 7.2 and 10.0 live, XBZRLE and
 paused captures (tests/test_size.py): **rounds == dirty-sync-count - 1**, the
 missing sync being the pending_exact sync right before completion, which sends
-nothing of its own. A paused capture has two rounds (the bulk pass, and an
-empty END) and dirty-sync-count 3.
+nothing of its own. A paused capture has dirty-sync-count 3 and two rounds:
+the bulk pass, cut when the pending estimate fell below the threshold, and the
+END section, which sends the rest of the bulk pass. For live captures the
+stop-and-copy round's bytes equal query-migrate's `downtime-bytes` exactly.
 
 The detection is a property of the record order only; it needs no timing. It
 can miss a sync when the re-dirtied pages all lie ahead of the scan position
