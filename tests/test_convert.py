@@ -220,8 +220,13 @@ def test_live_legacy_is_amplified_and_converts_bounded(live_to_mapped) -> None: 
     assert rep.input_size.apparent == meta["capture"]["raw_size"]
     assert sum(b.input_sends for b in rep.blocks) >= ram["normal"] + ram["duplicate"]
     assert rep.verify is not None and rep.verify.ok, rep.verify
-    # the file is bounded by the mapped-ram bound, and sparse: zero pages are holes
+    # the file is bounded by the mapped-ram bound (the size audit's, when present), and
+    # sparse: zero pages are holes
     assert rep.output_size.apparent <= rep.mapped_ram_bound
+    with open_capture(str(src)) as cap:
+        assert rep.output_size.apparent == mapped_ram_bound(cap)
+    if rep.mapped_ram_allocated_bound is not None:
+        assert rep.output_size.allocated <= rep.mapped_ram_allocated_bound + (64 << 10)
     assert rep.output_size.apparent == out.stat().st_size
     data = sum(b.data_pages for b in rep.blocks) * PAGE
     assert rep.data_bytes == data
@@ -238,10 +243,12 @@ def test_live_legacy_to_mapped_ram_layout_and_content(live_to_mapped) -> None:  
             (b["name"], b["used_length"]) for b in sample_meta(LIVE)["info_ramblock"]["parsed"]]
         _layout_like_qemu(cap)
         got = _pc_ram_digests(cap)
-        conf = cap.walk.trailer.data["configuration"]
-    assert rep.vmdescription_configuration_updated
-    with open_capture(str(sample_path(MAPPED))) as real:  # QEMU's own mapped-ram JSON
-        assert conf == real.walk.trailer.data["configuration"]
+        t = cap.walk.trailer
+        json_out = bytes(cap.source.buf[t.offset : t.json_offset + t.length])
+    assert not rep.vmdescription_configuration_updated
+    with open_capture(str(src)) as cap:  # copied byte for byte by default
+        t = cap.walk.trailer
+        assert json_out == bytes(cap.source.buf[t.offset : t.json_offset + t.length])
     want = _pmem_pages(LIVE)[: len(got)]
     keep = _vga_mask(len(got))
     assert np.array_equal(got[keep], want[keep])
@@ -254,6 +261,23 @@ def test_live_legacy_to_mapped_ram_restored_by_qemu(live_to_mapped, need_qemu, t
     meta = sample_meta(LIVE)
     digest, st = qemu_restore_digest(need_qemu, meta, out, tmp_path, ["mapped-ram"])
     assert digest == meta["pmemsave"]["sha256_masked"]
+
+
+def test_update_vmdesc_writes_qemus_configuration_description(tmp_path) -> None:  # noqa: ANN001
+    src = sample_path(LIVE)
+    out = tmp_path / "live.mapped-ram"
+    rep = convert(str(src), str(out), "mapped-ram", update_vmdesc=True)
+    assert rep.vmdescription_configuration_updated and rep.vmdescription_growth > 0
+    with open_capture(str(out)) as cap, open_capture(str(sample_path(MAPPED))) as real:
+        # QEMU's own mapped-ram file of the same machine describes the subsection this way
+        assert cap.walk.trailer.data["configuration"] == \
+            real.walk.trailer.data["configuration"]
+    with open_capture(str(src)) as cap:
+        assert out.stat().st_size == mapped_ram_bound(cap, update_vmdesc=True)
+    back = tmp_path / "back.legacy"
+    convert(str(out), str(back), "legacy", update_vmdesc=True)
+    with open_capture(str(back)) as cap, open_capture(str(src)) as orig:
+        assert cap.walk.trailer.data == orig.walk.trailer.data
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,7 +299,8 @@ def test_mapped_ram_to_legacy_records(mapped_to_legacy) -> None:  # noqa: ANN001
     ram = meta["query-migrate"]["ram"]
     with open_capture(str(out)) as cap:
         assert cap.format == "legacy" and cap.walk.capabilities == []
-        assert "subsections" not in cap.walk.trailer.data["configuration"]
+        with open_capture(str(src)) as orig:  # copied byte for byte by default
+            assert cap.walk.trailer.data == orig.walk.trailer.data
         rt = cap.walk.records
         # every page exactly once; ZERO records = QEMU's clear bits (`duplicate`)
         assert len(rt) == ram["total"] // PAGE
@@ -312,7 +337,7 @@ def test_state_a_layout_equals_qemus_mapped_ram(tmp_path) -> None:
     legacy = sample_path("q10-state-A-legacy")
     real = sample_path("q10-state-A-mapped-ram")
     out = tmp_path / "A.mapped-ram"
-    convert(str(legacy), str(out), "mapped-ram")
+    convert(str(legacy), str(out), "mapped-ram", update_vmdesc=True)
     with open_capture(str(out)) as a, open_capture(str(real)) as b:
         ca, cb = a.walk.configuration, b.walk.configuration
         assert bytes(a.source.buf[ca.offset : ca.end]) == bytes(b.source.buf[cb.offset : cb.end])
@@ -326,7 +351,8 @@ def test_state_a_layout_equals_qemus_mapped_ram(tmp_path) -> None:
             assert np.array_equal(a.hashes(x.name), b.hashes(y.name)), x.name
         # QEMU's own mapped-ram file has exactly the size the bound predicts from the legacy
         # file (the device sections of the two saves have the same sizes)
-        assert mapped_ram_bound(a) == b.source.file_size
+        with open_capture(str(legacy)) as c:
+            assert mapped_ram_bound(c, update_vmdesc=True) == b.source.file_size
 
 
 def test_configuration_capabilities_bytes() -> None:

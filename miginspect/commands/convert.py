@@ -26,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--verify", action="store_true",
                    help="read OUT back and prove its page maps and contents equal IN's")
+    p.add_argument("--update-vmdesc", action="store_true",
+                   help="also make the vmdescription JSON's \"configuration\" object describe "
+                   "the new capabilities as QEMU writes it (QEMU's loader ignores the JSON; "
+                   "analyze-migration.py reads the configuration through it). Default: the "
+                   "JSON is copied byte for byte")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -33,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as rcb, ui.progress("writing") as wcb:
         report = convert(args.input, args.output, args.to, force=args.force,
-                         verify=args.verify, progress=wcb, read_progress=rcb)
+                         verify=args.verify, progress=wcb, read_progress=rcb,
+                         update_vmdesc=args.update_vmdesc)
     if args.json:
         ui.print_json(report.to_json())
     else:

@@ -114,7 +114,8 @@ class ConvertReport:
     stream_offset_out: int
     ram_total: int
     data_bytes: int  # page bytes written
-    mapped_ram_bound: int  # size a mapped-ram file of this state takes (§4.3 layout)
+    mapped_ram_bound: int  # apparent size a mapped-ram file of this state takes
+    mapped_ram_allocated_bound: int | None  # the same with only data pages allocated
     mapped_ram_bound_source: str
     blocks: list[BlockConversion]
     sections_copied: int
@@ -122,6 +123,7 @@ class ConvertReport:
     notices: list[str]
     seconds: float
     vmdescription_configuration_updated: bool = False
+    vmdescription_growth: int = 0  # bytes the updated JSON adds (not in the bound)
     verify: VerifyResult | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -329,10 +331,12 @@ def _ram_ids(cap: Capture) -> set[int]:
             and s.section_id is not None}
 
 
-def mapped_ram_bound(cap: Capture, prefix_len: int | None = None) -> int:
+def mapped_ram_bound(cap: Capture, prefix_len: int | None = None,
+                     update_vmdesc: bool = False) -> int:
     """Size of a mapped-ram file holding this capture's state, per format-spec §4.3:
-    the non-RAM records (the configuration and vmdescription as QEMU writes them with
-    mapped-ram on), each RAMBlock's list entry + 28-byte header + bitmap rounded up to
+    the non-RAM records (the configuration with the capabilities subsection; with
+    `update_vmdesc` the vmdescription as QEMU writes it with mapped-ram on, else
+    unchanged), each RAMBlock's list entry + 28-byte header + bitmap rounded up to
     1 MiB, plus used_length, and an EOS (+ footer) in each ram section."""
     w = cap.walk
     base = prefix_len if prefix_len is not None else (
@@ -350,7 +354,7 @@ def mapped_ram_bound(cap: Capture, prefix_len: int | None = None) -> int:
                         M.MAPPED_RAM_HEADER_SIZE
                     pos = M.pages_offset_for(bmo, b.used_length // w.page_size) + b.used_length
             pos += 8 + (5 if s.footer else 0)
-        elif s.kind == "VMDESCRIPTION" and (desc := vmdescription_bytes(
+        elif s.kind == "VMDESCRIPTION" and update_vmdesc and (desc := vmdescription_bytes(
                 cap.source.buf, s, output_capabilities(cap, MAPPED_RAM))) is not None:
             pos += len(desc)  # its "configuration" object describes the capabilities too
         else:
@@ -364,7 +368,7 @@ def mapped_ram_bound(cap: Capture, prefix_len: int | None = None) -> int:
 
 class _Converter:
     def __init__(self, cap: Capture, to: str, out: _Output, prefix: bytes,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, update_vmdesc: bool = False) -> None:
         self.cap = cap
         self.w = cap.walk
         self.to = to
@@ -382,7 +386,9 @@ class _Converter:
         self.pages_written = False
         self.copied = 0
         self.ram_sections = 0
+        self.update_vmdesc = update_vmdesc
         self.vmdesc_rewritten = False
+        self.vmdesc_growth = 0
 
     def tick(self, n: int) -> None:
         self.done += n
@@ -405,9 +411,11 @@ class _Converter:
                     self.pages_written = True
                 out.write(_eos())
                 out.write(_footer(s))
-            elif s.kind == "VMDESCRIPTION" and (desc := vmdescription_bytes(
-                    self.buf, s, output_capabilities(self.cap, self.to))) is not None:
+            elif s.kind == "VMDESCRIPTION" and self.update_vmdesc and (
+                    desc := vmdescription_bytes(self.buf, s, output_capabilities(
+                        self.cap, self.to))) is not None:
                 out.write(desc)
+                self.vmdesc_growth = len(desc) - (s.end - s.offset)
                 self.copied += 1
                 self.vmdesc_rewritten = True
             else:
@@ -554,8 +562,13 @@ def convert(
     progress: Progress | None = None,
     read_progress: Progress | None = None,
     sync: bool = True,
+    update_vmdesc: bool = False,
 ) -> ConvertReport:
-    """Convert `in_path` into `out_path` with the `to` layout ("mapped-ram" or "legacy")."""
+    """Convert `in_path` into `out_path` with the `to` layout ("mapped-ram" or "legacy").
+
+    The vmdescription is copied byte for byte (QEMU's loader only skips it); with
+    `update_vmdesc` its "configuration" object is made to describe the new capabilities
+    subsection as QEMU itself writes it (what analyze-migration.py reads)."""
     t0 = time.monotonic()
     if to not in TARGETS:
         raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})")
@@ -570,7 +583,7 @@ def convert(
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)
-            conv = _Converter(cap, to, _Output(fd), prefix, progress)
+            conv = _Converter(cap, to, _Output(fd), prefix, progress, update_vmdesc)
             conv.run()
             if sync:
                 os.fsync(fd)
@@ -606,7 +619,7 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
     for b in w.blocks:
         if conv.maps[b.name].bitmap_untrusted:
             notices.append(f"warning: {b.name}: {conv.maps[b.name].bitmap_untrusted}")
-    bound, source = _bound(cap, len(prefix))
+    bound, alloc, source = _bound(cap, len(prefix))
     out_cont: dict[str, Any] = {"kind": "libvirt" if prefix else "none", "compression": None}
     if prefix:
         out_cont["libvirt_format"] = "sparse" if to == MAPPED_RAM else "raw"
@@ -618,22 +631,29 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
         input_size=FileSizes(cap.source.file_size, cap.source.allocated_size),
         output_size=_sizes(out_path), stream_offset_out=len(prefix),
         ram_total=sum(b.used_length for b in w.blocks), data_bytes=conv.done,
-        mapped_ram_bound=bound, mapped_ram_bound_source=source, blocks=blocks,
+        mapped_ram_bound=bound, mapped_ram_allocated_bound=alloc,
+        mapped_ram_bound_source=source, blocks=blocks,
         sections_copied=conv.copied, ram_sections=conv.ram_sections, notices=notices,
         seconds=round(time.monotonic() - t0, 3),
-        vmdescription_configuration_updated=conv.vmdesc_rewritten)
+        vmdescription_configuration_updated=conv.vmdesc_rewritten,
+        vmdescription_growth=conv.vmdesc_growth)
 
 
-def _bound(cap: Capture, prefix_len: int) -> tuple[int, str]:
-    try:  # the size audit's bound, when that module exists
-        from . import size as size_audit  # type: ignore[attr-defined]
-
-        fn = getattr(size_audit, "mapped_ram_bound", None)
-        if fn is not None:
-            return int(fn(cap)), "inspector.size.mapped_ram_bound"
+def _bound(cap: Capture, prefix_len: int) -> tuple[int, int | None, str]:
+    """The size audit's mapped-ram bounds when that module is there, else our own."""
+    try:
+        from .size import size_report
     except ImportError:
-        pass
-    return mapped_ram_bound(cap, prefix_len), "format-spec §4.3 layout (inspector.convert)"
+        size_report = None
+    if size_report is not None:
+        r = size_report(cap)
+        if r.mapped_ram_bound:
+            # an inflated libvirt image: the audit measures the stream without the header
+            extra = prefix_len if cap.source.container.libvirt is not None and \
+                cap.source.base == 0 else 0
+            return (r.mapped_ram_bound + extra, r.mapped_ram_allocated_bound + extra,
+                    "size audit (inspector.size)")
+    return mapped_ram_bound(cap, prefix_len), None, "format-spec §4.3 layout (inspector.convert)"
 
 
 # ---------------------------------------------------------------------------------

@@ -50,9 +50,15 @@ def _size_table(r: ConvertReport) -> Table:
     t.add_row(*_sizes("before (input)", r.input_size))
     t.add_row(*_sizes("after (output)", r.output_size))
     bound = r.mapped_ram_bound
-    ok = r.output_size.apparent <= bound if r.to_format == "mapped-ram" else None
-    mark = "" if ok is None else (" [green]output within it[/]" if ok else " [red]EXCEEDED[/]")
-    t.add_row(f"mapped-ram bound{mark}", f"{size(bound)} ({num(bound)} B)", "-")
+    alloc = r.mapped_ram_allocated_bound
+    limit = bound + r.vmdescription_growth
+    ok = r.output_size.apparent <= limit if r.to_format == "mapped-ram" else None
+    mark = "" if ok is None else (" [green](output within it)[/]" if ok else " [red](EXCEEDED)[/]")
+    t.add_row(f"mapped-ram bound{mark}", f"{size(bound)} ({num(bound)} B)",
+              "-" if alloc is None else f"{size(alloc)} ({num(alloc)} B)")
+    if r.vmdescription_growth:
+        t.add_row("  + vmdescription update", f"{num(r.vmdescription_growth)} B", "")
+    t.caption = f"bound from the {r.mapped_ram_bound_source}"
     return t
 
 
