@@ -33,6 +33,7 @@ from .capture import Capture
 from .content import zero_hash
 from .devices import DeviceState, decode_devices
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
+from .physical import DEFAULT_RAM_BLOCK, FOUR_GIB, below_4g_size
 
 # Per-page difference codes (BlockDiff.kind).
 EQUAL = 0
@@ -50,28 +51,25 @@ Progress = Callable[[int, int], None]
 
 
 # -- guest-physical addresses -----------------------------------------------------
-# NOTE: a tiny stand-in. If miginspect/inspector/physical.py (x86 pc/q35 layout,
-# written for `extract`) is present, it should be the one source of truth and
-# this helper should call it instead.
 
 def pc_ram_lowmem(machine_type: str | None, ram_size: int) -> int | None:
-    """Bytes of pc.ram mapped below 4 GiB on x86 pc (i440fx) / q35, None if unknown."""
-    mt = machine_type or ""
-    if mt.startswith("pc-q35") or mt == "q35":
-        return 0x80000000 if ram_size >= 0xB0000000 else ram_size
-    if mt.startswith("pc-i440fx") or mt == "pc" or mt.startswith("pc-"):
-        return 0xC0000000 if ram_size >= 0xE0000000 else ram_size
-    return None
+    """Bytes of the main RAM block mapped below 4 GiB on x86 pc (i440fx) / q35 (the
+    rule lives in `physical`), None for other machines."""
+    try:
+        return below_4g_size(machine_type or "", ram_size)[0]
+    except MigError:
+        return None
 
 
 def block_gpa(machine_type: str | None, block: str, ram_size: int, offset: int) -> int | None:
-    """Guest-physical address of byte `offset` of `block`, for pc.ram on pc/q35 only."""
-    if block != "pc.ram":
+    """Guest-physical address of byte `offset` of `block`; only the main RAM block of
+    pc/q35 machines has a fixed one (ROMs and VRAM move with BARs)."""
+    if block != DEFAULT_RAM_BLOCK:
         return None
     low = pc_ram_lowmem(machine_type, ram_size)
     if low is None:
         return None
-    return offset if offset < low else 0x100000000 + (offset - low)
+    return offset if offset < low else FOUR_GIB + (offset - low)
 
 
 # -- results ---------------------------------------------------------------------------
@@ -136,7 +134,7 @@ class BlockDiff:
         if self.gpa_low is None:
             return None
         off = page * self.page_size
-        return off if off < self.gpa_low else 0x100000000 + (off - self.gpa_low)
+        return off if off < self.gpa_low else FOUR_GIB + (off - self.gpa_low)
 
     def changed_pages(self) -> list[dict[str, Any]]:
         """Every differing page with both hashes and states (for --pages)."""
@@ -276,14 +274,14 @@ class DiffReport:
 def _side(cap: Capture, name: str, n: int, progress: Callable[[int], None] | None
           ) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(hashes, states, used_length) of block `name` padded with zero pages to `n`."""
-    zh = np.uint64(zero_hash(cap.page_size))
-    hashes = np.full(n, zh, np.uint64)
-    states = np.full(n, STATE_MISSING, np.uint8)
     bm = cap.maps.get(name)
+    if bm is not None and bm.pages == n:  # the common case: no padding, no copies
+        return cap.hashes(name, progress), bm.state, bm.block.used_length
+    hashes = np.full(n, np.uint64(zero_hash(cap.page_size)), np.uint64)
+    states = np.full(n, STATE_MISSING, np.uint8)
     if bm is None:
         return hashes, states, None
-    h = cap.hashes(name, progress)
-    hashes[: len(h)] = h
+    hashes[: bm.pages] = cap.hashes(name, progress)
     states[: bm.pages] = bm.state
     return hashes, states, bm.block.used_length
 
@@ -337,7 +335,7 @@ def diff_block(a: Capture, b: Capture, name: str,
             trans[f"{_STATE_LABELS[v // 16]}->{_STATE_LABELS[v % 16]}"] = int(c)
     machine = a.walk.machine_type or b.walk.machine_type
     ram_size = (la if la is not None else lb) or 0
-    low = pc_ram_lowmem(machine, ram_size) if name == "pc.ram" else None
+    low = pc_ram_lowmem(machine, ram_size) if name == DEFAULT_RAM_BLOCK else None
     bd = BlockDiff(
         name, n, int(counts[EQUAL]), int(counts[CHANGED]), int(counts[ONLY_A]),
         int(counts[ONLY_B]), la, lb,
