@@ -165,14 +165,16 @@ def _ramblock(meta: dict, name: str) -> int:
 @pytest.mark.skipif(not SAMPLES, reason="no bundled samples (samples/generate.py)")
 @pytest.mark.parametrize("name", SAMPLES)
 def test_fw_cfg_acpi_sizes_equal_info_ramblock(name, opened):
-    """fw_cfg/acpi_mr records the sizes of the ACPI blobs, which QEMU's `info ramblock`
-    lists as the used lengths of /rom@etc/acpi/tables, table-loader and rsdp."""
+    """fw_cfg/acpi_mr records the byte sizes of the ACPI blobs; QEMU's `info ramblock`
+    lists their RAMBlocks, whose used length is that size rounded up to the page."""
     rep = decode_devices(opened(name), only="fw_cfg")
     leaves = {p: n.value for d in rep.devices for p, n in d.leaves()}
     meta = sample_meta(name)
-    assert leaves["{fw_cfg/acpi_mr}.table_mr_size"] == _ramblock(meta, "/rom@etc/acpi/tables")
-    assert leaves["{fw_cfg/acpi_mr}.linker_mr_size"] == _ramblock(meta, "/rom@etc/table-loader")
-    assert leaves["{fw_cfg/acpi_mr}.rsdp_mr_size"] == _ramblock(meta, "/rom@etc/acpi/rsdp")
+    for field, block in (("table_mr_size", "/rom@etc/acpi/tables"),
+                         ("linker_mr_size", "/rom@etc/table-loader"),
+                         ("rsdp_mr_size", "/rom@etc/acpi/rsdp")):
+        size = leaves["{fw_cfg/acpi_mr}." + field]
+        assert 0 < size <= _ramblock(meta, block) == -(-size // PS) * PS, (field, size)
 
 
 @pytest.mark.skipif(not SAMPLES, reason="no bundled samples (samples/generate.py)")
