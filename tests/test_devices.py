@@ -80,6 +80,8 @@ def test_nested_structs_arrays_tmp_subsections(tmp_path):
          "fields": [{"name": "mant", "type": "uint64", "size": 8}], "size": 8},
         {"name": "drives", "index": 0, "type": "struct", "struct": drive,
          "size": 1 + 1 + 1 + 17 + 4 + 1},
+        # QEMU 10 leaves "index" off the last element of a non-collapsed array
+        {"name": "drives", "type": "struct", "struct": drive, "size": 1 + 1 + 1 + 17 + 4 + 1},
         {"name": "ptr", "type": "nullptr", "size": 1},
         {"name": "blob", "type": "buffer", "size": 3},
     ], "subsections": [{"vmsd_name": "dev/extra", "version": 2,
@@ -88,6 +90,7 @@ def test_nested_structs_arrays_tmp_subsections(tmp_path):
                + struct.pack(">IQ", 7, 0x1000) + struct.pack(">IQ", 8, 0x2000)
                + struct.pack(">Q", 42)
                + b"\x05" + subsection("fdrive/media_rate", 1, b"\x09")
+               + b"\x06" + subsection("fdrive/media_rate", 1, b"\x0a")
                + b"\x30" + b"\xde\xad\xbe"
                + subsection("dev/extra", 2, struct.pack(">i", -5)))
     with open_capture(str(_one_device(tmp_path, desc, payload))) as cap:
@@ -100,6 +103,7 @@ def test_nested_structs_arrays_tmp_subsections(tmp_path):
         "segs[1].selector": 8, "segs[1].base": 0x2000,
         "fp.mant": 42,
         "drives[0].head": 5, "drives[0].{fdrive/media_rate}.media_rate": 9,
+        "drives[1].head": 6, "drives[1].{fdrive/media_rate}.media_rate": 10,
         "ptr": None,
         "blob": "deadbe",
         "{dev/extra}.x": -5,

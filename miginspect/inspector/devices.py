@@ -138,8 +138,17 @@ class _Decoder:
                               self.idstr)
         out: list[StateNode] = []
         seen: dict[str, int] = {}
+        last_index: dict[str, int] = {}
         for f in _list(desc.get("fields")):
             node, pos = self.field(f, pos, end, depth)
+            base = str(f.get("name", "?"))
+            if "index" in f:
+                last_index[base] = int(f["index"])
+            elif base in last_index and "array_len" not in f:
+                # QEMU 10 writes no "index" on the last element of an array that is
+                # not collapsed (7.2 does): name it like its siblings
+                last_index[base] += 1
+                node.name = f"{base}[{last_index[base]}]"
             k = seen.get(node.name, 0)
             seen[node.name] = k + 1
             if k:

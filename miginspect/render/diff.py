@@ -18,7 +18,7 @@ _CELL = {EQUAL: "[dim]·[/]", CHANGED: "[yellow]█[/]", ONLY_A: "[red]▌[/]",
 MAX_RANGES = 12
 
 
-def _blocks(r: DiffReport) -> Table:
+def _blocks(r: DiffReport, wide: bool) -> Table:
     t = Table(title="RAM", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
               pad_edge=False)
     t.add_column("block", overflow="fold", min_width=12)
@@ -27,7 +27,7 @@ def _blocks(r: DiffReport) -> Table:
     t.add_column("changed", justify="right", style="yellow")
     t.add_column("only A", justify="right", style="red")
     t.add_column("only B", justify="right", style="green")
-    trans = any(b.zero_to_data or b.data_to_zero for b in r.blocks)
+    trans = wide and any(b.zero_to_data or b.data_to_zero for b in r.blocks)
     if trans:
         t.add_column("0→data", justify="right")
         t.add_column("data→0", justify="right")
@@ -124,7 +124,12 @@ def _hex_delta(a: object, b: object, most: int = 6) -> tuple[str | None, str | N
 def render_diff(r: DiffReport, console: Console, pages: bool = False) -> None:
     console.print(f"[bold]A[/] {name(r.path_a)} [dim]({r.format_a}, {name(r.machine_a)})[/]")
     console.print(f"[bold]B[/] {name(r.path_b)} [dim]({r.format_b}, {name(r.machine_b)})[/]")
-    console.print(_blocks(r))
+    wide = console.width >= 110
+    console.print(_blocks(r, wide))
+    tot = r.totals()
+    if not wide and (tot["zero_to_data"] or tot["data_to_zero"]):
+        console.print(f"state transitions: {num(tot['zero_to_data'])} zero→data, "
+                      f"{num(tot['data_to_zero'])} data→zero (wider terminal: per block)")
     differing = [b for b in r.blocks if not b.identical]
     if differing:
         console.print("[bold]where[/] [dim](· equal, [yellow]█[/] changed, [red]▌[/] only A, "
@@ -136,7 +141,6 @@ def render_diff(r: DiffReport, console: Console, pages: bool = False) -> None:
     _devices(r, console)
     for n in r.notices:
         console.print(f"[yellow]{name(n)}[/]")
-    tot = r.totals()
     if r.identical:
         console.print("[bold green]identical[/]")
     else:
