@@ -233,6 +233,8 @@ def _pmem_pairs() -> list[tuple[str, str]]:
     have = [n for n in ALL if (SAMPLE_DIR / f"{n}.pmem-pages.bin.zst").exists()]
     want = [("q72-paused-legacy", "q10-paused-legacy"),
             ("q72-live-legacy", "q10-live-mapped-ram"),
+            ("q10-live-legacy", "q10-live-mapped-ram"),
+            ("q10-live-xbzrle", "q10-paused-legacy"),
             ("q10-paused-legacy", "q10-paused-mapped-ram"),
             ("q10-paused-legacy", "q10-paused-mapped-ram-multifd4")]
     return [p for p in want if p[0] in have and p[1] in have]
