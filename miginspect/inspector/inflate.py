@@ -326,8 +326,13 @@ def decode_lzop(
         else:
             errf.seek(0)
             msg = errf.read(4096).decode("utf-8", "replace").strip().splitlines()
-            st.error = (f"is cut short or damaged (lzop exit {rc}"
-                        + (f": {msg[-1]}" if msg else "") + ")")
+            # lzop read everything there was and still wanted more: the data is cut
+            st.truncated = st.end >= end
+            if st.truncated:
+                st.error = "ends before its end-of-stream marker (cut short)"
+            else:
+                st.error = (f"is damaged (lzop exit {rc}" + (f": {msg[-1]}" if msg else "")
+                            + ")")
             st.error_offset = st.end
         return st
     finally:
