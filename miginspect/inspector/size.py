@@ -481,6 +481,8 @@ def size_report(cap: Capture, progress: Callable[[int, int], None] | None = None
                 "allocated_size": src.allocated_size,
                 "allocated_bound": mr_alloc,
             }
+            notices.append("mapped-ram rewrites pages in place: the file does not record how "
+                           "often a page was written (QEMU's ram.normal counts every write)")
             if src.decompressed:
                 notices.append("the input was decompressed: holes of the mapped-ram file were "
                                "inflated to zeros, so its allocated size says nothing")
