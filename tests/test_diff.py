@@ -278,3 +278,26 @@ def test_two_saves_of_one_paused_vm_differ_only_in_clock_fields(opened):
         dev, = decode_devices(opened(a), only=d.key).devices
         paths = {p for p, _ in dev.leaves()}
         assert {f.path for f in d.fields} <= paths
+
+
+def test_analysis_modules_do_not_import_rich():
+    import subprocess
+    import sys
+
+    code = ("import sys, miginspect.inspector.diff, miginspect.inspector.devices, "
+            "miginspect.formats.vmstate; print('rich' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_without_vmdescription_devices_are_not_compared(tmp_path, capsys):
+    raw = build_stream({"pc.ram": PS}, [("pc.ram", 0, _page(1))])
+    a = tmp_path / "a.mig"
+    a.write_bytes(raw)
+    b = tmp_path / "b.mig"
+    b.write_bytes(raw[: raw.rindex(b"\x06")])  # no trailer
+    assert cli_main(["diff", str(a), str(b), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ram_identical"] and data["devices_identical"] is None
+    assert any("device state not compared" in n for n in data["notices"])
