@@ -9,6 +9,7 @@ everything read up to there.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from .ramscan import RamScanner, RecordTable
 from .vmdesc import Trailer, device_index, find_trailer, read_trailer_at, vmsd_length
 
 DEFAULT_PAGE_SIZE = 4096
+#: Pages a legacy stream may claim beyond one per byte of the file (4 GiB of 4 KiB
+#: pages never sent); MIGINSPECT_MAX_UNSENT_PAGES overrides it.
+MAX_UNSENT_PAGES = 1 << 20
 
 
 @dataclass
@@ -501,12 +505,29 @@ class StreamWalker:
                 pos = self._mapped_ram_block(blk, entry.mapped_ram, pos - 28)
             w.blocks.append(blk)
             remaining -= entry.used_length
+        if not w.mapped_ram:
+            self._check_claimed_pages(total, pos)
         self.scanner = RamScanner(
             buf, ps, [b.name for b in w.blocks], [b.used_length for b in w.blocks],
             mapped_ram=w.mapped_ram,
             progress=(lambda p: self.progress(p, self.end)) if self.progress else None,
             release=self.release)
         return pos
+
+    def _check_claimed_pages(self, total: int, pos: int) -> None:
+        """Page maps cost ~24 bytes a page, so a legacy stream's claimed RAM must be one the
+        file can plausibly describe: at most one page per remaining byte (a page record
+        takes >= 9) plus MAX_UNSENT_PAGES never sent (discarded or free-page-hinted RAM).
+        Otherwise a damaged length field would make every reader allocate GiBs."""
+        pages = total // self.w.page_size
+        limit = (self.end - pos) + int(os.environ.get("MIGINSPECT_MAX_UNSENT_PAGES",
+                                                      MAX_UNSENT_PAGES))
+        if pages > limit:
+            raise InconsistentError(
+                f"the MEM_SIZE total 0x{total:x} claims {pages:,} pages; this {self.end:,}-byte "
+                f"stream can describe at most {limit:,} (damaged length field? "
+                "MIGINSPECT_MAX_UNSENT_PAGES raises the limit)", self.w.sections[-1].payload_offset,
+                "ram")
 
     def _mapped_ram_block(self, blk: RamBlock, h: Any, hoff: int) -> int:
         ps = self.w.page_size
