@@ -399,6 +399,19 @@ def _notice_problem(severity: str, offset: int | None, where: str, msg: str) -> 
 def _container_checks(src: Source, walk: StreamWalk) -> list[Problem]:
     out: list[Problem] = []
     c = src.container
+    inf = getattr(c, "inflation", None)
+    if inf is not None and not inf.complete:
+        out.append(Problem("error", inf.error_offset, "container",
+                           f"{inf.describe()}; offsets of the QEMU stream below are in the "
+                           "decompressed data",
+                           "the compressed data is cut short or damaged: re-copy it (QEMU would "
+                           "get a stream that stops there)", "container-truncated"
+                           if inf.truncated else "container-damaged", [QEMU_EIO]))
+    elif inf is not None and inf.trailing:
+        out.append(Problem("warning", inf.end, "container",
+                           f"{inf.trailing} bytes after the end of the {inf.compression} data",
+                           "decompressors ignore them or fail, depending on the tool",
+                           "container-trailing", []))
     h = c.libvirt
     if h is None:
         if c.compression:

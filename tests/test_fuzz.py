@@ -1,0 +1,310 @@
+"""Hostile input: mutated real captures through every command, in-process.
+
+For each mutated input and command: no exception escapes (exit status 0, 1 or
+2 only; 3 is the CLI's "internal error"), no traceback, each run under 2 s,
+Python heap peak (tracemalloc, which numpy reports to) within a bound set by
+the input's size whatever its length fields say, the input untouched
+(read-only, same bytes) and nothing written outside the output folder.
+
+The count: MIGINSPECT_FUZZ_RUNS, default 10,000 under CI=true, 600 otherwise;
+MIGINSPECT_FUZZ_SEED picks another sequence. A failing input is kept in the
+pytest tmp folder and named in the failure message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import multiprocessing
+import os
+import random
+import stat
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, sample_meta, sample_names, sample_path, unpack
+from fuzzing import Base, compress_base, mutate, shrink_legacy, shrink_mapped_ram, wrap_libvirt
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from miginspect import cli
+
+RUNS = int(os.environ.get("MIGINSPECT_FUZZ_RUNS",
+                          10_000 if os.environ.get("CI", "").lower() == "true" else 600))
+SEED = int(os.environ.get("MIGINSPECT_FUZZ_SEED", "20261125"))
+TIME_LIMIT = 2.0
+#: heap allowed beyond a multiple of the input size (record columns are ~24 bytes per
+#: record of >= 9 bytes); a length field claiming GiBs must not reach it
+HEAP_OVERHEAD = 64 << 20
+HEAP_PER_BYTE = 4
+MAX_DAMAGED_BASE = 1 << 20
+
+
+def _smallest(caps_has_mapped_ram: bool) -> str | None:
+    best = None
+    for n in sample_names():
+        meta = sample_meta(n)
+        caps = meta.get("capture", {}).get("header", {}).get("capabilities", [])
+        if ("mapped-ram" in caps) != caps_has_mapped_ram:
+            continue
+        size = meta.get("capture", {}).get("raw_size") or (SAMPLES / f"{n}.mig.zst").stat().st_size
+        if best is None or size < best[0]:
+            best = (size, n)
+    return best[1] if best else None
+
+
+@pytest.fixture(scope="module")
+def bases() -> list[Base]:
+    out: list[Base] = []
+    leg = _smallest(False)
+    if leg is not None:
+        raw = Path(sample_path(leg)).read_bytes()
+        small = shrink_legacy(raw)
+        bare = shrink_legacy(raw, keep_trailer=False)
+        out += [small, bare, wrap_libvirt(bare), compress_base(bare)]
+    mr = _smallest(True)
+    if mr is not None:
+        out.append(shrink_mapped_ram(Path(sample_path(mr)).read_bytes()))
+    for z in sorted((SAMPLES / "damaged").glob("*.mig.zst")):
+        p = unpack(z)
+        if p.stat().st_size <= MAX_DAMAGED_BASE:
+            out.append(Base("damaged-" + z.name[:-8], p.read_bytes(), {}, [0]))
+    if not out:
+        pytest.skip("no bundled samples to cut fuzz bases from (samples/generate.py)")
+    return out
+
+
+def _commands() -> list[str]:
+    p = cli.build_parser()
+    sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+    return [c for c in cli.COMMANDS if c in sub.choices]
+
+
+def _argv(cmd: str, path: str, base_path: str, outdir: Path, rnd: random.Random) -> list[str]:
+    js = ["--json"] if rnd.random() < 0.6 else []
+    if cmd == "diff":
+        a, b = (base_path, path) if rnd.random() < 0.5 else (path, base_path)
+        return ["diff", a, b, *(["--partial"] if rnd.random() < 0.5 else []), *js]
+    if cmd == "convert":
+        return ["convert", path, str(outdir / "out.mig"), "--to",
+                rnd.choice(["legacy", "mapped-ram"]), "--force", *js]
+    if cmd == "extract":
+        return ["extract", path, "-o", str(outdir / "x")]
+    if cmd in ("xml",):
+        return [cmd, path]
+    return [cmd, path, *js]
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _can_reset_peak() -> bool:
+    """Linux lets a process reset its peak RSS (VmHWM) by writing 5 to clear_refs:
+    a per-run peak without tracemalloc's 4-5x slowdown."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _status("VmHWM:")
+        return True
+    except OSError:
+        return False
+    except KeyError:
+        return False
+
+
+RSS_PEAK = _can_reset_peak()
+
+
+def _run(argv: list[str]) -> tuple[int, str, str, float, int]:
+    """Run the CLI in-process; returns (exit, stdout, stderr, seconds, peak bytes): the peak
+    resident-set growth where Linux can reset VmHWM, else the tracemalloc heap peak."""
+    out, err = io.StringIO(), io.StringIO()
+    if RSS_PEAK:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status("VmRSS:")
+    else:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main(argv)
+            except SystemExit as e:  # argparse
+                rc = e.code if isinstance(e.code, int) else 2
+    finally:
+        dt = time.perf_counter() - t0
+        if RSS_PEAK:
+            peak = max(0, _status("VmHWM:") - before)
+        else:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    return rc, out.getvalue(), err.getvalue(), dt, peak
+
+
+def _listing(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*")}
+
+
+def _fuzz(bases: list[Base], runs: int, seed: int, work: Path) -> list[str]:
+    cmds = _commands()
+    rnd = random.Random(seed)
+    indir = work / "in"
+    indir.mkdir()
+    scratch = work / "cwd"
+    scratch.mkdir()
+    base_paths = {}
+    for b in bases:
+        p = indir / f"base-{b.name}"
+        p.write_bytes(b.data)
+        p.chmod(0o444)
+        base_paths[b.name] = p
+    before_in = _listing(indir)
+    failures: list[str] = []
+    old_cwd = os.getcwd()
+    os.chdir(scratch)
+    try:
+        for i in range(runs):
+            b = bases[i % len(bases)]
+            cmd = cmds[(i // len(bases)) % len(cmds)]
+            data, ops = mutate(b, rnd)
+            inp = indir / "input.mig"
+            if inp.exists():
+                inp.chmod(0o644)
+            inp.write_bytes(data)
+            inp.chmod(0o444)
+            digest = hashlib.sha256(data).digest()
+            outdir = work / "out"
+            outdir.mkdir(exist_ok=True)
+            argv = _argv(cmd, str(inp), str(base_paths[b.name]), outdir, rnd)
+            rc, _out, err, dt, peak = _run(argv)
+            bad = []
+            if rc not in (0, 1, 2):
+                bad.append(f"exit {rc}: {err.strip()[-300:]}")
+            if "Traceback" in err:
+                bad.append("traceback on stderr")
+            if dt > TIME_LIMIT:
+                bad.append(f"took {dt:.2f} s")
+            limit = HEAP_PER_BYTE * len(data) + HEAP_OVERHEAD
+            if peak > limit:
+                bad.append(f"heap peak {peak:,} B > {limit:,} B")
+            if hashlib.sha256(inp.read_bytes()).digest() != digest or \
+                    stat.S_IMODE(inp.stat().st_mode) != 0o444:
+                bad.append("input modified")
+            if _listing(indir) != before_in | {"input.mig"}:
+                bad.append(f"wrote next to the input: {_listing(indir) - before_in}")
+            if any(scratch.iterdir()):
+                bad.append(f"wrote into the working directory: {_listing(scratch)}")
+            if bad:
+                keep = work / f"fail-{len(failures)}-{b.name}.mig"
+                keep.write_bytes(data)
+                failures.append(f"run {i} `{' '.join(argv[:1])}` on {b.name} [{ops}] "
+                                f"(kept as {keep}): {'; '.join(bad)}")
+                if len(failures) >= 20:
+                    break
+            for p in outdir.rglob("*"):
+                if p.is_file():
+                    p.chmod(0o644)
+                    p.unlink()
+    finally:
+        os.chdir(old_cwd)
+    return failures
+
+
+def test_bases_are_clean(bases: list[Base], tmp_path: Path) -> None:
+    """The unmutated bases are valid captures: `check` finds nothing QEMU would refuse."""
+    for b in bases:
+        if b.name.startswith("damaged-"):
+            continue
+        p = tmp_path / b.name
+        p.write_bytes(b.data)
+        rc, out, err, _, _ = _run(["check", str(p), "--json"])
+        assert rc == 0, f"{b.name}: {out[-2000:]} {err}"
+
+
+def _worker(args: tuple[list[Base], int, int, str]) -> list[str]:
+    bases, runs, seed, work = args
+    Path(work).mkdir(parents=True, exist_ok=True)
+    return _fuzz(bases, runs, seed, Path(work))
+
+
+def test_fuzz_commands(bases: list[Base], tmp_path: Path) -> None:
+    """RUNS mutated inputs, split over the CPUs (fork), each with its own seed."""
+    nproc = max(1, min(os.cpu_count() or 1, 4, RUNS // 200 or 1))
+    share = [RUNS // nproc + (1 if i < RUNS % nproc else 0) for i in range(nproc)]
+    jobs = [(bases, share[i], SEED + i, str(tmp_path / f"w{i}")) for i in range(nproc)]
+    if nproc == 1:
+        failures = _worker(jobs[0])
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(nproc) as pool:
+            failures = [f for part in pool.map(_worker, jobs) for f in part]
+    assert not failures, f"{len(failures)} failing input(s) of {RUNS}:\n" + "\n".join(failures)
+
+
+# -- hypothesis: arbitrary edits anywhere, shrunk to a minimal failing edit ------------
+HYP_EXAMPLES = int(os.environ.get("MIGINSPECT_FUZZ_HYPOTHESIS", "150"))
+
+
+@pytest.fixture(scope="module")
+def hyp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hyp")
+
+
+edits = st.lists(
+    st.tuples(st.sampled_from(["set", "cut", "ins"]), st.floats(0, 1),
+              st.binary(min_size=1, max_size=9)),
+    min_size=1, max_size=4)
+
+
+@settings(max_examples=HYP_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(which=st.integers(0, 1000), ed=edits, cmd=st.integers(0, 100))
+def test_hypothesis_edits(bases: list[Base], hyp_dir: Path, which: int, ed: list, cmd: int
+                          ) -> None:
+    b = bases[which % len(bases)]
+    data = bytearray(b.data)
+    for op, where, blob in ed:
+        pos = int(where * len(data))
+        if op == "set":
+            data[pos: pos + len(blob)] = blob
+        elif op == "cut":
+            del data[pos:]
+        else:
+            data[pos:pos] = blob
+    p = hyp_dir / "h.mig"
+    if p.exists():
+        p.chmod(0o644)
+    p.write_bytes(bytes(data))
+    p.chmod(0o444)
+    cmds = _commands()
+    c = cmds[cmd % len(cmds)]
+    argv = _argv(c, str(p), str(p), hyp_dir / "out", random.Random(cmd))
+    rc, _out, err, dt, peak = _run(argv)
+    assert rc in (0, 1, 2), err
+    assert "Traceback" not in err
+    assert dt < TIME_LIMIT
+    assert peak < HEAP_PER_BYTE * len(data) + HEAP_OVERHEAD
+
+
+def test_bytes_from_nothing(tmp_path: Path) -> None:
+    """Inputs that are not captures at all: empty, tiny, text, a bare magic."""
+    cases = [b"", b"Q", b"QEVM", b"QEVM\0\0\0\3", b"QEVM\0\0\0\3\x07", b"LibvirtQemudSave",
+             b"LibvirtQemudPart" + bytes(76), b"\x28\xb5\x2f\xfd", b"\x1f\x8b\x08\0", b"BZh9",
+             b"\xfd7zXZ\0", b"{}", b"\0" * 4096]
+    for i, data in enumerate(cases):
+        p = tmp_path / f"c{i}"
+        p.write_bytes(data)
+        for c in _commands():
+            argv = _argv(c, str(p), str(p), tmp_path / "out", random.Random(i))
+            rc, _out, err, dt, _ = _run(argv)
+            assert rc in (0, 1, 2), (data, c, err)
+            assert "Traceback" not in err
