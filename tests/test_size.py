@@ -415,3 +415,25 @@ def test_libvirt_wrapper_is_container_overhead(tmp_path) -> None:
     assert [x.bytes for x in r.rounds] == [x.bytes for x in plain.rounds]
     assert r.legacy_minimum == plain.legacy_minimum + base
     assert r.mapped_ram_bound == plain.mapped_ram_bound
+
+
+def _damaged() -> list:
+    from conftest import SAMPLES
+
+    found = sorted(p.name[:-len(".mig.zst")] for p in (SAMPLES / "damaged").glob("*.mig.zst"))
+    return found or [pytest.param(None, marks=pytest.mark.skip(
+        reason="no damaged samples bundled (samples/generate.py --only damaged)"))]
+
+
+@pytest.mark.parametrize("name", _damaged())
+def test_damaged_samples_give_one_line(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every damaged sample: either a report or one line naming the offset, never an
+    internal error or a traceback."""
+    from conftest import SAMPLES, unpack
+
+    path = str(unpack(SAMPLES / "damaged" / f"{name}.mig.zst"))
+    code = main(["size", "--json", path])
+    err = capsys.readouterr().err.strip()
+    assert code in (0, 1), err
+    if code == 1:
+        assert err.count("\n") == 0 and "internal error" not in err and "offset 0x" in err

@@ -321,6 +321,8 @@ def size_report(cap: Capture, progress: Callable[[int, int], None] | None = None
                 top: int = 10) -> SizeReport:
     """Compute the size audit of an opened capture."""
     w = cap.walk
+    if w.error is not None and not w.blocks:
+        raise w.error  # nothing of the RAM was read: there is nothing to size
     src = cap.source
     buf = src.buf
     ps = cap.page_size
