@@ -290,7 +290,8 @@ class VM:
         return self.ready_line
 
     def stderr(self):
-        self.errf.flush()
+        if not self.errf.closed:
+            self.errf.flush()
         return self.stderr_path.read_text(errors="replace")
 
     def info(self):
@@ -1044,10 +1045,10 @@ def _dmg_trunc_ram(ctx):
     src = _d_source(ctx, "q10-paused-legacy")
     raw = src.read_bytes()
     w = walk_legacy(raw)
-    # first PAGE record of the 2nd PART section of ram; cut in the middle of its data
-    parts = [i for i, s in enumerate(w["sections"]) if s["type"] == 2]
-    rec = next(r for r in w["records"] if r["section"] >= parts[min(1, len(parts) - 1)]
-               and r["flags"] & ~0x20 == 0x08)
+    # first PAGE|CONTINUE record of pc.ram at block offset >= 1 MiB (early in the first PART
+    # section, before the kernel image); cut in the middle of its data
+    rec = next(r for r in w["records"] if r["flags"] == 0x28 and r["block"] == "pc.ram"
+               and r["addr"] >= 0x100000)
     cut = rec["data_offset"] + PAGE // 2
     return src, raw[:cut], {
         "damage": "truncated inside RAM: cut in the middle of a PAGE record's 4096 data bytes",
