@@ -288,7 +288,7 @@ def test_update_vmdesc_writes_qemus_configuration_description(tmp_path) -> None:
 def mapped_to_legacy(tmp_path_factory):  # noqa: ANN001, ANN201
     src = sample_path(MAPPED)
     out = tmp_path_factory.mktemp("conv") / "paused.legacy"
-    rep = convert(str(src), str(out), "legacy", verify=True)
+    rep = convert(str(src), str(out), "legacy", verify=True, sync=True)
     return src, out, rep
 
 

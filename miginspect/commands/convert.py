@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "the new capabilities as QEMU writes it (QEMU's loader ignores the JSON; "
                    "analyze-migration.py reads the configuration through it). Default: the "
                    "JSON is copied byte for byte")
+    p.add_argument("--sync", action="store_true",
+                   help="fsync OUT before renaming it into place (waits for the disk)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as rcb, ui.progress("writing") as wcb:
         report = convert(args.input, args.output, args.to, force=args.force,
                          verify=args.verify, progress=wcb, read_progress=rcb,
-                         update_vmdesc=args.update_vmdesc)
+                         update_vmdesc=args.update_vmdesc, sync=args.sync)
     if args.json:
         ui.print_json(report.to_json())
     else:

@@ -475,46 +475,48 @@ class _Converter:
 
     # -- legacy page records --------------------------------------------------------
     def legacy_records(self) -> None:
+        """Every page once, block by block in page order: ZERO runs built with numpy,
+        PAGE records streamed from the input."""
         out, ps = self.out, self.ps
+        zero_word = np.uint64(R.RAM_SAVE_FLAG_ZERO | R.RAM_SAVE_FLAG_CONTINUE)
+        page_cont = R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_CONTINUE
         for b in self.w.blocks:
             bm = self.maps[b.name]
             name = CountedString.build(b.name)
-            zeros = np.flatnonzero(bm.state == PAGE_ZERO).astype(np.uint64)
-            state = {"first": True, "z": 0}
+            zeros = np.flatnonzero(bm.state == PAGE_ZERO).astype(np.int64)
+            data_idx = np.flatnonzero(bm.state == PAGE_DATA).astype(np.int64)
+            # ZERO records to emit before the n-th data page: zeros[zbefore[n-1]:zbefore[n]]
+            zbefore = np.append(np.searchsorted(zeros, data_idx), len(zeros)).tolist()
+            first = True
+            z = 0
 
-            def zero_records(upto: int, zeros: np.ndarray = zeros, name: bytes = name,
-                             state: dict[str, Any] = state) -> None:
-                k = int(np.searchsorted(zeros, upto))
-                z = state["z"]
-                if k <= z:
-                    return
+            def zero_run(k: int, first: bool, z: int, zeros: np.ndarray = zeros,
+                         name: bytes = name) -> None:
                 idx = zeros[z:k]
-                if state["first"]:
+                if first:
                     out.write(_U64.pack(int(idx[0]) * ps | R.RAM_SAVE_FLAG_ZERO) + name + b"\0")
-                    state["first"] = False
                     idx = idx[1:]
                 recs = np.zeros(len(idx), _ZERO_RECORD)
-                recs["word"] = idx * np.uint64(ps) | np.uint64(
-                    R.RAM_SAVE_FLAG_ZERO | R.RAM_SAVE_FLAG_CONTINUE)
+                recs["word"] = idx.astype(np.uint64) * np.uint64(ps) | zero_word
                 out.write(recs.tobytes())
-                state["z"] = k
 
-            page_cont = R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_CONTINUE
             n = 0
-            for i, data in self.reader.iter_data_pages(bm):
-                zero_records(i)
-                if state["first"]:
+            for n, (i, data) in enumerate(self.reader.iter_data_pages(bm), 1):
+                k = zbefore[n - 1]
+                if k > z:
+                    zero_run(k, first, z)
+                    first, z = False, k
+                if first:
                     out.write(_U64.pack(i * ps | R.RAM_SAVE_FLAG_PAGE) + name)
-                    state["first"] = False
+                    first = False
                 else:
                     out.write(_U64.pack(i * ps | page_cont))
                 out.write(data)
-                n += 1
-                if n == 256:
-                    self.tick(n * ps)
-                    n = 0
-            self.tick(n * ps)
-            zero_records(bm.pages)
+                if n % 256 == 0:
+                    self.tick(256 * ps)
+            self.tick(n % 256 * ps)
+            if len(zeros) > z:
+                zero_run(len(zeros), first, z)
 
 
 def bitmap_bytes(bits: np.ndarray) -> bytes:
@@ -561,14 +563,16 @@ def convert(
     verify: bool = False,
     progress: Progress | None = None,
     read_progress: Progress | None = None,
-    sync: bool = True,
+    sync: bool = False,
     update_vmdesc: bool = False,
 ) -> ConvertReport:
     """Convert `in_path` into `out_path` with the `to` layout ("mapped-ram" or "legacy").
 
     The vmdescription is copied byte for byte (QEMU's loader only skips it); with
     `update_vmdesc` its "configuration" object is made to describe the new capabilities
-    subsection as QEMU itself writes it (what analyze-migration.py reads)."""
+    subsection as QEMU itself writes it (what analyze-migration.py reads). With `sync`
+    the output is fsync'ed before the rename (like cp, off by default: it costs the
+    time the disk needs to take the whole file)."""
     t0 = time.monotonic()
     if to not in TARGETS:
         raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})")
