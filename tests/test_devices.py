@@ -7,6 +7,7 @@ that decoded values agree with QEMU's own figures."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import struct
 
@@ -192,3 +193,34 @@ def test_devices_cli_json_and_device_filter(capsys):
     names = [f["name"] for f in dev["fields"]]
     assert {"cmos_data", "base_rtc", "last_update", "offset"} <= set(names)
     assert cli_main(["devices", str(sample_path(name)), "--device", "no-such-dev"]) == 2
+
+
+def _rtc_datetime(cmos: bytes) -> datetime.datetime:
+    """Date and time in MC146818 CMOS registers 0-9 (BCD unless register B bit 2)."""
+    binary = bool(cmos[0x0B] & 0x04)
+
+    def v(i: int) -> int:
+        return cmos[i] if binary else (cmos[i] >> 4) * 10 + (cmos[i] & 0x0F)
+
+    assert cmos[0x0B] & 0x02, "12-hour mode not handled"
+    return datetime.datetime(2000 + v(9), v(8), v(7), v(4), v(2), v(0),
+                             tzinfo=datetime.timezone.utc)
+
+
+@pytest.mark.skipif(not SAMPLES, reason="no bundled samples (samples/generate.py)")
+@pytest.mark.parametrize("name", SAMPLES)
+def test_rtc_fields_decode_to_the_wall_clock_of_the_save(name, opened):
+    """The RTC's CMOS time and its base_rtc (host seconds when the guest RTC started)
+    decode to the host's wall clock: the generator notes the UTC time when it stores
+    the sample, just after QEMU finished the save."""
+    dev, = decode_devices(opened(name), only="mc146818rtc").devices
+    f = {p: n.value for p, n in dev.leaves()}
+    stored = datetime.datetime.strptime(sample_meta(name)["generated_utc"],
+                                        "%Y-%m-%dT%H:%M:%SZ").replace(
+                                            tzinfo=datetime.timezone.utc)
+    rtc = _rtc_datetime(bytes.fromhex(f["cmos_data"]))
+    assert stored - datetime.timedelta(minutes=5) <= rtc <= stored + datetime.timedelta(
+        seconds=2), (rtc, stored)
+    base = datetime.datetime.fromtimestamp(f["base_rtc"], datetime.timezone.utc)
+    assert stored - datetime.timedelta(hours=1) <= base <= rtc
+    assert f["last_update"] // 10**9 >= f["base_rtc"]
