@@ -56,7 +56,11 @@ def _ranges(b: BlockDiff, console: Console) -> None:
     per = -(-b.pages // max(len(cells), 1))
     console.print(f"[bold]{name(b.name)}[/] [dim]({num(b.pages)} pages, {num(per)} per cell)[/]")
     console.print("  " + "".join(_CELL[c] for c in cells))
-    for rg in b.ranges[:MAX_RANGES]:
+    shown = b.ranges
+    if len(shown) > MAX_RANGES:  # the largest runs, in address order
+        big = sorted(range(len(shown)), key=lambda i: -shown[i].pages)[:MAX_RANGES]
+        shown = [shown[i] for i in sorted(big)]
+    for rg in shown:
         gpa = f"  GPA {hexoff(rg.gpa)}-{hexoff(rg.gpa + rg.length - 1)}" if rg.gpa is not None \
             else ""
         what = ", ".join(f"{n} {k}" for k, n in (("changed", rg.changed), ("only A", rg.only_a),
@@ -64,7 +68,7 @@ def _ranges(b: BlockDiff, console: Console) -> None:
         console.print(f"  {hexoff(rg.offset)}-{hexoff(rg.offset + rg.length - 1)} "
                       f"({num(rg.pages)} pages: {what}){gpa}")
     if len(b.ranges) > MAX_RANGES:
-        console.print(f"  [dim]… and {len(b.ranges) - MAX_RANGES} more ranges "
+        console.print(f"  [dim]… the {MAX_RANGES} largest of {len(b.ranges)} ranges "
                       "(--json or --pages lists all)[/]")
 
 
