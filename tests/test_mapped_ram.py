@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import sample_meta, sample_names, sample_path
+from conftest import SAMPLES, sample_meta, sample_names, sample_path
 
 from miginspect.cli import main
 from miginspect.errors import TruncatedError, UnsupportedError
@@ -262,3 +262,29 @@ def test_analysis_modules_do_not_import_rich() -> None:
             "miginspect.inspector.extract, miginspect.inspector.physical; "
             "assert 'rich' not in sys.modules, 'rich imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+DAMAGED = [n for n in ("mapped-ram-bitmap-past-eof", "mapped-ram-truncated")
+           if (SAMPLES / "damaged" / f"{n}.mig.zst").exists()]
+
+
+@pytest.mark.parametrize("name", DAMAGED or ["none"])
+def test_damaged_mapped_ram_samples(name: str, tmp_path, capsys) -> None:  # noqa: ANN001
+    """The generator's damaged mapped-ram files (QEMU refuses to load them): every command
+    stops with one line naming the offset, and nothing is written."""
+    if not DAMAGED:
+        pytest.skip("damaged mapped-ram samples not bundled yet")
+    meta = sample_meta(f"damaged/{name}")
+    assert meta["qemu_load"]["query-migrate"]["status"] == "failed"
+    p = str(sample_path(f"damaged/{name}"))
+    out = tmp_path / "out"
+    for argv in (["info", p], ["map", p], ["extract", p, "-o", str(out)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "offset 0x" in err[0] and "pc.ram" in err[0], err
+        if "bitmap_offset_after" in meta:  # the damaged field is named
+            assert f"offset 0x{meta['offset']:x} " in err[0]
+            assert f"0x{meta['bitmap_offset_after']:x}" in err[0]
+        else:  # the cut is named
+            assert f"0x{meta['raw_size']:x}" in err[0]
+    assert not out.exists() or not any(out.iterdir())
