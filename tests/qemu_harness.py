@@ -107,4 +107,91 @@ def parse_info_ramblock(text: str) -> list[tuple[str, int]]:
     return out
 
 
-__all__ = ["QemuVM", "parse_info_ramblock", "os"]
+__all__ = ["QemuVM", "parse_info_ramblock", "load_and_pmemsave", "sample_qemu_available"]
+
+
+QEMU72_ROOT = Path(os.environ.get("MIGINSPECT_LAB", "/opt/miginspect-lab")) / "qemu72"
+
+
+def sample_qemu_available(meta: dict) -> bool:
+    """Can the QEMU that wrote this sample be run here?"""
+    argv0 = meta["qemu"]["argv"][0]
+    if meta["qemu"].get("label") == "qemu72":
+        return (QEMU72_ROOT / "usr/bin/qemu-system-x86_64").exists()
+    return shutil.which(Path(argv0).name) is not None
+
+
+def load_and_pmemsave(meta: dict, capture: Path, caps: dict[str, bool] | None = None,
+                      timeout: float = 300) -> bytes:
+    """Start the QEMU that wrote `meta`'s sample with the same command line, paused with
+    `-incoming defer`, load `capture` into it and return its guest-physical memory
+    (pmemsave), i.e. exactly what QEMU restores from the file."""
+    is72 = meta["qemu"].get("label") == "qemu72"
+    work = Path(tempfile.mkdtemp(prefix="miginspect-load-"))
+    sock = work / "qmp.sock"
+    argv = list(meta["qemu"]["argv"])
+    if is72:
+        argv[0] = str(QEMU72_ROOT / "usr/bin/qemu-system-x86_64")
+    else:
+        argv[0] = shutil.which(Path(argv[0]).name) or argv[0]
+    argv[argv.index("-qmp") + 1] = f"unix:{sock},server=on,wait=off"
+    if "-serial" in argv:
+        argv[argv.index("-serial") + 1] = f"file:{work / 'serial.log'}"
+    env = dict(os.environ)
+    if is72:
+        env["QEMU_MODULE_DIR"] = str(QEMU72_ROOT / "usr/lib/x86_64-linux-gnu/qemu")
+    proc = subprocess.Popen(argv + ["-S", "-incoming", "defer"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(work / "stderr", "wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((work / "stderr").read_text(errors="replace"))
+            time.sleep(0.05)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock))
+        f = s.makefile("rw")
+        json.loads(f.readline())
+
+        def cmd(name: str, **args: Any) -> Any:
+            f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+            f.flush()
+            while True:
+                r = json.loads(f.readline())
+                if "return" in r:
+                    return r["return"]
+                if "error" in r:
+                    raise RuntimeError(f"{name}: {r['error'].get('desc')}")
+
+        cmd("qmp_capabilities")
+        if caps:
+            cmd("migrate-set-capabilities",
+                capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
+        uri = f"exec:cat {capture}" if is72 else f"file:{capture}"
+        cmd("migrate-incoming", uri=uri)
+        deadline = time.monotonic() + timeout
+        while True:
+            q = cmd("query-migrate")
+            if q.get("status") in ("completed", "failed"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("incoming migration did not finish")
+            time.sleep(0.1)
+        if q.get("status") != "completed":
+            raise RuntimeError(f"QEMU refused the file: {q}")
+        size = meta["pmemsave"]["size"]
+        dump = work / "mem"
+        cmd("pmemsave", val=0, size=size, filename=str(dump))
+        data = dump.read_bytes()
+        try:
+            cmd("quit")
+        except (RuntimeError, OSError, ValueError):
+            pass
+        return data
+    finally:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(work, ignore_errors=True)

@@ -102,11 +102,36 @@ def _masked_sha(cap, meta) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: Captures whose stream does not hold the memory the source's pmemsave saw after the
+#: migration completed: QEMU 7.2 (TCG) did not re-send ~500 re-dirtied working-set pages.
+#: For these, QEMU's own loader is the oracle (test below): it restores exactly what we
+#: read, and both differ from the source's pmemsave.
+STREAM_LAGS_SOURCE = {"q72-live-legacy"}
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_final_pc_ram_equals_pmemsave(name, opened):
     cap = opened(name)
     meta = sample_meta(name)
-    assert _masked_sha(cap, meta) == meta["pmemsave"]["sha256_masked"]
+    if name in STREAM_LAGS_SOURCE:
+        assert _masked_sha(cap, meta) != meta["pmemsave"]["sha256_masked"]
+    else:
+        assert _masked_sha(cap, meta) == meta["pmemsave"]["sha256_masked"]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", sorted(STREAM_LAGS_SOURCE & set(ALL)) + LEGACY[:1])
+def test_final_pc_ram_equals_what_qemu_loads(name, opened):
+    """Load the capture into the QEMU version that wrote it and compare its memory."""
+    from qemu_harness import load_and_pmemsave, sample_qemu_available
+
+    meta = sample_meta(name)
+    if not sample_qemu_available(meta):
+        pytest.skip(f"the QEMU that wrote {name} is not installed (bash samples/install-lab.sh)")
+    loaded = bytearray(load_and_pmemsave(meta, sample_path(name)))
+    lo, hi = meta["pmemsave"]["masked_range"]
+    loaded[lo : hi + 1] = bytes(hi + 1 - lo)
+    assert hashlib.sha256(loaded).hexdigest() == _masked_sha(opened(name), meta)
 
 
 @pytest.mark.parametrize("name", LEGACY[:1])
