@@ -32,7 +32,7 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from ..formats import ram as R
 from ..formats import stream as S
 from ..formats.common import CountedString
 from .capture import Capture, open_capture
+from .content import PageReader
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
 from .stream import Section
 
@@ -155,7 +156,7 @@ class _Output:
         return self.start + len(self.buf)
 
     def write(self, data: Any) -> None:
-        self.buf += data
+        self.buf += memoryview(data)
         if len(self.buf) >= BUFFER_BYTES:
             self.flush()
 
@@ -458,35 +459,29 @@ class _Converter:
 
     def mapped_pages(self, bm: BlockMap, pages_offset: int) -> None:
         fd, ps = self.out.fd, self.ps
-        per_run = max(1, RUN_BYTES // ps)
-        parts: list[Any] = []
-        first = 0
-        for i, data in self.reader.iter_data_pages(bm):
-            if parts and (i != first + len(parts) or len(parts) >= per_run):
-                _pwrite_all(fd, b"".join(parts), pages_offset + first * ps)
-                self.tick(len(parts) * ps)
-                parts = []
-            if not parts:
-                first = i
-            parts.append(data)
-        if parts:
-            _pwrite_all(fd, b"".join(parts), pages_offset + first * ps)
-            self.tick(len(parts) * ps)
+        for first, n, data in data_runs(self.reader, bm, self.buf, ps, gather=False):
+            if isinstance(data, list):  # the pages' copies in the input, one slice each
+                off = pages_offset + first * ps
+                if os.pwritev(fd, data, off) != n * ps:  # short write: finish page by page
+                    for k, page in enumerate(data):
+                        _pwrite_all(fd, page, off + k * ps)
+            else:
+                _pwrite_all(fd, data, pages_offset + first * ps)
+            self.tick(n * ps)
 
     # -- legacy page records --------------------------------------------------------
     def legacy_records(self) -> None:
-        """Every page once, block by block in page order: ZERO runs built with numpy,
-        PAGE records streamed from the input."""
+        """Every page once, block by block in page order: PAGE records built a run of
+        consecutive data pages at a time, ZERO records a run of zero pages at a time;
+        the first record of a block names it, the others carry CONTINUE."""
         out, ps = self.out, self.ps
         zero_word = np.uint64(R.RAM_SAVE_FLAG_ZERO | R.RAM_SAVE_FLAG_CONTINUE)
-        page_cont = R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_CONTINUE
+        page_word = np.uint64(R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_CONTINUE)
+        page_rec = np.dtype([("word", ">u8"), ("data", "u1", (ps,))])
         for b in self.w.blocks:
             bm = self.maps[b.name]
             name = CountedString.build(b.name)
             zeros = np.flatnonzero(bm.state == PAGE_ZERO).astype(np.int64)
-            data_idx = np.flatnonzero(bm.state == PAGE_DATA).astype(np.int64)
-            # ZERO records to emit before the n-th data page: zeros[zbefore[n-1]:zbefore[n]]
-            zbefore = np.append(np.searchsorted(zeros, data_idx), len(zeros)).tolist()
             first = True
             z = 0
 
@@ -500,23 +495,75 @@ class _Converter:
                 recs["word"] = idx.astype(np.uint64) * np.uint64(ps) | zero_word
                 out.write(recs.tobytes())
 
-            n = 0
-            for n, (i, data) in enumerate(self.reader.iter_data_pages(bm), 1):
-                k = zbefore[n - 1]
+            for start, n, data in data_runs(self.reader, bm, self.buf, ps):
+                k = int(np.searchsorted(zeros, np.int64(start)))
                 if k > z:
                     zero_run(k, first, z)
                     first, z = False, k
+                pages = np.frombuffer(data, np.uint8).reshape(n, ps)
                 if first:
-                    out.write(_U64.pack(i * ps | R.RAM_SAVE_FLAG_PAGE) + name)
+                    out.write(_U64.pack(start * ps | R.RAM_SAVE_FLAG_PAGE) + name)
+                    out.write(pages[0])
                     first = False
-                else:
-                    out.write(_U64.pack(i * ps | page_cont))
-                out.write(data)
-                if n % 256 == 0:
-                    self.tick(256 * ps)
-            self.tick(n % 256 * ps)
+                    pages = pages[1:]
+                    start += 1
+                if len(pages):
+                    recs = np.empty(len(pages), page_rec)
+                    recs["word"] = (np.arange(start, start + len(pages), dtype=np.uint64)
+                                    * np.uint64(ps)) | page_word
+                    recs["data"] = pages
+                    out.write(recs)
+                self.tick(n * ps)
             if len(zeros) > z:
                 zero_run(len(zeros), first, z)
+
+
+def data_runs(reader: PageReader, bm: BlockMap, buf: Any, ps: int,
+              max_bytes: int = RUN_BYTES, gather: bool = True) -> Iterator[tuple[int, int, Any]]:
+    """(first page index, page count, n * ps bytes) for the data pages of `bm` in page
+    order, in runs of consecutive pages of at most `max_bytes`. A run whose copies sit at
+    a constant stride in the input (mapped-ram regions; legacy PAGE records one after the
+    other) is gathered with one strided numpy copy (or none, when contiguous); pages whose
+    final content is a delta (XBZRLE) come from `PageReader`'s replay, one at a time.
+    Without `gather`, a strided run is a list of per-page slices of `buf` (for pwritev)."""
+    idx = np.flatnonzero(bm.state == PAGE_DATA)
+    if not len(idx):
+        return
+    offs = bm.offset[idx]
+    replay = np.zeros(len(idx), bool)
+    replayed: dict[int, bytes] = {}
+    if bm.replay_pages is not None and len(bm.replay_pages):
+        replayed = reader.replay_all(bm)
+        replay = np.isin(idx, bm.replay_pages)
+    # a run breaks before k when: pages not consecutive, a replayed page on either side,
+    # or the input stride changes
+    brk = np.ones(len(idx), bool)
+    if len(idx) > 1:
+        d_off = np.diff(offs)
+        brk[1:] = (np.diff(idx) != 1) | replay[1:] | replay[:-1]
+        brk[2:] |= d_off[1:] != d_off[:-1]
+    starts = np.flatnonzero(brk).tolist() + [len(idx)]
+    per = max(1, max_bytes // ps)
+    u8 = np.frombuffer(buf, np.uint8) if len(buf) else np.zeros(0, np.uint8)
+    mv = memoryview(buf) if not isinstance(buf, bytes) else buf
+    idx_l = idx.tolist()
+    offs_l = offs.tolist()
+    for a, e in zip(starts[:-1], starts[1:], strict=True):
+        if replay[a]:
+            yield idx_l[a], 1, replayed[idx_l[a]]
+            continue
+        stride = offs_l[a + 1] - offs_l[a] if e - a > 1 else ps
+        for c in range(a, e, per):
+            n = min(per, e - c)
+            o = offs_l[c]
+            if stride == ps or n == 1:
+                yield idx_l[c], n, mv[o : o + n * ps]
+            elif not gather:
+                yield idx_l[c], n, [mv[o + k * stride : o + k * stride + ps] for k in range(n)]
+            else:
+                view = np.lib.stride_tricks.as_strided(u8[o:], shape=(n, ps),
+                                                       strides=(stride, 1), writeable=False)
+                yield idx_l[c], n, np.ascontiguousarray(view).data
 
 
 def bitmap_bytes(bits: np.ndarray) -> bytes:
