@@ -19,7 +19,7 @@ from miginspect.cli import main
 from miginspect.errors import UnsupportedError, UsageError
 from miginspect.formats import elfcore as E
 from miginspect.inspector.capture import open_capture
-from miginspect.inspector.extract import MANIFEST, extract_blocks, safe_name
+from miginspect.inspector.extract import MANIFEST, PHYSICAL_MANIFEST, extract_blocks, safe_name
 from miginspect.inspector.physical import below_4g_size, x86_layout
 
 GiB = 1 << 30
@@ -216,7 +216,8 @@ def test_below_4g_rule_follows_qemus_documented_examples() -> None:
 def _physical(name: str, tmp_path) -> tuple[dict, bytes, bytes]:  # noqa: ANN001
     out = tmp_path / "phys"
     assert main(["extract", str(sample_path(name)), "-o", str(out), "--physical"]) == 0
-    return (json.loads((out / MANIFEST).read_text()), (out / "physical.raw").read_bytes(),
+    return (json.loads((out / PHYSICAL_MANIFEST).read_text()),
+            (out / "physical.raw").read_bytes(),
             (out / "physical.elf").read_bytes())
 
 

@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "RAMBlock idstr; zero and never-sent pages left as holes) plus "
         "miginspect-extract.json describing them. With --physical, write the guest-physical "
         "memory of an x86 pc/q35 guest instead: physical.raw (byte at address A at offset A) "
-        "and physical.elf (ELF64 core with one PT_LOAD per RAM range; Volatility 3 opens it). "
+        "and physical.elf (ELF64 core with one PT_LOAD per RAM range; Volatility 3 opens it), "
+        "described in miginspect-physical.json. "
         "Nothing is written outside DIR; existing files are kept unless --force.")
     p.add_argument("file", help="migration stream, mapped-ram file or libvirt save image "
                    "(.gz/.xz/.zst read transparently)")

@@ -35,6 +35,7 @@ from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
 from .physical import PhysicalLayout, x86_layout
 
 MANIFEST = "miginspect-extract.json"
+PHYSICAL_MANIFEST = "miginspect-physical.json"
 _MAX_WRITE = 16 << 20
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
@@ -252,6 +253,9 @@ def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = F
             used_length=b.used_length, pages=bm.pages, data_pages=bm.count(PAGE_DATA),
             zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_ABSENT),
             mr_addr=b.mr_addr))
+        if b.mapped_ram is not None and b.mapped_ram.skipped:
+            rep.notes.append(f"{b.name}: skipped by x-ignore-shared (its memory is shared with "
+                             "the destination, not in the file): written as zeros")
         if bm.bitmap_untrusted:
             rep.notes.append(f"{b.name}: bitmap untrusted ({bm.bitmap_untrusted}); pages were "
                              f"taken from the {cap.bitmap_layout} reading")
@@ -273,7 +277,7 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
     out = OutputDir(outdir, force)
     files = {"raw": "physical.raw", "elf": "physical.elf"}
     names = [files[f] for f in formats]
-    out.check(names + ([MANIFEST] if manifest else []))
+    out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))
     rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay.to_json())
     bm = cap.maps[name]
     total = bm.count(PAGE_DATA) * blk.page_size * len(formats)
@@ -308,7 +312,7 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
         rep.files.append(ExtractedFile(file=fname, kind=f"physical-{f}", size=size,
                                        data_bytes=nbytes, block=name))
     if manifest:
-        _write_manifest(out, rep)
+        _write_manifest(out, rep, PHYSICAL_MANIFEST)
     return rep
 
 
@@ -348,10 +352,10 @@ def elf_header(lay: PhysicalLayout, offsets: dict[int, int]) -> bytes:
     return eh + ph
 
 
-def _write_manifest(out: OutputDir, rep: ExtractReport) -> None:
+def _write_manifest(out: OutputDir, rep: ExtractReport, fname: str = MANIFEST) -> None:
     import json
 
-    fd = out.open(MANIFEST)
+    fd = out.open(fname)
     with os.fdopen(fd, "w") as f:
         json.dump(rep.to_json(), f, indent=1)
         f.write("\n")
