@@ -235,7 +235,14 @@ def mapped_ram_layout(blocks: list[RamBlock], start: int, ignore_shared: bool = 
     cur = start
     for b in blocks:
         entry = 1 + len(b.name.encode("latin-1")) + 8 + (8 if ignore_shared else 0)
+        entry += 8 if b.host_page_size is not None else 0
         hdr = cur + entry
+        if b.mapped_ram is not None and b.mapped_ram.skipped:
+            # x-ignore-shared block: zero offsets, no bitmap, no region, no seek
+            out.append(MappedRamLayout(b.name, cur, hdr, 0, 0, 0,
+                                       hdr + M.MAPPED_RAM_HEADER_SIZE))
+            cur = hdr + M.MAPPED_RAM_HEADER_SIZE
+            continue
         bmo = hdr + M.MAPPED_RAM_HEADER_SIZE
         npages = b.used_length // b.page_size
         bmb = M.bitmap_size(npages, host_long_bytes)
@@ -253,6 +260,8 @@ def _allocated(layout: list[MappedRamLayout], prefix_start: int, tail: int,
     total = 0
     prev_end = prefix_start
     for lay, dp in zip(layout, data_pages_per_block, strict=True):
+        if not lay.pages_offset:  # skipped block: its header sits in the metadata run
+            continue
         meta_lo = prev_end // FS_BLOCK * FS_BLOCK
         meta_hi = _round_up(lay.bitmap_offset + lay.bitmap_bytes, FS_BLOCK)
         total += meta_hi - meta_lo
