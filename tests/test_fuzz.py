@@ -22,6 +22,7 @@ import random
 import stat
 import time
 import tracemalloc
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -160,9 +161,42 @@ def _listing(d: Path) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-def _fuzz(bases: list[Base], runs: int, seed: int, work: Path) -> list[str]:
+Case = tuple[Base, bytes, str, str]  # base, mutated bytes, what was done, command
+
+
+def _mutated_cases(bases: list[Base], runs: int, rnd: random.Random) -> Iterator[Case]:
     cmds = _commands()
-    rnd = random.Random(seed)
+    for i in range(runs):
+        b = bases[i % len(bases)]
+        data, ops = mutate(b, rnd)
+        yield b, data, ops, cmds[(i // len(bases)) % len(cmds)]
+
+
+#: values written into every length / offset / id field of the bases
+INFLATED = [0xFFFFFFFFFFFFFFFF, 1 << 63, 1 << 40, 0xFFFFFFFF, 0x80000000, 0]
+
+
+def _inflated_cases(bases: list[Base]) -> Iterator[Case]:
+    """Every length/offset field of every base set to huge values (MEM_SIZE totals,
+    used_length, vmdescription length, mapped-ram offsets, libvirt data_len, ...), and
+    to twice the file size; commands in rotation."""
+    cmds = _commands()
+    k = 0
+    for b in bases:
+        for off, width in sorted(b.fields.items()):
+            for v in [*INFLATED, 2 * len(b.data)]:
+                data = bytearray(b.data)
+                w = abs(width)
+                if off + w > len(data):
+                    continue
+                data[off: off + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(
+                    w, "little" if width < 0 else "big")
+                yield b, bytes(data), f"field@{off}/{width}={v:#x}", cmds[k % len(cmds)]
+                k += 1
+
+
+def _fuzz(bases: list[Base], cases: Iterable[Case], work: Path, rnd: random.Random
+          ) -> list[str]:
     indir = work / "in"
     indir.mkdir()
     scratch = work / "cwd"
@@ -178,10 +212,7 @@ def _fuzz(bases: list[Base], runs: int, seed: int, work: Path) -> list[str]:
     old_cwd = os.getcwd()
     os.chdir(scratch)
     try:
-        for i in range(runs):
-            b = bases[i % len(bases)]
-            cmd = cmds[(i // len(bases)) % len(cmds)]
-            data, ops = mutate(b, rnd)
+        for i, (b, data, ops, cmd) in enumerate(cases):
             inp = indir / "input.mig"
             if inp.exists():
                 inp.chmod(0o644)
@@ -239,7 +270,14 @@ def test_bases_are_clean(bases: list[Base], tmp_path: Path) -> None:
 def _worker(args: tuple[list[Base], int, int, str]) -> list[str]:
     bases, runs, seed, work = args
     Path(work).mkdir(parents=True, exist_ok=True)
-    return _fuzz(bases, runs, seed, Path(work))
+    rnd = random.Random(seed)
+    return _fuzz(bases, _mutated_cases(bases, runs, rnd), Path(work), rnd)
+
+
+def test_inflated_length_fields(bases: list[Base], tmp_path: Path) -> None:
+    """Whatever a length field says: no big allocation, no slow run, no traceback."""
+    failures = _fuzz(bases, _inflated_cases(bases), tmp_path, random.Random(SEED))
+    assert not failures, f"{len(failures)} failing input(s):\n" + "\n".join(failures)
 
 
 def test_fuzz_commands(bases: list[Base], tmp_path: Path) -> None:
