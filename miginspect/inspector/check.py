@@ -92,6 +92,11 @@ class CheckReport:
             return 1
         return 2
 
+    @property
+    def primary(self) -> Problem | None:
+        """The first error in file order: what QEMU's loader stops at."""
+        return next((p for p in self.problems if p.severity == "error"), None)
+
     def count(self, severity: str) -> int:
         return sum(1 for p in self.problems if p.severity == severity)
 
@@ -336,12 +341,16 @@ def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None) -> 
     found elsewhere (the --target comparison)."""
     probs: list[Problem] = list(extra or [])
     probs += _container_checks(src, walk)
+    if walk.version == 3:
+        probs += _configuration_checks(walk)  # QEMU checks this before anything else
     for n in walk.notices:
         probs.append(_notice_problem(n.severity, n.offset, n.where, n.message))
     if walk.error is not None:
-        probs.append(_refine(classify(walk.error), src, walk))
+        p = _refine(classify(walk.error), src, walk)
+        if p.code.startswith("truncated") or p.code in ("no-eof", "mapped-ram-truncated"):
+            p.cause += f" (the data ends at 0x{len(src.buf):x})"
+        probs.append(p)
     if walk.version == 3:
-        probs += _configuration_checks(walk)
         probs += _mapped_ram_checks(src, walk)
         probs += _section_checks(walk)
         probs += _trailer_checks(walk)
@@ -450,7 +459,7 @@ def _container_checks(src: Source, walk: StreamWalk) -> list[Problem]:
 
 
 def _configuration_checks(walk: StreamWalk) -> list[Problem]:
-    if walk.configuration is not None or walk.error is not None and walk.walked_to <= 8:
+    if walk.configuration is not None:
         return []
     return [Problem("error", walk.base + 8, "configuration",
                     "no configuration record after the header (machine types up to 2.3 and "
