@@ -437,3 +437,59 @@ def test_damaged_samples_give_one_line(name: str, capsys: pytest.CaptureFixture[
     assert code in (0, 1), err
     if code == 1:
         assert err.count("\n") == 0 and "internal error" not in err and "offset 0x" in err
+
+
+# ----------------------------------------------------------------------------------------
+# libvirt save images (samples/libvirt/make-images.py) against libvirt's job statistics
+
+
+def _libvirt_images() -> list:
+    from conftest import SAMPLES
+
+    d = SAMPLES / "libvirt"
+    out = []
+    for meta in sorted(d.glob("*.json")):
+        m = json.loads(meta.read_text())
+        stats = (m.get("job_completed_event") or {}).get("stats") or {}
+        img = d / f"{meta.stem}.img"
+        img = img if img.exists() else d / f"{meta.stem}.img.zst"
+        if stats.get("memory_iteration") and img.exists():
+            out.append(meta.stem)
+    return out or [pytest.param(None, marks=pytest.mark.skip(
+        reason="no libvirt images bundled (samples/libvirt/make-images.py)"))]
+
+
+@pytest.mark.parametrize("name", _libvirt_images())
+def test_libvirt_images_against_job_stats(name: str) -> None:
+    """libvirt's job statistics are QEMU's query-migrate figures: memory_normal and
+    memory_constant = PAGE / ZERO records (mapped-ram: set / clear bits of a paused
+    save), data_processed = transferred = the QEMU stream (legacy, QEMU 10), and
+    memory_iteration = dirty-sync-count: rounds = memory_iteration - 1, or equal when
+    QEMU completed before its first bandwidth measurement (only possible with the bulk
+    pass and the END section alone; see miginspect/inspector/rounds.py). For the sparse
+    format the mapped-ram bound, with offsets absolute in the image, is the image size."""
+    from conftest import SAMPLES, unpack
+
+    d = SAMPLES / "libvirt"
+    meta = json.loads((d / f"{name}.json").read_text())
+    s = meta["job_completed_event"]["stats"]
+    img = d / f"{name}.img"
+    path = str(img) if img.exists() else str(unpack(d / f"{name}.img.zst"))
+    with open_capture(path) as cap:
+        r = size_report(cap)
+    assert r.stream_offset == meta["header_read"]["qemu_data_offset"] or r.compression
+    if r.format == "legacy":
+        assert r.page_records == s["memory_normal"]
+        assert r.zero_records == s["memory_constant"]
+        assert r.page_payload_bytes == s["memory_normal_bytes"]
+        assert r.stream_bytes == s["data_processed"]
+        n, it = len(r.rounds), s["memory_iteration"]
+        assert n == it - 1 or (n == it and n == 2 and r.rounds[-1].pages == 0), (n, it)
+    else:
+        assert r.zero_pages == s["memory_constant"]
+        assert r.data_pages == s["memory_normal"]
+        c = r.mapped_ram_check
+        assert c["layout_matches_headers"] and c["difference"] == 0
+        assert r.mapped_ram_bound == meta["image"]["apparent_size"]
+        assert r.mapped_ram_allocated_bound <= meta["image"]["allocated_size"] <= \
+            r.mapped_ram_allocated_bound + 2 * 4096

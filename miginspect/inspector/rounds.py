@@ -31,12 +31,22 @@ pick up pages re-dirtied behind it), or the ram END section begins
   once more inside the section without a sync.
 
 Relation to QEMU's figure, checked on real QEMU 7.2 and 10.0 live, XBZRLE and
-paused captures (tests/test_size.py): **rounds == dirty-sync-count - 1**, the
-missing sync being the pending_exact sync right before completion, which sends
-nothing of its own. A paused capture has dirty-sync-count 3 and two rounds:
-the bulk pass, cut when the pending estimate fell below the threshold, and the
-END section, which sends the rest of the bulk pass. For live captures the
-stop-and-copy round's bytes equal query-migrate's `downtime-bytes` exactly.
+paused captures and on libvirt save images (tests/test_size.py):
+**rounds == dirty-sync-count - 1**, the missing sync being the pending_exact
+sync right before completion, which sends nothing of its own. A paused capture
+has dirty-sync-count 3 and two rounds: the bulk pass, cut when the pending
+estimate fell below the threshold, and the END section, which sends the rest of
+the bulk pass (or nothing). For live captures the stop-and-copy round's bytes
+equal query-migrate's `downtime-bytes` exactly.
+
+One exception, invisible in the stream: QEMU takes the pending_exact sync only
+when the estimate is below its threshold (bandwidth x downtime-limit), and the
+threshold is 0 until the first bandwidth measurement (~100 ms in). A save that
+sends everything before that completes on "nothing pending" without the
+pending_exact sync: then rounds == dirty-sync-count (seen on a libvirt
+managedsave of a paused 128 MiB guest: bulk pass + empty END, count 2). Every
+mid-migration sync is a pending_exact sync, so this can only happen with no
+iteration rounds.
 
 The detection is a property of the record order only; it needs no timing. It
 can miss a sync when the re-dirtied pages all lie ahead of the scan position
