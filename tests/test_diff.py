@@ -95,14 +95,20 @@ def test_identical_streams_exit_0_different_exit_1_errors_exit_2(pair, tmp_path,
     a, b = pair
     assert cli_main(["diff", a, a]) == 0
     assert cli_main(["diff", a, b]) == 1
+    assert cli_main(["diff", a, b, "--jobs", "1"]) == 1
     bad = tmp_path / "bad.mig"
     bad.write_bytes(b"not a migration stream at all")
     assert cli_main(["diff", a, str(bad)]) == 2
     assert cli_main(["diff", a, str(tmp_path / "missing.mig")]) == 2
     assert cli_main(["diff", a, b, "--page", "nosuchblock:0"]) == 2
+    # A is read by the second process: its errors come back whole
+    assert cli_main(["diff", str(bad), b]) == 2
+    assert cli_main(["diff", str(tmp_path / "missing.mig"), b]) == 2
+    assert cli_main(["diff", str(bad), b, "--jobs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(e.startswith("miginspect: ") for e in err)
-    assert "0x0" in err[0]
+    assert len(err) == 6 and all(e.startswith("miginspect: ") for e in err)
+    assert "0x0" in err[0] and "bad magic" in err[3] and "0x0" in err[3]
+    assert err[3] == err[5]
 
 
 def test_json_contract_and_page_list(pair, capsys):

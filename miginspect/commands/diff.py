@@ -8,13 +8,23 @@ miginspect.inspector.diff.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 
 from .. import ui
 from ..errors import MigError
 from ..inspector.capture import open_capture
-from ..inspector.diff import diff_captures, page_hexdiff, parse_page_spec
+from ..inspector.diff import (
+    diff_sides,
+    page_hexdiff,
+    parse_page_spec,
+    raise_worker_error,
+    summarize,
+    summarize_path,
+)
 from ..render.diff import render_diff, render_page_hexdiff
 
 EXIT_SAME = 0
@@ -50,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="compare what can be read of damaged files instead of failing")
     p.add_argument("--page-size", type=int, default=None,
                    help="target page size when the files do not record it")
+    p.add_argument("--jobs", type=int, choices=(1, 2), default=2 if (os.cpu_count() or 1) > 1
+                   else 1, help="processes: 2 reads A and B at the same time (default when "
+                   "there is more than one CPU)")
     p.set_defaults(func=run)
 
 
@@ -70,26 +83,51 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.page is not None:
+        return _run_page(args)
+    strict = not args.partial
+    devices = not args.ram_only
+    with ExitStack() as stack:
+        worker = None
+        if args.jobs > 1 and "fork" in mp.get_all_start_methods():
+            # A is read and hashed in a second process while this one does B
+            pool = stack.enter_context(
+                ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("fork")))
+            worker = pool.submit(summarize_path, args.a, strict, args.page_size, devices)
+        with ui.progress(f"reading {args.b}") as cb:
+            cap_b = stack.enter_context(open_capture(args.b, progress=cb, strict=strict,
+                                                     page_size=args.page_size))
+        with ui.progress("hashing pages") as cb:
+            side_b = summarize(cap_b, cb, devices)
+        if worker is not None:
+            res = worker.result()
+            if isinstance(res, tuple):
+                raise_worker_error(res)
+            side_a = res
+        else:
+            with ui.progress(f"reading {args.a}") as cb:
+                cap_a = stack.enter_context(open_capture(args.a, progress=cb, strict=strict,
+                                                         page_size=args.page_size))
+            side_a = summarize(cap_a, None, devices)
+        report = diff_sides(side_a, side_b, devices)
+    if args.json:
+        ui.print_json(report.to_json(pages=args.pages))
+    else:
+        render_diff(report, ui.console(), pages=args.pages)
+    return EXIT_SAME if report.identical else EXIT_DIFFERENT
+
+
+def _run_page(args: argparse.Namespace) -> int:
+    block, offset = parse_page_spec(args.page)
     with ExitStack() as stack:
         caps = []
         for path in (args.a, args.b):
             with ui.progress(f"reading {path}") as cb:
-                cap = open_capture(path, progress=cb, strict=not args.partial,
-                                   page_size=args.page_size)
-            caps.append(stack.enter_context(cap))
-        a, b = caps
-        if args.page is not None:
-            block, offset = parse_page_spec(args.page)
-            h = page_hexdiff(a, b, block, offset)
-            if args.json:
-                ui.print_json(h.to_json())
-            else:
-                render_page_hexdiff(h, ui.console())
-            return EXIT_SAME if not h.rows else EXIT_DIFFERENT
-        with ui.progress("hashing pages") as cb:
-            report = diff_captures(a, b, progress=cb, devices=not args.ram_only)
-        if args.json:
-            ui.print_json(report.to_json(pages=args.pages))
-        else:
-            render_diff(report, ui.console(), pages=args.pages)
-        return EXIT_SAME if report.identical else EXIT_DIFFERENT
+                caps.append(stack.enter_context(open_capture(
+                    path, progress=cb, strict=not args.partial, page_size=args.page_size)))
+        h = page_hexdiff(caps[0], caps[1], block, offset)
+    if args.json:
+        ui.print_json(h.to_json())
+    else:
+        render_page_hexdiff(h, ui.console())
+    return EXIT_SAME if not h.rows else EXIT_DIFFERENT

@@ -29,7 +29,7 @@ import numpy as np
 import xxhash
 
 from ..errors import MigError, UnsupportedError, UsageError
-from .capture import Capture
+from .capture import Capture, open_capture
 from .content import zero_hash
 from .devices import DeviceState, decode_devices
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
@@ -269,21 +269,92 @@ class DiffReport:
         }
 
 
+# -- one side: what a diff needs of a capture (picklable, so a worker can build it) -----
+
+@dataclass
+class SideBlock:
+    name: str
+    used_length: int
+    state: np.ndarray  # uint8 PAGE_*
+    hashes: np.ndarray  # uint64 xxh3-64 of each page's final content
+
+    @property
+    def pages(self) -> int:
+        return len(self.state)
+
+
+@dataclass
+class Side:
+    path: str
+    format: str
+    machine_type: str | None
+    page_size: int
+    blocks: list[SideBlock]
+    walk_error: str | None = None
+    devices: list[DeviceState] | None = None
+    devices_error: str | None = None
+
+    def block(self, name: str) -> SideBlock | None:
+        return next((b for b in self.blocks if b.name == name), None)
+
+
+def summarize(cap: Capture, progress: Progress | None = None, devices: bool = True) -> Side:
+    """Hash every page of `cap` (and decode its devices) for `diff_sides`."""
+    total = sum(m.pages for m in cap.maps.values()) or 1
+    done = [0]
+
+    def tick(n: int) -> None:
+        if progress:
+            progress((done[0] + n) * cap.page_size, total * cap.page_size)
+
+    blocks = []
+    for b in cap.blocks:
+        bm = cap.maps[b.name]
+        blocks.append(SideBlock(b.name, b.used_length, bm.state, cap.hashes(b.name, tick)))
+        done[0] += bm.pages
+        tick(0)
+    side = Side(cap.path, cap.format, cap.walk.machine_type, cap.page_size, blocks,
+                cap.walk.error.oneline() if cap.walk.error is not None else None)
+    if devices:
+        try:
+            side.devices = decode_devices(cap).devices
+        except MigError as e:
+            side.devices_error = e.message
+    return side
+
+
+def summarize_path(path: str, strict: bool = True, page_size: int | None = None,
+                   devices: bool = True) -> Side | tuple[str, str, int | None, str]:
+    """`summarize` of the file at `path`, for a worker process: a MigError comes back as
+    (class name, message, offset, where) so that it crosses the process boundary whole."""
+    try:
+        with open_capture(path, strict=strict, page_size=page_size) as cap:
+            return summarize(cap, devices=devices)
+    except MigError as e:
+        return (type(e).__name__, e.message, e.offset, e.where)
+
+
+def raise_worker_error(res: tuple[str, str, int | None, str]) -> None:
+    import miginspect.errors as errors
+
+    cls = getattr(errors, res[0], MigError)
+    raise cls(res[1], res[2], res[3])
+
+
 # -- RAM ------------------------------------------------------------------------------
 
-def _side(cap: Capture, name: str, n: int, progress: Callable[[int], None] | None
-          ) -> tuple[np.ndarray, np.ndarray, int | None]:
+def _padded(side: Side, name: str, n: int) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(hashes, states, used_length) of block `name` padded with zero pages to `n`."""
-    bm = cap.maps.get(name)
-    if bm is not None and bm.pages == n:  # the common case: no padding, no copies
-        return cap.hashes(name, progress), bm.state, bm.block.used_length
-    hashes = np.full(n, np.uint64(zero_hash(cap.page_size)), np.uint64)
+    sb = side.block(name)
+    if sb is not None and sb.pages == n:  # the common case: no padding, no copies
+        return sb.hashes, sb.state, sb.used_length
+    hashes = np.full(n, np.uint64(zero_hash(side.page_size)), np.uint64)
     states = np.full(n, STATE_MISSING, np.uint8)
-    if bm is None:
+    if sb is None:
         return hashes, states, None
-    hashes[: bm.pages] = cap.hashes(name, progress)
-    states[: bm.pages] = bm.state
-    return hashes, states, bm.block.used_length
+    hashes[: sb.pages] = sb.hashes
+    states[: sb.pages] = sb.state
+    return hashes, states, sb.used_length
 
 
 def _ranges(kind: np.ndarray, page_size: int, gpa_low: int | None,
@@ -311,12 +382,11 @@ def _ranges(kind: np.ndarray, page_size: int, gpa_low: int | None,
     return out
 
 
-def diff_block(a: Capture, b: Capture, name: str,
-               progress: Callable[[int], None] | None = None) -> BlockDiff:
-    ma, mb = a.maps.get(name), b.maps.get(name)
-    n = max(ma.pages if ma else 0, mb.pages if mb else 0)
-    ha, sa, la = _side(a, name, n, progress)
-    hb, sb, lb = _side(b, name, n, progress)
+def diff_block(a: Side, b: Side, name: str) -> BlockDiff:
+    xa, xb = a.block(name), b.block(name)
+    n = max(xa.pages if xa else 0, xb.pages if xb else 0)
+    ha, sa, la = _padded(a, name, n)
+    hb, sb, lb = _padded(b, name, n)
     zh = np.uint64(zero_hash(a.page_size))
     same = ha == hb
     kind = np.full(n, CHANGED, np.uint8)
@@ -333,7 +403,7 @@ def diff_block(a: Capture, b: Capture, name: str,
         vals, cnt = np.unique(pairs, return_counts=True)
         for v, c in zip(vals.tolist(), cnt.tolist(), strict=True):
             trans[f"{_STATE_LABELS[v // 16]}->{_STATE_LABELS[v % 16]}"] = int(c)
-    machine = a.walk.machine_type or b.walk.machine_type
+    machine = a.machine_type or b.machine_type
     ram_size = (la if la is not None else lb) or 0
     low = pc_ram_lowmem(machine, ram_size) if name == DEFAULT_RAM_BLOCK else None
     bd = BlockDiff(
@@ -347,27 +417,14 @@ def diff_block(a: Capture, b: Capture, name: str,
     return bd
 
 
-def diff_ram(a: Capture, b: Capture, progress: Progress | None = None) -> list[BlockDiff]:
+def diff_ram(a: Side, b: Side) -> list[BlockDiff]:
     if a.page_size != b.page_size:
         raise UnsupportedError(
             f"the files use different target page sizes ({a.page_size} and {b.page_size}); "
             "they come from different guest architectures")
     names = [blk.name for blk in a.blocks]
     names += [blk.name for blk in b.blocks if blk.name not in names]
-    total = sum(m.pages for m in a.maps.values()) + sum(m.pages for m in b.maps.values())
-    done = [0]
-
-    def tick(n: int) -> None:
-        if progress:
-            progress((done[0] + n) * a.page_size, total * a.page_size)
-
-    out = []
-    for name in names:
-        out.append(diff_block(a, b, name, tick))
-        done[0] += (a.maps[name].pages if name in a.maps else 0) + (
-            b.maps[name].pages if name in b.maps else 0)
-        tick(0)
-    return out
+    return [diff_block(a, b, name) for name in names]
 
 
 # -- devices ----------------------------------------------------------------------------
@@ -418,24 +475,30 @@ def diff_devices(a: Capture, b: Capture) -> DevicesDiff:
 
 # -- whole files -------------------------------------------------------------------------
 
-def diff_captures(a: Capture, b: Capture, progress: Progress | None = None,
-                  devices: bool = True) -> DiffReport:
+def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
     notices: list[str] = []
-    for tag, c in (("A", a), ("B", b)):
-        if c.walk.error is not None:
-            notices.append(f"{tag}: the walk stopped early ({c.walk.error.oneline()}); pages "
-                           "after that point count as never sent")
-    blocks = diff_ram(a, b, progress)
+    for tag, s in (("A", a), ("B", b)):
+        if s.walk_error is not None:
+            notices.append(f"{tag}: the walk stopped early ({s.walk_error}); pages after "
+                           "that point count as never sent")
+    blocks = diff_ram(a, b)
     dd = None
     if devices:
-        try:
-            dd = diff_devices(a, b)
-        except MigError as e:
-            notices.append(f"device state not compared: {e.message}")
-    if a.walk.machine_type != b.walk.machine_type:
-        notices.append(f"machine types differ: {a.walk.machine_type} vs {b.walk.machine_type}")
-    return DiffReport(a.path, b.path, a.format, b.format, a.walk.machine_type,
-                      b.walk.machine_type, a.page_size, blocks, dd, notices)
+        why = a.devices_error or b.devices_error
+        if a.devices is not None and b.devices is not None:
+            dd = diff_device_states(a.devices, b.devices)
+        elif why:
+            notices.append(f"device state not compared: {why}")
+    if a.machine_type != b.machine_type:
+        notices.append(f"machine types differ: {a.machine_type} vs {b.machine_type}")
+    return DiffReport(a.path, b.path, a.format, b.format, a.machine_type, b.machine_type,
+                      a.page_size, blocks, dd, notices)
+
+
+def diff_captures(a: Capture, b: Capture, progress: Progress | None = None,
+                  devices: bool = True) -> DiffReport:
+    return diff_sides(summarize(a, progress, devices), summarize(b, progress, devices),
+                      devices)
 
 
 # -- one page --------------------------------------------------------------------------------
@@ -520,6 +583,7 @@ def page_hexdiff(a: Capture, b: Capture, block: str, offset: int) -> PageHexDiff
                        xxhash.xxh3_64_hexdigest(pa), xxhash.xxh3_64_hexdigest(pb), nd, rows)
 
 
-__all__ = ["diff_captures", "diff_ram", "diff_devices", "diff_device_states", "page_hexdiff",
+__all__ = ["diff_captures", "diff_sides", "summarize", "summarize_path", "Side", "SideBlock",
+           "raise_worker_error", "diff_ram", "diff_devices", "diff_device_states", "page_hexdiff",
            "parse_page_spec", "DiffReport", "BlockDiff", "PageRange", "DevicesDiff",
            "DeviceDiff", "FieldDiff", "PageHexDiff", "block_gpa", "pc_ram_lowmem"]
