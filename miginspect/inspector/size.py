@@ -655,12 +655,13 @@ def verdict(r: SizeReport, maps: dict[str, BlockMap]) -> str:
                 f"{r.mapped_ram_allocated_bound:,} B on disk" + cut)
     size = r.stream_bytes + r.stream_offset
     bound, alloc = r.mapped_ram_bound, r.mapped_ram_allocated_bound
+    what = "the inflated stream is " if r.compression else ""
     if not bound:
         rel = "no mapped-ram bound"
     elif size > bound:
-        rel = f"{size / bound:.2f}x its mapped-ram equivalent ({bound:,} B)"
+        rel = f"{what}{size / bound:.2f}x its mapped-ram equivalent ({bound:,} B)"
     else:
-        rel = (f"{size / alloc:.2f}x the disk space of its mapped-ram equivalent "
+        rel = (f"{what}{size / alloc:.2f}x the disk space of its mapped-ram equivalent "
                f"({alloc:,} B allocated, {bound:,} B apparent)") if alloc else ""
     if r.resent_pages:
         amp = f"{r.amplification:.2f}x amplification" if r.amplification else "amplified"

@@ -68,8 +68,7 @@ def _where(r: SizeReport) -> Table:
     t.add_column("share", justify="right")
     t.add_column("")
     whole = r.stream_bytes + r.stream_offset
-    ram_label = "RAM records (headers + payloads)" if r.format == "legacy" else \
-        "RAM data pages (set bitmap bits)"
+    ram_label = "RAM records" if r.format == "legacy" else "RAM data pages"
     rows = [(ram_label, r.ram_bytes_written), ("device state", r.device_state_bytes),
             ("vmdescription JSON", r.vmdescription_bytes)]
     for k, v in r.overhead.items():
@@ -90,6 +89,10 @@ def _bounds(r: SizeReport) -> Table:
     t.add_column("vs this file", justify="right")
     whole = r.stream_bytes + r.stream_offset
     t.add_row("this file", num(r.file_size), num(r.allocated_size), "")
+    if whole != r.file_size:
+        t.add_row("its QEMU stream" + (" (inflated)" if r.compression else ""), num(whole),
+                  "-", "")
+    t.columns[3].header = "vs the stream" if whole != r.file_size else "vs this file"
     t.add_row("as mapped-ram", num(r.mapped_ram_bound), num(r.mapped_ram_allocated_bound),
               f"{whole / r.mapped_ram_bound:.2f}x" if r.mapped_ram_bound else "-")
     if r.legacy_minimum is not None:
@@ -111,26 +114,29 @@ def _mapped_check(r: SizeReport) -> Text | None:
                             f"{num(c['difference'])} bytes beyond the bound[/]")
 
 
-def _blocks(r: SizeReport) -> Table:
+def _blocks(r: SizeReport, wide: bool = True) -> Table:
     legacy = r.format == "legacy"
     t = Table(title="RAMBlocks", title_justify="left", title_style="bold")
-    t.add_column("name")
+    t.add_column("name", overflow="fold", min_width=14)
     t.add_column("used", justify="right")
     t.add_column("data", justify="right", style="green")
     t.add_column("zero", justify="right", style="cyan")
-    t.add_column("RAM written", justify="right")
+    t.add_column("written", justify="right")
     if legacy:
-        t.add_column("ampl.", justify="right")
+        if wide:
+            t.add_column("ampl.", justify="right")
         t.add_column("re-sent", justify="right", style="yellow")
-        t.add_column("max", justify="right")
-    t.add_column("as mapped-ram", justify="right")
+    if wide:
+        t.add_column("as mapped-ram", justify="right")
     for b in r.blocks:
         row = [name(b.name), size(b.used_length), num(b.data_pages), num(b.zero_pages),
-               num(b.ram_bytes_written)]
+               size(b.ram_bytes_written)]
         if legacy:
-            row += [f"{b.amplification:.2f}x" if b.amplification else "-",
-                    num(b.resent_pages), num(b.max_sends)]
-        row.append(num(b.mapped_ram_bytes))
+            if wide:
+                row.append(f"{b.amplification:.2f}x" if b.amplification else "-")
+            row.append(f"{num(b.resent_pages)} ({b.max_sends}x)" if b.resent_pages else "0")
+        if wide:
+            row.append(size(b.mapped_ram_bytes))
         t.add_row(*row)
     return t
 
@@ -194,7 +200,7 @@ def render_size(r: SizeReport, console: Console) -> None:
     chk = _mapped_check(r)
     if chk is not None:
         console.print(chk)
-    console.print(_blocks(r))
+    console.print(_blocks(r, wide=console.width >= 100))
     if r.rounds:
         console.print(_rounds(r))
     if r.format == "legacy" and r.send_histogram:
