@@ -575,8 +575,10 @@ class Ctx:
             man["capture"]["compressed_size"] = z.stat().st_size
         (self.outdir / f"{name}.json").write_text(json.dumps(man, indent=1) + "\n")
         q = man["query-migrate"].get("ram", {})
+        zs = man["capture"].get("compressed_size")
         log(f"  stored {name}: raw {man['capture']['raw_size']:,} B, "
-            f"zst {man['capture'].get('compressed_size', 0):,} B, normal={q.get('normal')} "
+            + (f"zst {zs:,} B, " if zs is not None else "uncompressed, ")
+            + f"normal={q.get('normal')} "
             f"duplicate={q.get('duplicate')} dirty-sync-count={q.get('dirty-sync-count')} "
             f"({time.time() - t0:.1f}s bookkeeping)")
         for k, v in man["checks"].items():
