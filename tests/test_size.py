@@ -351,6 +351,10 @@ def test_cli_json_and_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     for k in JSON_KEYS:
         assert k in d, k
     assert all(set(x) >= {"pages", "bytes"} for x in d["rounds"])
+    r = report(names[0])  # the JSON is the report's dataclass, number for number
+    assert d["ram_bytes_written"] == r.ram_bytes_written and d["verdict"] == r.verdict
+    assert [(x["pages"], x["bytes"]) for x in d["rounds"]] == [(x.pages, x.bytes)
+                                                               for x in r.rounds]
     assert all(k.isdigit() for k in d["send_histogram"])
     assert main(["size", path]) == 0
     out = capsys.readouterr().out
