@@ -261,3 +261,56 @@ def test_volatility_finds_the_linux_banner_in_the_elf_core(tmp_path) -> None:  #
     raw = (out / "physical.raw").read_bytes()
     off, banner = hits[0]
     assert raw[int(off, 16) : int(off, 16) + len(banner)].decode("latin-1") == banner
+
+
+# -- the split against QEMU's own memory map (real QEMU, BIOS-only, seconds each) ------------
+_MTREE = re.compile(r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (?:ram|rom)\): pc\.ram"
+                    r"(?: @([0-9a-f]+))?", re.M)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("machine,mem_mib,below_opt", [
+    ("pc", 4096, None),
+    ("pc", 3584, None),
+    ("pc,max-ram-below-4g=2G", 4096, 2 * GiB),
+    ("q35", 4096, None),
+    ("q35", 2816, None),
+])
+def test_physical_split_matches_qemu(machine: str, mem_mib: int, below_opt: int | None,
+                                     need_qemu, tmp_path) -> None:  # noqa: ANN001
+    """A paused BIOS-only guest with a random blob loaded above 4 GiB: QEMU's flat memory
+    map (`info mtree -f`) and its pmemsave of the blob's guest-physical window must agree
+    with our layout, our physical.raw and our pc.ram extract."""
+    from qemu_harness import QemuVM
+
+    blob = os.urandom(3 * 4096)
+    (tmp_path / "blob").write_bytes(blob)
+    gpa = (4 << 30) + 0x1234000
+    cap_path = tmp_path / "cap.mig"
+    with QemuVM("-device", f"loader,file={tmp_path / 'blob'},addr={gpa:#x},force-raw=on",
+                mem_mib=mem_mib, machine=machine, binary=need_qemu) as vm:
+        mtree = vm.hmp("info mtree -f")
+        vm.cmd("pmemsave", val=gpa, size=len(blob), filename=str(tmp_path / "win"))
+        q = vm.save(cap_path, {"mapped-ram": True})
+        assert q["status"] == "completed", q
+    assert (tmp_path / "win").read_bytes() == blob  # QEMU put the blob at that address
+    views = {(int(a, 16), int(b, 16) + 1, int(o or "0", 16)) for a, b, o in _MTREE.findall(mtree)}
+    assert views, mtree
+    out = tmp_path / "out"
+    argv = ["extract", str(cap_path), "-o", str(out), "--physical", "--physical-format", "raw"]
+    if below_opt:
+        argv += ["--max-ram-below-4g", str(below_opt)]
+    assert main(argv) == 0
+    lay = json.loads((out / PHYSICAL_MANIFEST).read_text())["physical"]
+    for start, end, off in views:  # every QEMU view of pc.ram lies in one of our ranges
+        r = next((r for r in lay["ranges"] if r["gpa"] <= start < r["gpa"] + r["length"]), None)
+        assert r is not None, (hex(start), lay)
+        assert end <= r["gpa"] + r["length"]
+        assert off == start - r["gpa"] + r["block_offset"], (hex(start), hex(off), lay)
+    with open(out / "physical.raw", "rb") as f:
+        f.seek(gpa)
+        assert f.read(len(blob)) == blob
+    assert main(["extract", str(cap_path), "-o", str(tmp_path / "blk"), "--block", "pc.ram"]) == 0
+    with open(tmp_path / "blk" / "pc.ram.raw", "rb") as f:
+        f.seek(lay["below_4g"] + (gpa - (4 << 30)))
+        assert f.read(len(blob)) == blob
