@@ -347,8 +347,10 @@ def _save(qemu: str, out: Path, caps: list[str]) -> None:
             p.wait()
 
 
-def _load(qemu: str, path: Path, caps: list[str]) -> tuple[bool, str]:
-    """(loaded, QEMU's stderr) for `path` loaded into a fresh -incoming defer QEMU."""
+def _load(qemu: str, path: Path, caps: list[str], uri: str | None = None
+          ) -> tuple[bool, str]:
+    """(loaded, QEMU's stderr) for `path` (or `uri`) loaded into a fresh -incoming defer
+    QEMU."""
     import subprocess
     import time
 
@@ -360,7 +362,7 @@ def _load(qemu: str, path: Path, caps: list[str]) -> tuple[bool, str]:
     try:
         s, cmd = _qmp(sock, p)
         _caps_cmd(cmd, caps)
-        cmd("migrate-incoming", uri=f"file:{path}")
+        cmd("migrate-incoming", uri=uri or f"file:{path}")
         for _ in range(600):
             st = cmd("query-migrate")["return"].get("status")
             if st in ("completed", "failed"):
@@ -511,3 +513,42 @@ def test_check_agrees_with_live_qemu(bios_captures: dict, base: str, label: str,
         first = rep["problems"][[p["severity"] for p in rep["problems"]].index("error")]
         assert first["offset"] is not None
         assert any(x in qerr for x in first["qemu"]), (qerr, first)
+
+
+def _wrap_libvirt(raw: bytes) -> bytes:
+    from miginspect.formats import libvirt as lv
+
+    xml = b"<domain type='kvm'><name>t</name></domain>"
+    pad = 4096 - 92 - len(xml) - 1
+    hdr = lv.virQEMUSaveHeader_le.build(dict(magic=lv.QEMU_SAVE_MAGIC, version=2,
+                                             data_len=len(xml) + 1 + pad, was_running=0,
+                                             format=0, cookieOffset=0))
+    return hdr + xml + bytes(1 + pad) + raw
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("variant", ["legacy", "legacy-zstd", "mapped", "legacy-in-libvirt"])
+def test_incoming_qmp_loads_in_qemu(bios_captures: dict, variant: str, tmp_path: Path) -> None:
+    """The exact migrate-set-capabilities / migrate-incoming that `check` prints load the
+    file into a fresh `-incoming defer` QEMU."""
+    import shutil
+
+    import zstandard
+
+    raw = bios_captures["mapped" if variant == "mapped" else "legacy"]
+    p = tmp_path / f"{variant}.mig"
+    if variant == "legacy-zstd":
+        if shutil.which("zstd") is None:
+            pytest.skip("the zstd program is not installed")
+        raw = zstandard.ZstdCompressor().compress(raw)
+    elif variant == "legacy-in-libvirt":
+        raw = _wrap_libvirt(raw)
+    p.write_bytes(raw)
+    rc, out, _ = _cli("check", str(p), "--json")
+    assert rc == 0
+    inc = json.loads(out)["incoming"]
+    assert inc["capabilities"] == (["mapped-ram"] if variant == "mapped" else [])
+    assert json.dumps({"execute": "migrate-incoming", "arguments": {"uri": inc["uri"]}}) \
+        in inc["commands"]
+    loaded, err = _load(bios_captures["qemu"], p, inc["capabilities"], inc["uri"])
+    assert loaded, err

@@ -16,6 +16,7 @@ A stop the tool cannot judge (a feature it does not read) makes the verdict
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -645,32 +646,43 @@ def _decompress_cmd(kind: str) -> str:
 def incoming_for(src: Source, walk: StreamWalk) -> Incoming:
     """The destination setup the file needs, with the exact QMP."""
     caps = [c for c in walk.capabilities if c in ("mapped-ram", "x-ignore-shared")]
-    path = src.path
+    path = _sh(src.path)
     c = src.container
-    if c.compression and c.kind != "libvirt" or (c.kind == "libvirt" and c.compression
-                                                   and c.libvirt is not None):
-        if c.kind == "libvirt" and c.libvirt is not None:
-            off = c.libvirt.payload_offset
-            uri = (f"exec:tail -c +{off + 1} {_sh(path)} | "
-                   f"{_decompress_cmd(c.compression or '')}")
-        else:
-            uri = f"exec:{_decompress_cmd(c.compression or '')} {_sh(path)}"
-    elif src.base:
-        uri = f"file:{path},offset=0x{src.base:x}"
+    comp = c.compression
+    inner = c.kind == "libvirt" and c.libvirt is not None and src.base == 0 and bool(comp)
+    pipe = None  # a shell pipeline that yields the QEMU stream from its first byte
+    seek_off = src.base  # where the stream starts in the file QEMU is given
+    if comp and inner:
+        assert c.libvirt is not None
+        pipe = f"tail -c +{c.libvirt.payload_offset + 1} {path} | {_decompress_cmd(comp)}"
+        seek_off = 0
+    elif comp:  # the whole file is compressed (a libvirt header may be inside)
+        pipe = f"{_decompress_cmd(comp)} {path}"
+    cmds: list[str] = []
+    if pipe is None:
+        uri = f"file:{src.path}" + (f",offset=0x{seek_off:x}" if seek_off else "")
+    elif "mapped-ram" in caps:
+        # mapped-ram reads pages at file offsets: QEMU refuses a pipe ("Migration requires
+        # seekable transport (e.g. file)"), so decompress into a file first
+        out = "/path/to/decompressed.mig"
+        cmds.append(f"{pipe} > {out}   (mapped-ram needs a seekable file, not a pipe)")
+        uri = f"file:{out}" + (f",offset=0x{seek_off:x}" if seek_off else "")
     else:
-        uri = f"file:{path}"
-    cmds = ["qemu-system-<arch> <the same devices and -machine as the source> -incoming defer"]
+        tail = f" | tail -c +{seek_off + 1}" if seek_off else ""
+        uri = f"exec:{pipe}{tail}"
+    cmds.append("qemu-system-<arch> <the same devices and -machine as the source> "
+                "-incoming defer")
     if caps:
         cap_json = ", ".join(f'{{"capability": "{x}", "state": true}}' for x in caps)
         cmds.append('{"execute": "migrate-set-capabilities", "arguments": '
                     f'{{"capabilities": [{cap_json}]}}}}')
-    cmds.append(f'{{"execute": "migrate-incoming", "arguments": {{"uri": "{uri}"}}}}')
+    cmds.append(f'{{"execute": "migrate-incoming", "arguments": {{"uri": {json.dumps(uri)}}}}}')
     if "mapped-ram" in caps:
         cmds.append("optional, faster: also set the `multifd` capability and "
                     '{"execute": "migrate-set-parameters", "arguments": {"multifd-channels": 4}} '
                     "before migrate-incoming")
     if c.kind == "libvirt":
-        cmds.append(f"or let libvirt do all of it: virsh restore {_sh(path)}")
+        cmds.append(f"or let libvirt do all of it: virsh restore {path}")
     return Incoming(caps, uri, cmds)
 
 
