@@ -552,3 +552,43 @@ def test_incoming_qmp_loads_in_qemu(bios_captures: dict, variant: str, tmp_path:
         in inc["commands"]
     loaded, err = _load(bios_captures["qemu"], p, inc["capabilities"], inc["uri"])
     assert loaded, err
+
+
+# -- libvirt images: check agrees with `virsh restore` ------------------------------
+LIBVIRT_DIR = SAMPLES / "libvirt"
+
+
+def _libvirt_images() -> list[str]:
+    out = []
+    for j in sorted(LIBVIRT_DIR.glob("*.json")):
+        m = json.loads(j.read_text())
+        f = (m.get("stored_as") or {}).get("file")
+        if f and (LIBVIRT_DIR / f).exists() and m.get("restore"):
+            out.append(j.name[:-5])
+    return out
+
+
+LIBVIRT = _libvirt_images()
+
+
+@pytest.mark.skipif(not LIBVIRT, reason="no libvirt sample images (samples/libvirt)")
+@pytest.mark.parametrize("name", LIBVIRT)
+def test_libvirt_image_agrees_with_virsh_restore(name: str, tmp_path: Path) -> None:
+    meta = json.loads((LIBVIRT_DIR / f"{name}.json").read_text())
+    f = LIBVIRT_DIR / meta["stored_as"]["file"]
+    path = unpack(f) if f.name.endswith(".zst") else f
+    restore = meta["restore"][0]
+    rc, out, _ = _cli("check", str(path), "--json")
+    rep = json.loads(out)
+    if restore["accepted"]:
+        assert rc == 0, rep["problems"]
+        rb = restore.get("info_ramblock", {}).get("raw")
+        if rb:  # the restored VM's own RAMBlocks as the target: nothing to complain about
+            t = tmp_path / "rb.txt"
+            t.write_text(rb)
+            rc, out, _ = _cli("check", str(path), "--target", str(t), "--json")
+            assert rc == 0, json.loads(out)["problems"]
+    else:
+        assert rc == 1
+        first = next(p for p in rep["problems"] if p["severity"] == "error")
+        assert any(x in restore["stderr"] for x in first["qemu"]), (restore["stderr"], first)
