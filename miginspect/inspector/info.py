@@ -152,7 +152,7 @@ def info(cap: Capture) -> InfoReport:
               "devices": len(t.data.get("devices", [])) if t.data else None,
               "error": t.error}
     notices = [asdict(n) for n in w.notices]
-    stopped = w.error.oneline() if w.error is not None else None
+    stopped = src.explain(w.error).oneline() if w.error is not None else None
     return InfoReport(
         path=cap.path,
         format=cap.format,
