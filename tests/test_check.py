@@ -474,26 +474,32 @@ def _dmg_mr_bits_past(raw: bytes) -> bytes:
     return _patch(raw, o, bytes([raw[o] | 0x80]))
 
 
-LIVE_CASES = [
-    ("legacy", "footer-id", _dmg_footer),
-    ("legacy", "section-type", _dmg_section_type),
-    ("legacy", "unknown-command", _dmg_command),
-    ("legacy", "zero-fill", _dmg_zero_fill),
-    ("legacy", "illegal-offset", _dmg_offset),
-    ("legacy", "mem-size-inflated", _dmg_memsize),
-    ("legacy", "no-eof", _dmg_no_eof),
-    ("legacy", "cut-after-eof", _dmg_cut_after_eof),
-    ("legacy", "trailer-json", _dmg_trailer_json),
-    ("mapped", "mapped-ram-misaligned", _dmg_mr_misaligned),
-    ("mapped", "mapped-ram-version", _dmg_mr_version),
-    ("mapped", "mapped-ram-bits-past-used-length", _dmg_mr_bits_past),
+def _dmg_no_eos(raw: bytes) -> bytes:
+    s = next(x for x in _w(raw).sections if x.kind == "PART" and x.idstr == "ram")
+    return raw[: s.payload_end - 8] + raw[s.payload_end:]
+
+
+LIVE_CASES = [  # base, damage, our code for it
+    ("legacy", "footer-id", _dmg_footer, "footer-mismatch"),
+    ("legacy", "section-type", _dmg_section_type, "unknown-section-type"),
+    ("legacy", "unknown-command", _dmg_command, "unknown-command"),
+    ("legacy", "zero-fill", _dmg_zero_fill, "zero-fill"),
+    ("legacy", "illegal-offset", _dmg_offset, "page-offset-beyond"),
+    ("legacy", "mem-size-inflated", _dmg_memsize, "ramblock-list"),
+    ("legacy", "no-eos", _dmg_no_eos, "missing-eos"),
+    ("legacy", "no-eof", _dmg_no_eof, "no-eof"),
+    ("legacy", "cut-after-eof", _dmg_cut_after_eof, "no-trailer"),
+    ("legacy", "trailer-json", _dmg_trailer_json, "trailer-damaged"),
+    ("mapped", "mapped-ram-misaligned", _dmg_mr_misaligned, "mapped-ram-alignment"),
+    ("mapped", "mapped-ram-version", _dmg_mr_version, "mapped-ram-version"),
+    ("mapped", "mapped-ram-bits-past-used-length", _dmg_mr_bits_past, "bitmap-past-used-length"),
 ]
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("base,label,damage", LIVE_CASES, ids=[c[1] for c in LIVE_CASES])
+@pytest.mark.parametrize("base,label,damage,code", LIVE_CASES, ids=[c[1] for c in LIVE_CASES])
 def test_check_agrees_with_live_qemu(bios_captures: dict, base: str, label: str,
-                                     damage) -> None:  # noqa: ANN001
+                                     damage, code: str) -> None:  # noqa: ANN001
     raw = damage(bios_captures[base])
     p = bios_captures["dir"] / f"{label}.mig"
     p.write_bytes(raw)
@@ -506,12 +512,14 @@ def test_check_agrees_with_live_qemu(bios_captures: dict, base: str, label: str,
         assert any(p["severity"] == "warning" for p in rep["problems"])
         w = next(p for p in rep["problems"] if p["severity"] == "warning")
         assert w["offset"] is not None
+        assert w["code"] == code
         if w["qemu"]:  # QEMU printed a note even though it loaded
             assert any(x in qerr for x in w["qemu"]), (qerr, w)
     else:
         assert rc == 1, (qerr, rep["problems"])
         first = rep["problems"][[p["severity"] for p in rep["problems"]].index("error")]
         assert first["offset"] is not None
+        assert first["code"] == code
         assert any(x in qerr for x in first["qemu"]), (qerr, first)
 
 

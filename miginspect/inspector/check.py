@@ -238,9 +238,66 @@ def classify(err: MigError) -> Problem:
                    "the stream is damaged here: use an intact copy", "damaged", [])
 
 
+_RAM_RECORD_CODES = ("unknown-ram-flags", "unknown-block-in-record", "page-offset-beyond",
+                     "continue-without-block", "page-record-in-mapped-ram")
+
+
+def _missing_eos(p: Problem, src: Source, walk: StreamWalk) -> Problem:
+    """A RAM "record" that is really a section footer or the next section's header: the
+    section before it lacks its EOS record."""
+    sec = walk.sections[-1] if walk.sections else None
+    buf, off = src.buf, p.offset
+    if sec is None or off is None or off + 5 > len(buf) or sec.section_id is None:
+        return p
+    sid = int.from_bytes(bytes(buf[off + 1:off + 5]), "big")
+    looks = (buf[off] == S.QEMU_VM_SECTION_FOOTER and sid == sec.section_id) or (
+        buf[off] in (S.QEMU_VM_SECTION_PART, S.QEMU_VM_SECTION_END,
+                     S.QEMU_VM_SECTION_FULL, S.QEMU_VM_SECTION_START)
+        and any(s.section_id == sid for s in walk.sections[:-1]))
+    if looks:
+        p.cause += (f"; these bytes look like a section footer or header: the {sec.kind} "
+                    f"section of {sec.idstr!r} at 0x{sec.offset:x} lacks its EOS record")
+        p.code = "missing-eos"
+    return p
+
+
+def _qemu_on_bad_flags(p: Problem, src: Source, walk: StreamWalk) -> Problem:
+    """What QEMU prints for a record word with unknown flags. Its loader looks the block
+    up (and checks the offset) for any word with a ZERO, PAGE or XBZRLE bit *before* it
+    rejects the combination, so such a word fails with the lookup's message."""
+    buf, off = src.buf, p.offset
+    if off is None or off + 8 > len(buf):
+        return p
+    word = int.from_bytes(bytes(buf[off:off + 8]), "big")
+    ps = walk.page_size
+    flags, addr = word & (ps - 1), word & ~(ps - 1)
+    page_bits = R.RAM_SAVE_FLAG_ZERO | R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_XBZRLE
+    if not flags & page_bits:
+        return p
+    lengths = {b.name: b.used_length for b in walk.blocks}
+    if flags & R.RAM_SAVE_FLAG_CONTINUE:
+        if addr + ps > max(lengths.values(), default=0):
+            p.qemu = ["Illegal RAM offset"]
+        else:
+            p.qemu = ["Illegal RAM offset", "Unknown combination of migration flags"]
+        return p
+    n = buf[off + 8] if off + 8 < len(buf) else 0
+    name = bytes(buf[off + 9:off + 9 + n]).decode("latin-1")
+    if name not in lengths:
+        p.qemu = ["Can't find block"]
+    elif addr + ps > lengths[name]:
+        p.qemu = ["Illegal RAM offset"]
+    return p
+
+
 def _refine(p: Problem, src: Source, walk: StreamWalk) -> Problem:
     """A device section whose vmdescription length lands on a footer with another id is a
-    footer mismatch (what QEMU reports), not a lost footer."""
+    footer mismatch (what QEMU reports), not a lost footer; a RAM record that is a footer
+    is a missing EOS; QEMU's message for unknown flags depends on which bits are set."""
+    if p.code == "unknown-ram-flags":
+        p = _qemu_on_bad_flags(p, src, walk)
+    if p.code in _RAM_RECORD_CODES:
+        return _missing_eos(p, src, walk)
     if p.code not in ("truncated-device", "truncated-footer") or not walk.sections:
         return p
     sec = walk.sections[-1]
