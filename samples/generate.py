@@ -75,7 +75,7 @@ QEMU72 = {
 INIT_SCRIPT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
-FILL=24; WS=0; RESERVE=3; WSDELAY=0
+FILL=24; WS=0; RESERVE=5; WSDELAY=0
 for x in $(/bin/busybox cat /proc/cmdline); do
   case "$x" in
     mig_fill=*) FILL=${x#mig_fill=} ;;
@@ -84,7 +84,7 @@ for x in $(/bin/busybox cat /proc/cmdline); do
     mig_wsdelay=*) WSDELAY=${x#mig_wsdelay=} ;;
   esac
 done
-exec /fill "$FILL" "$WS" "$RESERVE" "$WSDELAY"
+exec /fill "$FILL" "$WS" "$RESERVE" "$WSDELAY" /bin/sh /bin/busybox /init
 """
 
 
@@ -236,7 +236,7 @@ class VM:
     counter = 0
 
     def __init__(self, qemu: dict, guest: dict, workdir: Path, mem_mib=GUEST_MEM_MIB,
-                 fill_mib=FILL_MIB, ws_mib=0, ws_delay=0, incoming=False, reserve_mib=3):
+                 fill_mib=FILL_MIB, ws_mib=0, ws_delay=0, incoming=False, reserve_mib=5):
         VM.counter += 1
         self.qemu = qemu
         self.dir = workdir / f"vm{VM.counter:02d}"

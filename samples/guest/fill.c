@@ -18,7 +18,9 @@
  *   unit[3] = unit[1] * 0x9E3779B1 ^ unit[2] ^ 0xA5A5A5A5 (check word)
  * Each page is distinct (index, generation) yet compresses to a few bytes.
  *
- * Usage: fill FILL_MIB [WS_MIB [ZERO_RESERVE_MIB [WS_DELAY_S]]]
+ * Usage: fill FILL_MIB [WS_MIB [ZERO_RESERVE_MIB [WS_DELAY_S [UNLINK_PATH...]]]]
+ * UNLINK_PATHs (e.g. /bin/busybox, no longer needed once /init has exec'd fill) are
+ * removed from the initramfs first, so their page-cache pages are freed and zeroed too.
  * With WS_DELAY_S > 0 the working set starts that many (guest) seconds after
  * the READY marker, announced by "MIGINSPECT-WS-START" on the console.
  */
@@ -69,6 +71,8 @@ int main(int argc, char **argv)
     long reserve_mib = argc > 3 ? atol(argv[3]) : 12;
     long ws_delay = argc > 4 ? atol(argv[4]) : 0;
     setvbuf(stdout, NULL, _IONBF, 0);
+    for (int i = 5; i < argc; i++)
+        unlink(argv[i]);
 
     /* 1. zero free memory */
     long free_kib = meminfo_kib("MemFree");
