@@ -441,6 +441,21 @@ def test_damaged_samples_give_one_line(name: str, capsys: pytest.CaptureFixture[
     assert code in (0, 1), err
     if code == 1:
         assert err.count("\n") == 0 and "internal error" not in err and "offset 0x" in err
+        # --partial sizes what can be read; every read byte still lands in one bucket
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = main(["size", "--partial", "--json", path])
+        err = capsys.readouterr().err.strip()
+        assert code in (0, 1), err
+        if code == 0:
+            d = json.loads(out.getvalue())
+            assert d["stopped"] and "cut short" in d["verdict"]
+            assert d["ram_bytes_written"] + d["device_state_bytes"] + \
+                d["vmdescription_bytes"] + sum(d["overhead"].values()) == \
+                d["stream_bytes"] + d["stream_offset"]
+            assert min(d["overhead"].values()) >= 0 and d["mapped_ram_allocated_bound"] >= 0
+        else:
+            assert err.count("\n") == 0 and "offset 0x" in err
 
 
 # ----------------------------------------------------------------------------------------

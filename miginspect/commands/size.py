@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--top", type=int, default=10, metavar="N",
                    help="number of hottest ranges to list (default 10)")
+    p.add_argument("--partial", action="store_true",
+                   help="size what can be read of a damaged or cut-short file instead of "
+                   "stopping at the first error (the report says where reading stopped)")
     p.add_argument("--page-size", type=int, default=None,
                    help="target page size when the file does not record it")
     p.set_defaults(func=run)
@@ -29,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size)
+        cap = open_capture(args.file, progress=cb, strict=not args.partial,
+                           page_size=args.page_size)
     with cap:
         report = size_report(cap, top=max(0, args.top))
     if args.json:

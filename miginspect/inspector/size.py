@@ -35,7 +35,7 @@ per byte of final page data.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ from .capture import Capture
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
 from .ramscan import RecordTable
 from .rounds import find_rounds
-from .stream import RamBlock, StreamWalk
+from .stream import RamBlock, Section, StreamWalk
 
 FS_BLOCK = 4096
 HEAT_CELLS = 64
@@ -322,8 +322,20 @@ def hot_ranges(maps: dict[str, BlockMap], per_page_bytes: dict[str, np.ndarray],
 # the report
 
 
-def _stream_end(w: StreamWalk) -> int:
-    return w.sections[-1].end if w.sections else w.walked_to
+def _read_sections(w: StreamWalk) -> list[Section]:
+    """The walk's sections; a section cut short by damage (the walk stopped inside it)
+    is counted up to the damage."""
+    out = []
+    for s in w.sections:
+        if s.end > s.offset:
+            out.append(s)
+        elif w.error is not None and w.error.offset is not None and w.error.offset > s.offset:
+            out.append(replace(s, end=w.error.offset))
+    return out
+
+
+def _stream_end(w: StreamWalk, secs: list[Section]) -> int:
+    return max([s.end for s in secs] + [w.walked_to])
 
 
 def size_report(cap: Capture, progress: Callable[[int, int], None] | None = None,
@@ -350,17 +362,18 @@ def size_report(cap: Capture, progress: Callable[[int, int], None] | None = None
         rec_total = np.zeros(0, np.int64)
 
     # -- sections -------------------------------------------------------------------
-    ram_sections = [s for s in w.sections if s.idstr == R.RAM_SECTION_IDSTR
+    secs = _read_sections(w)
+    ram_sections = [s for s in secs if s.idstr == R.RAM_SECTION_IDSTR
                     and s.kind in ("START", "PART", "END")]
     ram_section_bytes = sum(s.length for s in ram_sections)
-    device = sum(s.length for s in w.sections
+    device = sum(s.length for s in secs
                  if s.kind in ("START", "PART", "END", "FULL") and s.idstr != R.RAM_SECTION_IDSTR)
-    vmdesc = sum(s.length for s in w.sections if s.kind == "VMDESCRIPTION")
-    commands = sum(s.length for s in w.sections if s.kind == "COMMAND")
-    eof = sum(s.length for s in w.sections if s.kind == "EOF")
-    first_sec = w.sections[0].offset if w.sections else w.walked_to
+    vmdesc = sum(s.length for s in secs if s.kind == "VMDESCRIPTION")
+    commands = sum(s.length for s in secs if s.kind == "COMMAND")
+    eof = sum(s.length for s in secs if s.kind == "EOF")
+    first_sec = secs[0].offset if secs else w.walked_to
     header_cfg = first_sec - src.base
-    walked_end = _stream_end(w)
+    walked_end = _stream_end(w, secs)
     unwalked = len(buf) - walked_end
 
     # -- blocks ---------------------------------------------------------------------
@@ -453,7 +466,8 @@ def size_report(cap: Capture, progress: Callable[[int, int], None] | None = None
 
     # -- mapped-ram bound ----------------------------------------------------------------
     mr_bound = mr_alloc = 0
-    if start_sec is not None and start_sec.payload_offset is not None and w.blocks:
+    start_whole = start_sec is not None and start_sec in w.sections
+    if start_whole and start_sec.payload_offset is not None and w.blocks:
         mem_size_word = start_sec.payload_offset + 8
         # everything of the stream that is not ram START's list/regions
         start_tail = start_sec.end - _list_end(w)  # EOS (+ footer) after the list
