@@ -234,6 +234,7 @@ class QMP:
 
 class VM:
     counter = 0
+    started: list = []  # every VM of this run, so a failed run leaves no QEMU behind
 
     def __init__(self, qemu: dict, guest: dict, workdir: Path, mem_mib=GUEST_MEM_MIB,
                  fill_mib=FILL_MIB, ws_mib=0, ws_delay=0, incoming=False, reserve_mib=5):
@@ -264,6 +265,7 @@ class VM:
         self.errf = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=self.errf, stderr=self.errf, env=env)
+        VM.started.append(self)
         self.qmp = QMP(self.sock)
         self.ready_line = None
 
@@ -863,6 +865,10 @@ def main():
             log(f"job {job} done in {times[job]}s")
         log(f"all done in {time.time() - t_start:.0f}s: {times}")
     finally:
+        for vm in VM.started:
+            if vm.proc.poll() is None:
+                vm.proc.kill()
+                vm.proc.wait()
         if args.keep_work:
             log(f"kept {workdir}")
         else:
