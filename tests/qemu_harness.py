@@ -134,6 +134,12 @@ def load_and_pmemsave(meta: dict, capture: Path, caps: dict[str, bool] | None = 
         argv[0] = str(QEMU72_ROOT / "usr/bin/qemu-system-x86_64")
     else:
         argv[0] = shutil.which(Path(argv[0]).name) or argv[0]
+    # The guest kernel/initrd are not needed to load a state (and are not on a fresh
+    # machine): drop them; the RAMBlocks and devices do not depend on them.
+    for opt in ("-kernel", "-initrd", "-append"):
+        if opt in argv:
+            i = argv.index(opt)
+            del argv[i : i + 2]
     argv[argv.index("-qmp") + 1] = f"unix:{sock},server=on,wait=off"
     if "-serial" in argv:
         argv[argv.index("-serial") + 1] = f"file:{work / 'serial.log'}"
