@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `miginspect diff A B` against `cat A B > /dev/null` in the same run.
 
-    python benchmarks/bench_diff.py A B [--runs 3] [--ram-only] [--cold] [--target 0.5]
+    python benchmarks/bench_diff.py A B [--runs 3] [--ram-only] [--jobs 1|2] [--cold] [--target 0.5]
 
 Both files are read once first so every run sees a warm page cache (with `--cold`,
 instead, both files are dropped from the page cache before every run with
@@ -43,6 +43,8 @@ def main() -> int:
     ap.add_argument("b")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ram-only", action="store_true", help="pass --ram-only to diff")
+    ap.add_argument("--jobs", type=int, choices=(1, 2), default=None,
+                    help="pass --jobs to diff (default: diff's own default)")
     ap.add_argument("--cold", action="store_true",
                     help="drop both files from the page cache before every run")
     ap.add_argument("--target", type=float, default=0.5)
@@ -52,7 +54,8 @@ def main() -> int:
     files = [os.path.abspath(args.a), os.path.abspath(args.b)]
     total = sum(os.path.getsize(f) for f in files)
     cat = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files]
-    diff = miginspect_argv("diff", *files, "--json", *(["--ram-only"] if args.ram_only else []))
+    diff = miginspect_argv("diff", *files, "--json", *(["--ram-only"] if args.ram_only else []),
+                           *(["--jobs", str(args.jobs)] if args.jobs else []))
     if not args.cold:
         run_once(cat)  # warm the page cache
     tc, td = Timing("cat", [], []), Timing("diff", [], [])
