@@ -405,8 +405,9 @@ def size_report(cap: Capture, progress: Callable[[int, int], None] | None = None
             sp = pages[order]
             first = np.ones(len(sp), bool)
             first[1:] = sp[1:] != sp[:-1]
-            extra = np.zeros(bm.pages, np.int64)
-            np.add.at(extra, sp[~first], rec_total[sel][order][~first])
+            rep = ~first
+            extra = np.bincount(sp[rep], weights=rec_total[sel[order[rep]]],
+                                minlength=bm.pages)[:bm.pages].astype(np.int64)
             per_page_extra[b.name] = extra
         elif not legacy:
             counts[R.RAM_SAVE_FLAG_PAGE] = data
