@@ -490,3 +490,67 @@ def test_data_pages_match_between_directions(live_to_mapped, tmp_path) -> None: 
             assert np.array_equal(a.maps[blk.name].state == PAGE_DATA,
                                   b.maps[blk.name].state == PAGE_DATA)
             assert np.array_equal(a.hashes(blk.name), b.hashes(blk.name))
+
+
+# ------------------------------------------------------------------------------------------
+# virsh restore of converted libvirt images (real libvirtd, started privately)
+
+
+def _make_images_module():  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_images", SAMPLES / "libvirt" / "make-images.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.libvirt
+def test_virsh_restore_of_converted_images(tmp_path) -> None:  # noqa: ANN001
+    """`virsh restore --paused` accepts a raw image turned sparse and a sparse image turned
+    raw, and the restored guest's RAM is the RAM libvirt's own restore of the original gave."""
+    import shutil
+
+    if not (shutil.which("libvirtd") and shutil.which("virsh") and shutil.which("unshare")):
+        pytest.skip("libvirtd/virsh not installed (bash samples/install-lab.sh)")
+    if os.geteuid() != 0:
+        pytest.skip("starting a private libvirtd needs root")
+    mk = _make_images_module()
+    if mk.Daemons.socket_answers("libvirt-sock") or mk.Daemons.socket_answers("virtlogd-sock"):
+        pytest.skip("a libvirtd/virtlogd is already running on this machine")
+    cases = [("save-raw-paused", "mapped-ram"), ("save-sparse", "legacy")]
+    work = tmp_path / "libvirt"
+    prepared = []
+    made: list[Path] = []
+    for name, to in cases:
+        src, meta = _libvirt_sample(name)
+        xml = meta["save_image_dumpxml"]["stdout"]
+        for path in (meta["guest"]["kernel"], meta["guest"]["initrd"]):
+            if not os.path.exists(path):
+                pytest.skip(f"the image's guest kernel/initrd {path} is not on this machine")
+        serial = Path(xml.split("<source path='", 1)[1].split("'", 1)[0])
+        if not serial.parent.exists():  # the domain XML's serial log folder
+            serial.parent.mkdir(parents=True)
+            made.append(serial.parent)
+        pm = meta.get("pmemsave_before_save") or meta["restore"][0]["pmemsave_after_restore"]
+        out = tmp_path / f"{name}.{to}.img"
+        rep = convert(str(src), str(out), to, verify=True)
+        assert rep.verify.ok, rep.verify
+        prepared.append((out, pm["sha256_masked"]))
+    d = mk.Daemons(work)
+    d.start()
+    try:
+        for out, want in prepared:
+            r = mk.virsh("restore", str(out), "--paused")
+            assert r["rc"] == 0, f"virsh restore {out.name}: {r['stdout']} {r['stderr']}"
+            try:
+                assert mk.domstate(mk.DOM) == "paused"
+                got = mk.pmemsave(mk.DOM, 128 << 20, tmp_path / "pm.bin", None)
+                assert got["sha256_masked"] == want, out.name
+            finally:
+                mk.virsh("destroy", mk.DOM)
+    finally:
+        d.stop()
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
