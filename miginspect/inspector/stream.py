@@ -173,6 +173,7 @@ class StreamWalker:
         self.ram_ids: set[int] = set()
         self.open_sections: dict[int, Section] = {}
         self.devdesc: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self.all_clear: list[str] = []  # mapped-ram blocks without a set bit (x-ignore-shared)
 
     # ------------------------------------------------------------------
     def walk(self) -> StreamWalk:
@@ -507,6 +508,13 @@ class StreamWalker:
             remaining -= entry.used_length
         if not w.mapped_ram:
             self._check_claimed_pages(total, pos)
+        if self.all_clear:
+            w.note("warning", None, "ram",
+                   "x-ignore-shared is on and these mapped-ram blocks have no page in the file "
+                   f"(all bitmap bits clear): {', '.join(self.all_clear)}. Those backed by shared "
+                   "memory were skipped (QEMU before 11.0 wrote skipped blocks this way instead "
+                   "of with zero offsets): their contents live in the shared memory; here they "
+                   "read as all zero")
         self.scanner = RamScanner(
             buf, ps, [b.name for b in w.blocks], [b.used_length for b in w.blocks],
             mapped_ram=w.mapped_ram,
@@ -555,6 +563,15 @@ class StreamWalker:
                 f"bitmap of {blk.name!r} at 0x{h.bitmap_offset:x} (+{nbytes}) lies past the end "
                 f"of the data (0x{self.end:x}) (Error reading dirty bitmap)", hoff + 12,
                 blk.name)
+        hend = hoff + M.MAPPED_RAM_HEADER_SIZE
+        if h.bitmap_offset < hend:
+            raise InconsistentError(
+                f"bitmap of {blk.name!r} at 0x{h.bitmap_offset:x} lies before the end of its own "
+                f"header (0x{hend:x}); QEMU writes it right after the header", hoff + 12, blk.name)
+        if h.bitmap_offset != hend:
+            self.w.note("warning", hoff + 12, blk.name,
+                        f"bitmap of {blk.name!r} at 0x{h.bitmap_offset:x}, not right after its "
+                        f"header (0x{hend:x}) where QEMU writes it")
         if h.pages_offset % ps:
             raise InconsistentError(
                 f"pages region of {blk.name!r} at 0x{h.pages_offset:x} is not page aligned "
@@ -567,6 +584,9 @@ class StreamWalker:
             raise TruncatedError(
                 f"pages region of {blk.name!r} (0x{h.pages_offset:x}+0x{blk.used_length:x}) "
                 f"runs past the end of the data (0x{self.end:x})", hoff + 20, blk.name)
+        if self.w.ignore_shared and self.buf[h.bitmap_offset:h.bitmap_offset + nbytes] == \
+                bytes(nbytes):
+            self.all_clear.append(blk.name)
         return h.pages_offset + blk.used_length
 
     def _ram_records(self, sec: Section, pos: int) -> int:
