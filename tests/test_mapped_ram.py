@@ -288,3 +288,29 @@ def test_damaged_mapped_ram_samples(name: str, tmp_path, capsys) -> None:  # noq
         else:  # the cut is named
             assert f"0x{meta['raw_size']:x}" in err[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.qemu
+def test_x_ignore_shared_block_is_named(need_qemu, tmp_path) -> None:  # noqa: ANN001
+    """Real QEMU: guest RAM in a shared memfd backend, saved with mapped-ram and
+    x-ignore-shared. QEMU >= 11 gives the skipped block zero offsets (read as never sent);
+    older QEMU writes an all-clear bitmap, which the walk reports by name."""
+    from qemu_harness import QemuVM
+
+    p = tmp_path / "ign.mig"
+    with QemuVM("-object", "memory-backend-memfd,id=mem,size=64M,share=on", mem_mib=64,
+                machine="pc,memory-backend=mem", binary=need_qemu) as vm:
+        q = vm.save(p, {"mapped-ram": True, "x-ignore-shared": True})
+        assert q["status"] == "completed", q
+    with open_capture(str(p)) as cap:
+        assert cap.walk.ignore_shared and cap.walk.mapped_ram
+        mem = next(b for b in cap.blocks if b.name == "mem")
+        assert mem.mr_addr is not None
+        bm = cap.maps["mem"]
+        if mem.mapped_ram.skipped:
+            assert bm.count(PAGE_DATA) == 0 and bm.count(PAGE_ZERO) == 0
+        else:
+            assert bm.count(PAGE_DATA) == 0
+            assert any("mem" in n.message and "x-ignore-shared" in n.message
+                       for n in cap.walk.notices)
+        assert check_bitmaps(cap)["mem"].stale_pages == 0
