@@ -314,3 +314,14 @@ def test_x_ignore_shared_block_is_named(need_qemu, tmp_path) -> None:  # noqa: A
             assert any("mem" in n.message and "x-ignore-shared" in n.message
                        for n in cap.walk.notices)
         assert check_bitmaps(cap)["mem"].stale_pages == 0
+
+
+def test_bitmap_before_its_header_end_is_inconsistent(tmp_path) -> None:  # noqa: ANN001
+    _need(PAUSED_MAPPED)
+    p = _copy(PAUSED_MAPPED[0], tmp_path)
+    with open_capture(p) as cap:
+        hoff = _block(cap, "pc.ram").mapped_ram.header_offset
+    _patch(p, hoff + 4 + 8, (hoff + 20).to_bytes(8, "big"))  # bitmap_offset inside the header
+    with open_capture(p, strict=False) as cap:
+        err = cap.walk.error
+        assert err is not None and err.offset == hoff + 12 and "header" in err.message
