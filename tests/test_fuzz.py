@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import multiprocessing
 import os
 import random
@@ -280,8 +281,13 @@ def test_inflated_length_fields(bases: list[Base], tmp_path: Path) -> None:
     assert not failures, f"{len(failures)} failing input(s):\n" + "\n".join(failures)
 
 
+def _worker_to_file(args: tuple[list[Base], int, int, str], result: str) -> None:
+    Path(result).write_text(json.dumps(_worker(args)))
+
+
 def test_fuzz_commands(bases: list[Base], tmp_path: Path) -> None:
-    """RUNS mutated inputs, split over the CPUs (fork), each with its own seed."""
+    """RUNS mutated inputs, split over the CPUs (forked, non-daemonic workers: commands may
+    start processes of their own), each with its own seed."""
     nproc = max(1, min(os.cpu_count() or 1, 4, RUNS // 200 or 1))
     share = [RUNS // nproc + (1 if i < RUNS % nproc else 0) for i in range(nproc)]
     jobs = [(bases, share[i], SEED + i, str(tmp_path / f"w{i}")) for i in range(nproc)]
@@ -289,8 +295,19 @@ def test_fuzz_commands(bases: list[Base], tmp_path: Path) -> None:
         failures = _worker(jobs[0])
     else:
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(nproc) as pool:
-            failures = [f for part in pool.map(_worker, jobs) for f in part]
+        procs = []
+        for i, job in enumerate(jobs):
+            pr = ctx.Process(target=_worker_to_file, args=(job, str(tmp_path / f"r{i}.json")))
+            pr.start()
+            procs.append(pr)
+        failures = []
+        for i, pr in enumerate(procs):
+            pr.join()
+            res = tmp_path / f"r{i}.json"
+            if pr.exitcode != 0 or not res.exists():
+                failures.append(f"worker {i} died (exit code {pr.exitcode})")
+            else:
+                failures += json.loads(res.read_text())
     assert not failures, f"{len(failures)} failing input(s) of {RUNS}:\n" + "\n".join(failures)
 
 
