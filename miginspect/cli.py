@@ -21,7 +21,8 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand (its module alone is imported)."""
     p = argparse.ArgumentParser(
         prog="miginspect",
         description="Take QEMU migration and snapshot files apart (legacy streams, mapped-ram, "
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(f".commands.{name}", __package__)
         except ModuleNotFoundError as e:
@@ -42,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    first = next((w for w in words if not w.startswith("-")), None)
+    # import only the command being run (startup time); anything else gets the full parser
+    parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
