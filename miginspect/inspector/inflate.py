@@ -6,7 +6,7 @@ decoder has no output bound, is fed 1 KiB of input at a time: at most 32 MiB of
 output per step). lzop has no maintained Python reader; it is decoded by the
 `lzop` program through a pipe, as libvirt itself does on restore.
 
-Output goes to a file (an unnamed temporary file in practice) with all-zero
+Output goes to a file (an unnamed temporary file in practice, see `temp_dir`) with all-zero
 runs left as holes, so a mostly-zero guest costs little disk. Concatenated
 members (gzip members, bzip2 streams, xz streams with padding, zstd frames) are
 followed. Damaged or cut-short data does not raise: what decoded so far is kept
@@ -79,6 +79,15 @@ class Inflation:
             return (f"{self.compression} data {self.error} (file offset {self.error_offset}; "
                     f"{self.inflated:,} bytes decompressed up to there)")
         return f"{self.compression} data complete ({self.inflated:,} bytes decompressed)"
+
+
+def temp_dir() -> str | None:
+    """Where inflated data goes: $MIGINSPECT_TMPDIR, else $TMPDIR, else /var/tmp (on disk
+    on most systems, where /tmp may be RAM-backed), else Python's default."""
+    for d in (os.environ.get("MIGINSPECT_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return None
 
 
 def max_inflate() -> int:
@@ -351,7 +360,7 @@ def inflate_to_tempfile(
 ) -> tuple[object, int, Inflation]:
     """Decompress [start, end) of the open file into an unnamed temporary file.
     Returns (the temporary file object, its size, the Inflation)."""
-    tmp = tempfile.TemporaryFile(prefix="miginspect-")
+    tmp = tempfile.TemporaryFile(prefix="miginspect-", dir=temp_dir())
     try:
         w = HoleWriter(tmp.fileno(), max_inflate())
         if kind == "lzop":
