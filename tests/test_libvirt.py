@@ -419,6 +419,42 @@ def test_partial_with_cut_stream(tmp_path, capsys):
     assert rc == 1 and out == "" and len(err.splitlines()) == 1 and "offset 0x" in err
 
 
+@pytest.mark.parametrize("fmt", ["gzip", "zstd"])
+def test_partial_compressed_image(fmt, tmp_path, capsys):
+    """A Part image whose compressor output stops mid-stream (libvirt died while QEMU
+    wrote through gzip/zstd): reported in full, compressed data cut, stream cut."""
+    name = _one(fmt)
+    if name is None:
+        pytest.skip(f"no {fmt} libvirt image bundled")
+    src = lv_path(name)
+    start = lv_meta(name)["header_read"]["qemu_data_offset"]
+    cut = start + (src.stat().st_size - start) // 2
+    p = _copy(src, tmp_path / "part.img", cut)
+    _part(p)
+    rc, out, _ = run_cli(["info", "--json", str(p)], capsys)
+    assert rc == 1
+    c = json.loads(out)["container"]
+    assert c["complete"] is False and c["format"] == fmt
+    s = c["stream"]
+    z = s["decompressed"]
+    assert s["complete"] is False and z["complete"] is False and z["truncated"] is True
+    assert z["error_offset"] == cut and s["bytes"] == z["inflated"] > 0
+    assert "incomplete libvirt save" in s["stopped"] and f"{fmt} data" in s["stopped"]
+
+
+def test_version_1_header_is_raw(tmp_path):
+    """Version 1 images predate compression: the format field is not read (libvirt's rule)."""
+    name = _raw_image()
+    raw, h = _header_of(name)
+    h["version"], h["format"] = 1, 5
+    p = _copy(lv_path(name), tmp_path / "v1.img")
+    with open(p, "r+b") as f:
+        f.write(LV.virQEMUSaveHeader_le.build(h))
+    with open_capture(str(p)) as cap:
+        c = info(cap).container
+        assert c["version"] == 1 and c["format"] == "raw" and c["stream"]["complete"]
+
+
 # ---------------------------------------------------------------------------
 # compressed data: cut, damaged, hostile
 
