@@ -77,7 +77,7 @@ def reference_scan(buf: bytes, pos: int = 0):
         if ptype == R.RAM_SAVE_FLAG_ZERO and rec.payload != 0:
             return rows, ("error", pos)
         if ptype == R.RAM_SAVE_FLAG_XBZRLE and (rec.payload.encoding != 1
-                                                or not 0 < rec.payload.length <= PS):
+                                                or rec.payload.length > PS):
             return rows, ("error", pos)
         rows.append((pos, cur, rec.addr // PS, ptype))
         pos += size

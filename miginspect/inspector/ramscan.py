@@ -366,10 +366,10 @@ class RamScanner:
                     rec,
                     "ram",
                 )
-            if ln == 0 or ln > self.ps:
+            if ln > self.ps:  # QEMU's loader accepts 0 (its encoder never writes it)
                 raise FormatError(
-                    f"XBZRLE record length {ln} not in 1..{self.ps} (Failed to load XBZRLE page "
-                    "- len overflow!)",
+                    f"XBZRLE record length {ln} exceeds the page size {self.ps} (Failed to "
+                    "load XBZRLE page - len overflow!)",
                     rec,
                     "ram",
                 )

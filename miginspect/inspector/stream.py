@@ -184,6 +184,12 @@ class StreamWalker:
             w.error = e
         except (struct.error, IndexError, ValueError, OverflowError) as e:
             w.error = FormatError(f"malformed data ({type(e).__name__}: {e})", w.walked_to)
+        if w.error is not None:
+            # a section the damage cut short ends where reading stopped
+            stop = w.error.offset if w.error.offset is not None else w.walked_to
+            for sec in w.sections:
+                if sec.end == 0:
+                    sec.end = max(sec.offset, stop)
         if self.scanner is not None:
             w.records = self.scanner.table()
             w.other_ram_records = dict(self.scanner.other_records)
