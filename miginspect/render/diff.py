@@ -73,12 +73,26 @@ def _ranges(b: BlockDiff, console: Console) -> None:
 
 
 def _pages(b: BlockDiff, console: Console) -> None:
-    t = Table(title=f"changed pages of {name(b.name)}", title_justify="left")
-    for col in ("page", "offset", "GPA", "kind", "state A", "state B", "xxh3 A", "xxh3 B"):
-        t.add_column(col, justify="right" if col in ("page", "offset", "GPA") else "left")
-    for p in b.changed_pages():
-        t.add_row(num(p["page"]), hexoff(p["offset"]), hexoff(p["gpa"]), p["kind"],
-                  p["state_a"], p["state_b"], p["hash_a"], p["hash_b"])
+    rows = b.changed_pages()
+    gpa = any(p["gpa"] is not None and p["gpa"] != p["offset"] for p in rows)
+    same = not gpa and b.gpa_low is not None
+    t = Table(title=f"differing pages of {name(b.name)}", title_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False,
+              caption="offset = guest-physical address" if same else None,
+              caption_justify="left")
+    t.add_column("page", justify="right", no_wrap=True)
+    t.add_column("offset", justify="right", no_wrap=True)
+    if gpa:
+        t.add_column("GPA", justify="right", no_wrap=True)
+    t.add_column("kind", no_wrap=True, min_width=7)
+    t.add_column("A→B", no_wrap=True)
+    t.add_column("xxh3 A", no_wrap=True, min_width=16)
+    t.add_column("xxh3 B", no_wrap=True, min_width=16)
+    for p in rows:
+        row = [num(p["page"]), hexoff(p["offset"])]
+        if gpa:
+            row.append(hexoff(p["gpa"]))
+        t.add_row(*row, p["kind"], f"{p['state_a']}→{p['state_b']}", p["hash_a"], p["hash_b"])
     console.print(t)
 
 
