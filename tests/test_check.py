@@ -132,9 +132,10 @@ TNAME = _first_with_ramblocks()
 need_target = pytest.mark.skipif(TNAME is None, reason="no sample with `info ramblock`")
 
 
-@need_target
-def test_info_ramblock_text_is_parsed_like_qemu_figures(tmp_path: Path) -> None:
-    meta = sample_meta(TNAME)
+@pytest.mark.skipif(TNAME is None, reason="no sample with `info ramblock`")
+@pytest.mark.parametrize("name", [n for n in GOOD if sample_meta(n).get("info_ramblock")])
+def test_info_ramblock_text_is_parsed_like_qemu_figures(name: str) -> None:
+    meta = sample_meta(name)
     blocks = parse_info_ramblock(meta["info_ramblock"]["raw"])
     parsed = meta["info_ramblock"]["parsed"]
     assert [(b.name, b.used_length, b.max_length, b.page_size) for b in blocks] == [
@@ -474,6 +475,10 @@ def _dmg_mr_bits_past(raw: bytes) -> bytes:
     return _patch(raw, o, bytes([raw[o] | 0x80]))
 
 
+def _dmg_no_footers(raw: bytes) -> bytes:
+    return _strip_footers(raw)
+
+
 def _dmg_no_eos(raw: bytes) -> bytes:
     s = next(x for x in _w(raw).sections if x.kind == "PART" and x.idstr == "ram")
     return raw[: s.payload_end - 8] + raw[s.payload_end:]
@@ -488,6 +493,7 @@ LIVE_CASES = [  # base, damage, our code for it
     ("legacy", "mem-size-inflated", _dmg_memsize, "ramblock-list"),
     ("legacy", "no-eos", _dmg_no_eos, "missing-eos"),
     ("legacy", "no-eof", _dmg_no_eof, "no-eof"),
+    ("legacy", "no-footers", _dmg_no_footers, "footer-missing"),
     ("legacy", "cut-after-eof", _dmg_cut_after_eof, "no-trailer"),
     ("legacy", "trailer-json", _dmg_trailer_json, "trailer-damaged"),
     ("mapped", "mapped-ram-misaligned", _dmg_mr_misaligned, "mapped-ram-alignment"),
@@ -600,3 +606,49 @@ def test_libvirt_image_agrees_with_virsh_restore(name: str, tmp_path: Path) -> N
         assert rc == 1
         first = next(p for p in rep["problems"] if p["severity"] == "error")
         assert any(x in restore["stderr"] for x in first["qemu"]), (restore["stderr"], first)
+
+
+def _strip_footers(raw: bytes) -> bytes:
+    from miginspect.inspector.stream import walk_stream
+
+    w = walk_stream(raw)
+    out = bytearray(raw[: w.sections[0].offset])
+    for sec in w.sections:
+        out += raw[sec.offset: sec.payload_end if sec.payload_end is not None else sec.end]
+    if w.trailer is not None and w.eof_offset is not None:
+        out += raw[w.eof_offset + 1:]
+    return bytes(out)
+
+
+def _rename_machine(raw: bytes, name: bytes) -> bytes:
+    from miginspect.inspector.stream import walk_stream
+
+    c = walk_stream(raw).configuration
+    n = int.from_bytes(raw[c.offset + 1: c.offset + 5], "big")
+    return (raw[: c.offset + 1] + len(name).to_bytes(4, "big") + name
+            + raw[c.offset + 5 + n:])
+
+
+def test_no_footers_no_trailer(tmp_path: Path) -> None:
+    """Without footers QEMU 10 refuses a >= 2.4 machine's stream ("Missing section
+    footer"); for a 2.3 machine nothing can size the device sections: exit 2."""
+    if not GOOD:
+        pytest.skip("no bundled samples")
+    from fuzzing import shrink_legacy
+
+    legacy = [n for n in GOOD if not _caps(sample_meta(n))]
+    raw = Path(sample_path(legacy[0])).read_bytes()
+    bare = _strip_footers(shrink_legacy(raw, keep_trailer=False).data)
+    p = tmp_path / "nofooters.mig"
+    p.write_bytes(bare)
+    rc, js, _ = _cli("check", str(p), "--json")
+    rep = json.loads(js)
+    assert rc == 1, rep["problems"]
+    first = next(x for x in rep["problems"] if x["severity"] == "error")
+    assert first["code"] == "footer-missing" and "Missing section footer" in first["qemu"]
+    p.write_bytes(_rename_machine(bare, b"pc-i440fx-2.3"))
+    rc, js, _ = _cli("check", str(p), "--json")
+    rep = json.loads(js)
+    assert rc == 2, rep["problems"]
+    assert rep["verdict"] == "could not tell"
+    assert [x["code"] for x in rep["problems"] if x["severity"] == "error"] == ["cannot-size"]

@@ -387,10 +387,11 @@ def check_file(
 
 
 def verdict_of(probs: list[Problem]) -> str:
-    if any(p.severity == "error" and p.code in _UNKNOWN_CODES for p in probs):
-        return VERDICT_UNKNOWN
-    if any(p.severity == "error" for p in probs):
+    errors = [p for p in probs if p.severity == "error"]
+    if any(p.code not in _UNKNOWN_CODES for p in errors):
         return VERDICT_REFUSED
+    if errors:
+        return VERDICT_UNKNOWN
     return VERDICT_LOADABLE
 
 
@@ -516,9 +517,35 @@ def _container_checks(src: Source, walk: StreamWalk) -> list[Problem]:
     return out
 
 
+def _old_machine(name: str) -> bool | None:
+    """True for machine types up to 2.3 (no configuration, no footers), None if unknown."""
+    m = re.search(r"-(\d+)\.(\d+)$", name)
+    if m is None:
+        return None
+    return (int(m[1]), int(m[2])) <= (2, 3)
+
+
+def _footer_checks(walk: StreamWalk) -> list[Problem]:
+    """A stream without section footers loads only on machine types up to 2.3."""
+    if walk.footers is not False or walk.machine_type is None or not walk.sections:
+        return []
+    if _old_machine(walk.machine_type) is not False:
+        return []
+    sec = next((x for x in walk.sections if x.kind in ("START", "FULL", "PART", "END")
+                and x.payload_end is not None), None)
+    if sec is None:
+        return []
+    return [Problem("error", sec.payload_end, sec.idstr or "",
+                    f"no section footer after {sec.idstr!r} (section {sec.section_id}), but "
+                    f"machine type {walk.machine_type} sends and expects footers",
+                    "the stream was written without footers (machine type <= 2.3 or Xen) "
+                    "and then mislabelled, or damaged: load it with the machine type that "
+                    "wrote it", "footer-missing", ["Missing section footer"])]
+
+
 def _configuration_checks(walk: StreamWalk) -> list[Problem]:
     if walk.configuration is not None:
-        return []
+        return _footer_checks(walk)
     return [Problem("error", walk.base + 8, "configuration",
                     "no configuration record after the header (machine types up to 2.3 and "
                     "Xen do not send one)",
