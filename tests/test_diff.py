@@ -307,3 +307,33 @@ def test_without_vmdescription_devices_are_not_compared(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["ram_identical"] and data["devices_identical"] is None
     assert any("device state not compared" in n for n in data["notices"])
+
+
+def test_device_fields_differ_by_name_and_array_element(tmp_path, capsys):
+    desc = {"vmsd_name": "dev", "version": 1, "fields": [
+        {"name": "regs", "array_len": 4, "type": "uint32", "size": 4},
+        {"name": "clock", "type": "int64", "size": 8}]}
+    other = {"vmsd_name": "dev", "version": 1, "fields": [
+        {"name": "regs", "array_len": 4, "type": "uint32", "size": 4},
+        {"name": "clock_save", "type": "int64", "size": 8}]}
+
+    def stream(name, regs, d):
+        p = tmp_path / name
+        payload = b"".join(r.to_bytes(4, "big") for r in regs) + (5).to_bytes(8, "big")
+        p.write_bytes(build_stream({"pc.ram": PS}, [("pc.ram", 0, None)],
+                                   [("dev", d, payload)]))
+        return str(p)
+
+    a = stream("a.mig", [1, 2, 3, 4], desc)
+    b = stream("b.mig", [1, 9, 3, 4], other)
+    assert cli_main(["diff", a, b, "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ram_identical"] and data["devices_identical"] is False
+    dev, = data["devices"]["devices"]
+    got = {f["path"]: (f["a"], f["b"]) for f in dev["fields"]}
+    assert got == {"regs[1]": (2, 9), "clock": (5, None), "clock_save": (None, 5)}
+    regs1 = next(f for f in dev["fields"] if f["path"] == "regs[1]")
+    assert regs1["offset_b"] - regs1["offset_a"] == 0  # same layout, element 1 at +4 in both
+    assert cli_main(["diff", a, b]) == 1
+    out = capsys.readouterr().out
+    assert "regs[1]" in out and "(absent)" in out

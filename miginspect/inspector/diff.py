@@ -458,9 +458,22 @@ def diff_device_states(da: list[DeviceState], db: list[DeviceState]) -> DevicesD
             na, nb = la.get(path), lb.get(path)
             va = na.value if na is not None else None
             vb = nb.value if nb is not None else None
-            if na is None or nb is None or va != vb:
-                fields.append(FieldDiff(path, (na or nb).type if (na or nb) else None, va, vb,
-                                        na.offset if na else None, nb.offset if nb else None))
+            if na is None or nb is None or va == vb:
+                if na is None or nb is None:
+                    fields.append(FieldDiff(path, (na or nb).type if (na or nb) else None, va,
+                                            vb, na.offset if na else None,
+                                            nb.offset if nb else None))
+                continue
+            if isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb):
+                # arrays of numbers: name the elements that differ
+                sa, sb = na.size // max(len(va), 1), nb.size // max(len(vb), 1)
+                base = na.type.split("[")[0]
+                for i, (ea, eb) in enumerate(zip(va, vb, strict=True)):
+                    if ea != eb:
+                        fields.append(FieldDiff(f"{path}[{i}]", base, ea, eb,
+                                                na.offset + i * sa, nb.offset + i * sb))
+                continue
+            fields.append(FieldDiff(path, na.type, va, vb, na.offset, nb.offset))
         err = x.error or y.error
         if fields or x.version_id != y.version_id or err:
             out.append(DeviceDiff(k, x.vmsd_name, "changed", x.version_id, y.version_id,

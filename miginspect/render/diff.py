@@ -118,8 +118,10 @@ def _devices(r: DiffReport, console: Console) -> None:
             t.add_row(name(d.key), "[magenta](version)[/]", num(d.version_a), num(d.version_b))
         for f in d.fields:
             va, vb = _hex_delta(f.a, f.b)
-            t.add_row(name(d.key), name(f.path), va if va is not None else value_text(f.a, f.type),
-                      vb if vb is not None else value_text(f.b, f.type))
+            if va is None:
+                va = "[dim](absent)[/]" if f.offset_a is None else value_text(f.a, f.type)
+                vb = "[dim](absent)[/]" if f.offset_b is None else value_text(f.b, f.type)
+            t.add_row(name(d.key), name(f.path), va, vb)
         if d.error:
             t.add_row(name(d.key), f"[red]{name(d.error)}[/]", "", "")
     console.print(t)
