@@ -39,7 +39,13 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ..errors import InconsistentError, MigError, UnsupportedError, UsageError
+from ..errors import (
+    InconsistentError,
+    MigError,
+    TruncatedError,
+    UnsupportedError,
+    UsageError,
+)
 from ..formats import configuration as C
 from ..formats import libvirt as LV
 from ..formats import mapped_ram as M
@@ -47,7 +53,6 @@ from ..formats import ram as R
 from ..formats import stream as S
 from ..formats.common import CountedString
 from .capture import Capture, open_capture
-from .content import PageReader
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
 from .stream import Section
 
@@ -380,6 +385,7 @@ class _Converter:
         self.maps = cap.maps
         self.reader = cap.reader
         self.buf = cap.source.buf
+        self.pages = PageCopier(cap)
         self.ram = _ram_ids(cap)
         self.total_data = sum(m.count(PAGE_DATA) for m in self.maps.values()) * self.ps
         self.done = 0
@@ -458,16 +464,9 @@ class _Converter:
                 out.write(R.ramblock_entry.build(entry, **params))
 
     def mapped_pages(self, bm: BlockMap, pages_offset: int) -> None:
-        fd, ps = self.out.fd, self.ps
-        for first, n, data in data_runs(self.reader, bm, self.buf, ps, gather=False):
-            if isinstance(data, list):  # the pages' copies in the input, one slice each
-                off = pages_offset + first * ps
-                if os.pwritev(fd, data, off) != n * ps:  # short write: finish page by page
-                    for k, page in enumerate(data):
-                        _pwrite_all(fd, page, off + k * ps)
-            else:
-                _pwrite_all(fd, data, pages_offset + first * ps)
-            self.tick(n * ps)
+        for run in self.pages.runs(bm):
+            self.pages.copy_to(run, self.out.fd, pages_offset + run.first * self.ps)
+            self.tick(run.n * self.ps)
 
     # -- legacy page records --------------------------------------------------------
     def legacy_records(self) -> None:
@@ -495,12 +494,13 @@ class _Converter:
                 recs["word"] = idx.astype(np.uint64) * np.uint64(ps) | zero_word
                 out.write(recs.tobytes())
 
-            for start, n, data in data_runs(self.reader, bm, self.buf, ps):
+            for run in self.pages.runs(bm):
+                start, n = run.first, run.n
                 k = int(np.searchsorted(zeros, np.int64(start)))
                 if k > z:
                     zero_run(k, first, z)
                     first, z = False, k
-                pages = np.frombuffer(data, np.uint8).reshape(n, ps)
+                pages = self.pages.read(run)
                 if first:
                     out.write(_U64.pack(start * ps | R.RAM_SAVE_FLAG_PAGE) + name)
                     out.write(pages[0])
@@ -518,52 +518,153 @@ class _Converter:
                 zero_run(len(zeros), first, z)
 
 
-def data_runs(reader: PageReader, bm: BlockMap, buf: Any, ps: int,
-              max_bytes: int = RUN_BYTES, gather: bool = True) -> Iterator[tuple[int, int, Any]]:
-    """(first page index, page count, n * ps bytes) for the data pages of `bm` in page
-    order, in runs of consecutive pages of at most `max_bytes`. A run whose copies sit at
-    a constant stride in the input (mapped-ram regions; legacy PAGE records one after the
-    other) is gathered with one strided numpy copy (or none, when contiguous); pages whose
-    final content is a delta (XBZRLE) come from `PageReader`'s replay, one at a time.
-    Without `gather`, a strided run is a list of per-page slices of `buf` (for pwritev)."""
-    idx = np.flatnonzero(bm.state == PAGE_DATA)
-    if not len(idx):
-        return
-    offs = bm.offset[idx]
-    replay = np.zeros(len(idx), bool)
-    replayed: dict[int, bytes] = {}
-    if bm.replay_pages is not None and len(bm.replay_pages):
-        replayed = reader.replay_all(bm)
-        replay = np.isin(idx, bm.replay_pages)
-    # a run breaks before k when: pages not consecutive, a replayed page on either side,
-    # or the input stride changes
-    brk = np.ones(len(idx), bool)
-    if len(idx) > 1:
-        d_off = np.diff(offs)
-        brk[1:] = (np.diff(idx) != 1) | replay[1:] | replay[:-1]
-        brk[2:] |= d_off[1:] != d_off[:-1]
-    starts = np.flatnonzero(brk).tolist() + [len(idx)]
-    per = max(1, max_bytes // ps)
-    u8 = np.frombuffer(buf, np.uint8) if len(buf) else np.zeros(0, np.uint8)
-    mv = memoryview(buf) if not isinstance(buf, bytes) else buf
-    idx_l = idx.tolist()
-    offs_l = offs.tolist()
-    for a, e in zip(starts[:-1], starts[1:], strict=True):
-        if replay[a]:
-            yield idx_l[a], 1, replayed[idx_l[a]]
-            continue
-        stride = offs_l[a + 1] - offs_l[a] if e - a > 1 else ps
-        for c in range(a, e, per):
-            n = min(per, e - c)
-            o = offs_l[c]
-            if stride == ps or n == 1:
-                yield idx_l[c], n, mv[o : o + n * ps]
-            elif not gather:
-                yield idx_l[c], n, [mv[o + k * stride : o + k * stride + ps] for k in range(n)]
-            else:
-                view = np.lib.stride_tricks.as_strided(u8[o:], shape=(n, ps),
-                                                       strides=(stride, 1), writeable=False)
-                yield idx_l[c], n, np.ascontiguousarray(view).data
+@dataclass
+class PageRun:
+    """`n` data pages of a block from page `first` on, whose final copies sit in the
+    input at `offset`, `offset + stride`, ...; or one replayed page held in `data`."""
+
+    first: int
+    n: int
+    offset: int
+    stride: int
+    data: bytes | None = None
+
+
+class PageCopier:
+    """Final page contents, a run of consecutive pages at a time, read with pread /
+    copy_file_range from the file behind the input's buffer (reading through the mmap
+    costs a page fault per page: ~4x slower). Pages whose final content is a delta
+    (XBZRLE) come from `PageReader`'s replay, one at a time."""
+
+    #: a strided run is read as one span when its records are at most this far apart
+    MAX_SPAN_STRIDE = 2
+
+    def __init__(self, cap: Capture, max_bytes: int = RUN_BYTES) -> None:
+        self.reader = cap.reader
+        self.buf = cap.source.buf
+        self.fd = cap.source.fd
+        self.ps = cap.page_size
+        self.per = max(1, max_bytes // self.ps)
+        self.span = bytearray()
+        self.copy_range = hasattr(os, "copy_file_range")
+        self._iovs: dict[tuple[int, int], tuple[list[memoryview], np.ndarray]] = {}
+
+    def runs(self, bm: BlockMap) -> Iterator[PageRun]:
+        """The data pages of `bm` in page order, in runs of at most `max_bytes`."""
+        ps = self.ps
+        idx = np.flatnonzero(bm.state == PAGE_DATA)
+        if not len(idx):
+            return
+        offs = bm.offset[idx]
+        replay = np.zeros(len(idx), bool)
+        replayed: dict[int, bytes] = {}
+        if bm.replay_pages is not None and len(bm.replay_pages):
+            replayed = self.reader.replay_all(bm)
+            replay = np.isin(idx, bm.replay_pages)
+        # a run breaks before k when: pages not consecutive, a replayed page on either
+        # side, or the stride between the input copies changes
+        brk = np.ones(len(idx), bool)
+        if len(idx) > 1:
+            d_off = np.diff(offs)
+            brk[1:] = (np.diff(idx) != 1) | replay[1:] | replay[:-1]
+            brk[2:] |= d_off[1:] != d_off[:-1]
+        starts = np.flatnonzero(brk).tolist() + [len(idx)]
+        idx_l = idx.tolist()
+        offs_l = offs.tolist()
+        for a, e in zip(starts[:-1], starts[1:], strict=True):
+            if replay[a]:
+                yield PageRun(idx_l[a], 1, -1, ps, replayed[idx_l[a]])
+                continue
+            stride = offs_l[a + 1] - offs_l[a] if e - a > 1 else ps
+            for c in range(a, e, self.per):
+                yield PageRun(idx_l[c], min(self.per, e - c), offs_l[c], stride)
+
+    def _pread(self, off: int, length: int) -> memoryview:
+        if len(self.span) < length:
+            self.span = bytearray(length)
+        mv = memoryview(self.span)[:length]
+        if self.fd is None:
+            mv[:] = self.buf[off : off + length]
+            return mv
+        got = 0
+        while got < length:
+            n = os.preadv(self.fd, [mv[got:]], off + got)
+            if n <= 0:
+                raise TruncatedError(f"the input ends inside page data ({length - got} bytes "
+                                     "missing)", off + got, "ram")
+            got += n
+        return mv
+
+    def _scatter(self, run: PageRun) -> np.ndarray | None:
+        """One preadv of the run's span whose vectors put the pages side by side and the
+        bytes between them (record headers) into a scratch buffer. The vectors are built
+        once per (count, stride)."""
+        if self.fd is None:
+            return None
+        key = (run.n, run.stride)
+        hit = self._iovs.get(key)
+        if hit is None:
+            ps, gap = self.ps, run.stride - self.ps
+            pages = np.empty((run.n, ps), np.uint8)
+            junk = memoryview(bytearray(gap))
+            iov: list[memoryview] = []
+            for k in range(run.n):
+                if k:
+                    iov.append(junk)
+                iov.append(memoryview(pages[k]))
+            if len(self._iovs) >= 4:  # bounded: a few (count, stride) shapes recur
+                self._iovs.clear()
+            hit = self._iovs[key] = (iov, pages)
+        want = (run.n - 1) * run.stride + self.ps
+        if os.preadv(self.fd, hit[0], run.offset) != want:
+            return None
+        return hit[1]
+
+    def read(self, run: PageRun) -> np.ndarray:
+        """The run's pages as an (n, page size) uint8 array (valid until the next read)."""
+        ps = self.ps
+        if run.data is not None:
+            return np.frombuffer(run.data, np.uint8).reshape(1, ps)
+        if run.stride == ps or run.n == 1:
+            return np.frombuffer(self._pread(run.offset, run.n * ps), np.uint8).reshape(
+                run.n, ps)
+        if ps < run.stride <= self.MAX_SPAN_STRIDE * ps:
+            got = self._scatter(run)
+            if got is not None:
+                return got
+            span = np.frombuffer(self._pread(run.offset, (run.n - 1) * run.stride + ps),
+                                 np.uint8)
+            return np.lib.stride_tricks.as_strided(span, shape=(run.n, ps),
+                                                   strides=(run.stride, 1), writeable=False)
+        out = np.empty((run.n, ps), np.uint8)
+        for k in range(run.n):
+            out[k] = np.frombuffer(self._pread(run.offset + k * run.stride, ps), np.uint8)
+        return out
+
+    def copy_to(self, run: PageRun, out_fd: int, dst: int) -> None:
+        """Write the run's pages contiguously at `dst` of `out_fd`."""
+        ps = self.ps
+        if run.data is not None:
+            _pwrite_all(out_fd, run.data, dst)
+            return
+        if (run.stride == ps or run.n == 1) and self.copy_range and self.fd is not None:
+            length, src, to = run.n * ps, run.offset, dst
+            try:
+                while length:
+                    n = os.copy_file_range(self.fd, out_fd, length, src, to)
+                    if n <= 0:
+                        raise TruncatedError("the input ends inside page data", src, "ram")
+                    length, src, to = length - n, src + n, to + n
+                return
+            except OSError:  # not supported between these files: read and write instead
+                self.copy_range = False
+        pages = self.read(run)
+        if pages.flags.c_contiguous:
+            _pwrite_all(out_fd, pages, dst)
+        else:
+            parts = [memoryview(pages[k]) for k in range(run.n)]
+            if os.pwritev(out_fd, parts, dst) != run.n * ps:
+                _pwrite_all(out_fd, np.ascontiguousarray(pages), dst)
 
 
 def bitmap_bytes(bits: np.ndarray) -> bytes:
