@@ -224,3 +224,15 @@ def test_rtc_fields_decode_to_the_wall_clock_of_the_save(name, opened):
     base = datetime.datetime.fromtimestamp(f["base_rtc"], datetime.timezone.utc)
     assert stored - datetime.timedelta(hours=1) <= base <= rtc
     assert f["last_update"] // 10**9 >= f["base_rtc"]
+
+
+def test_hostile_description_is_refused_quickly(tmp_path):
+    """Zero-size struct elements repeated a billion times: refused, not expanded."""
+    inner = {"vmsd_name": "e", "version": 1,
+             "fields": [{"name": "z", "type": "buffer", "size": 0}]}
+    desc = {"vmsd_name": "dev", "version": 1, "fields": [
+        {"name": "many", "array_len": 10**9, "type": "struct", "struct": inner, "size": 0},
+        {"name": "x", "type": "uint8", "size": 1}]}
+    with open_capture(str(_one_device(tmp_path, desc, b"\x01"))) as cap:
+        dev, = decode_devices(cap).devices
+    assert dev.error is not None and "more than" in dev.error

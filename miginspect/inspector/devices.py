@@ -31,6 +31,8 @@ MAX_HEX_BYTES = 4096
 MAX_LIST_ITEMS = 1024
 #: Nesting deeper than this in a description is refused (a hostile JSON).
 MAX_DEPTH = 64
+#: Decoded nodes per device; a description that expands to more is refused.
+MAX_NODES = 1 << 20
 
 
 
@@ -130,6 +132,13 @@ class _Decoder:
     def __init__(self, buf: Any, idstr: str) -> None:
         self.buf = buf
         self.idstr = idstr
+        self.nodes = 0
+
+    def _count(self, n: int, pos: int) -> None:
+        self.nodes += n
+        if self.nodes > MAX_NODES:
+            raise FormatError(f"the vmdescription expands to more than {MAX_NODES} fields for "
+                              "this section", pos, self.idstr)
 
     def vmsd(self, desc: dict[str, Any], pos: int, end: int, depth: int) -> tuple[list[StateNode],
                                                                                   int]:
@@ -183,8 +192,10 @@ class _Decoder:
                 f"field {name!r} ({typ}, {total} bytes) runs {pos + total - end} bytes past the "
                 "end of the section: the vmdescription does not match the bytes", pos,
                 self.idstr)
+        self._count(1, pos)
         if typ in V.STRUCT_TYPES or typ == V.TMP_TYPE:
             sub = f.get("struct") if typ in V.STRUCT_TYPES else f
+            self._count(n, pos)
             if not isinstance(sub, dict):
                 return StateNode(name, typ, pos, total, self._hex(pos, total)), pos + total
             elems = []
