@@ -289,8 +289,11 @@ def test_xbzrle_stream_to_mapped_ram(tmp_path, need_qemu) -> None:  # noqa: ANN0
     meta = sample_meta(name)
     assert meta["query-migrate"]["xbzrle-cache"]["pages"] > 0
     out = tmp_path / "x.mapped-ram"
-    rep = convert(str(src), str(out), "mapped-ram", verify=True)
+    calls: list[tuple[int, int]] = []
+    rep = convert(str(src), str(out), "mapped-ram", verify=True,
+                  progress=lambda done, total: calls.append((done, total)))
     assert rep.verify.ok, rep.verify
+    assert calls and calls[-1] == (rep.data_bytes, rep.data_bytes)
     with open_capture(str(src)) as cap:
         assert any(len(m.replay_pages) for m in cap.maps.values())
     with open_capture(str(out)) as cap:

@@ -38,9 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with ui.progress("reading") as rcb, ui.progress("writing") as wcb:
+    # one bar (rich allows one live display): bytes read while walking IN, then page
+    # bytes written to OUT
+    with ui.progress("converting") as cb:
         report = convert(args.input, args.output, args.to, force=args.force,
-                         verify=args.verify, progress=wcb, read_progress=rcb,
+                         verify=args.verify, progress=cb, read_progress=cb,
                          update_vmdesc=args.update_vmdesc, sync=args.sync)
     if args.json:
         ui.print_json(report.to_json())

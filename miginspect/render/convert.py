@@ -73,8 +73,8 @@ def _blocks(r: ConvertReport) -> Table:
     t.add_column("copies in input", justify="right", style="yellow")
     mapped = r.to_format == "mapped-ram"
     if mapped:
-        t.add_column("bitmap at", justify="right")
-        t.add_column("pages at", justify="right")
+        t.add_column("bitmap at", justify="right", no_wrap=True)
+        t.add_column("pages at", justify="right", no_wrap=True)
     for b in r.blocks:
         row = [name(b.name), size(b.used_length), num(b.pages), num(b.data_pages),
                num(b.zero_pages), num(b.absent_pages), num(b.input_sends)]
