@@ -100,6 +100,12 @@ def _argv(cmd: str, path: str, base_path: str, outdir: Path, rnd: random.Random)
         return ["extract", path, "-o", str(outdir / "x")]
     if cmd in ("xml",):
         return [cmd, path]
+    if cmd == "check":
+        r = rnd.random()
+        if r < 0.2:  # the mutated file as the target snapshot
+            return ["check", base_path, "--target", path, *js]
+        if r < 0.4:
+            return ["check", path, "--target", base_path, *js]
     return [cmd, path, *js]
 
 
@@ -369,3 +375,39 @@ def test_bytes_from_nothing(tmp_path: Path) -> None:
             rc, _out, err, dt, _ = _run(argv)
             assert rc in (0, 1, 2), (data, c, err)
             assert "Traceback" not in err
+
+
+# -- --target descriptions: anything a user may hand in --------------------------------
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["name", "used_length", "max_length", "page_size", "idstr",
+                         "instance_id", "version_id", "x"]), inner, max_size=4),
+    max_leaves=12)
+_targets = st.one_of(
+    st.fixed_dictionaries({}, optional={
+        "machine_type": _json_values, "target_page_size": _json_values,
+        "ramblocks": _json_values | st.lists(_json_values, max_size=3),
+        "sections": _json_values | st.lists(_json_values, max_size=3)}).map(json.dumps),
+    st.text(max_size=300).map(lambda t: "Block Name PSize\n" + t),
+    st.text(max_size=200))
+
+
+@settings(max_examples=HYP_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(text=_targets)
+def test_hypothesis_target_descriptions(bases: list[Base], hyp_dir: Path, text: str) -> None:
+    """A --target description is parsed or refused with a usage error (exit 2); the
+    comparison never raises."""
+    from miginspect.errors import MigError
+    from miginspect.inspector.stream import walk_stream
+    from miginspect.inspector.target import compare, load_target
+
+    t = hyp_dir / "target.txt"
+    t.write_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        desc = load_target(str(t))
+    except MigError:
+        return
+    for b in bases[:2]:
+        compare(walk_stream(b.data), desc)
