@@ -652,3 +652,28 @@ def test_no_footers_no_trailer(tmp_path: Path) -> None:
     assert rc == 2, rep["problems"]
     assert rep["verdict"] == "could not tell"
     assert [x["code"] for x in rep["problems"] if x["severity"] == "error"] == ["cannot-size"]
+
+
+def test_mapped_ram_overlapping_regions(tmp_path: Path) -> None:
+    """Two blocks' page regions at one offset: an error naming both regions."""
+    mapped = [n for n in GOOD if "mapped-ram" in _caps(sample_meta(n))]
+    if not mapped:
+        pytest.skip("no mapped-ram sample")
+    from fuzzing import shrink_mapped_ram
+
+    from miginspect.inspector.stream import walk_stream
+
+    base = shrink_mapped_ram(Path(sample_path(mapped[0])).read_bytes()).data
+    w = walk_stream(base)
+    a, b = w.blocks[0].mapped_ram, w.blocks[1].mapped_ram
+    raw = bytearray(base)
+    raw[b.header_offset + 20: b.header_offset + 28] = a.pages_offset.to_bytes(8, "big")
+    p = tmp_path / "overlap.mig"
+    p.write_bytes(bytes(raw))
+    rc, js, _ = _cli("check", str(p), "--json")
+    rep = json.loads(js)
+    assert rc == 1
+    ov = [x for x in rep["problems"] if x["code"] == "mapped-ram-overlap"]
+    assert ov and f"pages of {w.blocks[0].name}" in ov[0]["cause"] \
+        and f"pages of {w.blocks[1].name}" in ov[0]["cause"]
+    assert ov[0]["offset"] in (a.header_offset + 20, b.header_offset + 20)

@@ -35,7 +35,6 @@ from ..errors import (
 from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
-from .pagemap import bitmap_bits
 from .source import Source, open_source
 from .stream import StreamWalk, walk_stream
 from .vmdesc import device_index, vmsd_length
@@ -675,16 +674,16 @@ def _mapped_ram_checks(src: Source, walk: StreamWalk) -> list[Problem]:
         end = m.bitmap_offset + m.bitmap_bytes
         if 0 <= m.bitmap_offset and end <= len(buf) and m.bitmap_bytes:
             raw = np.frombuffer(buf, np.uint8, count=m.bitmap_bytes, offset=m.bitmap_offset)
-            allbits = np.unpackbits(raw, bitorder="little")
-            extra = int(np.count_nonzero(allbits[b.pages:]))
+            full = b.pages // 8  # bytes whose 8 bits are all pages (le64: page i = bit i%8)
+            tail = np.unpackbits(raw[full:], bitorder="little")  # at most the last word
+            extra = int(np.count_nonzero(tail[b.pages % 8:]))
             if extra:
-                out.append(Problem("warning", m.bitmap_offset + b.pages // 8, b.name,
+                out.append(Problem("warning", m.bitmap_offset + full, b.name,
                                    f"{extra} bit(s) set in the bitmap of {b.name!r} past its "
                                    f"{b.pages} pages", "QEMU ignores them; the bitmap is "
                                    "damaged or was written by a big-endian host",
                                    "bitmap-past-used-length", []))
-            bits = bitmap_bits(raw, b.pages)
-            if len(bits) and int(np.count_nonzero(bits)) == 0 and b.pages:
+            if b.pages and not raw[:full].any() and not tail[: b.pages % 8].any():
                 out.append(Problem("info", m.bitmap_offset, b.name,
                                    f"bitmap of {b.name!r} has no bit set: every page loads as "
                                    "zero (an all-zero block, or a save interrupted before the "
@@ -705,19 +704,20 @@ def _mapped_ram_checks(src: Source, walk: StreamWalk) -> list[Problem]:
             stream.append((p, s.end, "ram START tail", p))
         else:
             stream.append((s.offset, s.end, f"{s.kind} {s.idstr or ''}".strip(), s.offset))
-    allr = sorted(regions + stream)
+    allr = sorted(r for r in regions + stream if r[1] > r[0])
     reported = 0
-    for i in range(1, len(allr)):
-        a0, a1, al, _ = allr[i - 1]
-        b0, b1, bl, boff = allr[i]
-        if b0 < a1 and b1 > b0 and a1 > a0:
-            if reported < 8:
-                out.append(Problem("error", boff, bl.split(" of ")[-1],
-                                   f"{bl} (0x{b0:x}-0x{b1:x}) overlaps {al} (0x{a0:x}-0x{a1:x})",
-                                   "the mapped-ram offsets are damaged: QEMU would load "
-                                   "the overlapping bytes as pages or bitmap", "mapped-ram-overlap",
-                                   []))
+    widest = None  # the interval seen so far that reaches furthest
+    for cur in allr:
+        if widest is not None and cur[0] < widest[1] and reported < 8:
+            a0, a1, al, _ = widest
+            b0, b1, bl, boff = cur
+            out.append(Problem("error", boff, bl.split(" of ")[-1],
+                               f"{bl} (0x{b0:x}-0x{b1:x}) overlaps {al} (0x{a0:x}-0x{a1:x})",
+                               "the mapped-ram offsets are damaged: QEMU would load the "
+                               "overlapping bytes as pages or bitmap", "mapped-ram-overlap", []))
             reported += 1
+        if widest is None or cur[1] > widest[1]:
+            widest = cur
     return out
 
 
