@@ -171,3 +171,29 @@ def test_page_map_api_matches_capture_maps() -> None:
                               np.where(bm.state == PAGE_DATA, CLASS_DATA,
                                        np.where(bm.state == PAGE_ZERO, CLASS_ZERO, 0))
                               [v.sends < 2])
+
+
+def test_walk_stopped_early_is_reported(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A record QEMU files never hold (HOOK, RDMA only) in the middle of a legacy stream:
+    the walk stops there; map and extract still show what came before and say so."""
+    if not LEGACY:
+        pytest.skip("no legacy sample bundled yet")
+    src = str(sample_path(LEGACY[0]))
+    with open_capture(src) as cap:
+        rt = cap.walk.records
+        k = len(rt) // 2
+        off = int(rt.rec_off[k])
+        word = int.from_bytes(cap.source.buf[off:off + 8], "big")
+    p = tmp_path / "hook.mig"
+    shutil.copyfile(src, p)
+    with open(p, "r+b") as f:
+        f.seek(off)
+        f.write(((word & ~0x3FF) | 0x80).to_bytes(8, "big"))
+    rep = _map_json(str(p), capsys)
+    assert rep["stopped"] and f"0x{off:x}" in rep["stopped"] and "HOOK" in rep["stopped"]
+    assert sum(b["counts"]["never_sent"] for b in rep["blocks"]) > 0
+    assert main(["map", str(p), "--block", "pc.ram"]) == 0
+    assert "stopped early" in capsys.readouterr().out
+    assert main(["extract", str(p), "-o", str(tmp_path / "out"), "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert any("stopped early" in n and "HOOK" in n for n in notes)

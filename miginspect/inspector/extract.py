@@ -221,6 +221,12 @@ def write_pages(cap: Capture, bm: BlockMap, fd: int, dest: int, first: int, coun
 
 
 # -- extract -------------------------------------------------------------------------
+def _stopped_note(cap: Capture, rep: ExtractReport) -> None:
+    err = cap.walk.error
+    if err is not None:
+        rep.notes.append(f"the walk stopped early, pages after it are missing: {err.oneline()}")
+
+
 def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
                    blocks: list[str] | None = None, progress: Progress | None = None,
                    manifest: bool = True) -> ExtractReport:
@@ -231,6 +237,7 @@ def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = F
     names = [safe_name(b.name, taken) for b in chosen]
     out.check(names + ([MANIFEST] if manifest else []))
     rep = ExtractReport(cap.path, cap.format, str(out.root))
+    _stopped_note(cap, rep)
     maps = cap.maps
     total = sum(maps[b.name].count(PAGE_DATA) * b.page_size for b in chosen)
     done = [0]
@@ -279,6 +286,7 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
     names = [files[f] for f in formats]
     out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))
     rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay.to_json())
+    _stopped_note(cap, rep)
     bm = cap.maps[name]
     total = bm.count(PAGE_DATA) * blk.page_size * len(formats)
     done = [0]

@@ -81,12 +81,14 @@ class MapReport:
     format: str
     page_size: int
     blocks: list[BlockView]
+    stopped: str | None = None  # why the walk stopped early (pages after it are missing)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "format": self.format,
             "page_size": self.page_size,
+            "stopped": self.stopped,
             "range_convention": "[first_page, end_page) page indices within the block; "
                                 "byte offset = page * page_size",
             "blocks": [b.to_json() for b in self.blocks],
@@ -132,7 +134,9 @@ def page_map(cap: Capture, blocks: list[str] | None = None) -> MapReport:
     """The map report of `cap`, limited to the named blocks if given."""
     names = [cap.block(n).name for n in blocks] if blocks else [b.name for b in cap.blocks]
     maps = cap.maps
-    return MapReport(cap.path, cap.format, cap.page_size, [block_view(maps[n]) for n in names])
+    err = cap.walk.error
+    return MapReport(cap.path, cap.format, cap.page_size, [block_view(maps[n]) for n in names],
+                     err.oneline() if err is not None else None)
 
 
 @dataclass

@@ -127,6 +127,9 @@ def render_map(r: MapReport, console: Console, rows: int = 8,
         c = v.counts
         total.add_row(name(v.name), num(v.pages), num(c["data"]), num(c["zero"]),
                       num(c["never_sent"]), num(c["resent"]))
+    if r.stopped:
+        console.print(f"[red]the walk stopped early, later pages are missing: "
+                      f"{name(r.stopped)}[/]")
     if len(r.blocks) > 1:
         console.print()
         console.print(Text("summary", style="bold"))
