@@ -4,7 +4,7 @@
     python benchmarks/bench_convert.py FILE [--runs 3] [--to mapped-ram|legacy|both] [--json]
 
 Each run converts FILE in a fresh Python process (so the peak RSS is that run's own), into a
-temporary folder beside FILE's (same filesystem) that is removed afterwards. `cat` is timed
+temporary folder in FILE's folder (or --workdir) that is removed afterwards. `cat` is timed
 the same number of times, interleaved with the conversions; the medians are compared. The
 file is read once first so both see a warm page cache. Reported per conversion: median wall
 time, throughput (input bytes / s), ratio to cat's throughput, peak RSS (ru_maxrss: includes
@@ -89,13 +89,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--to", choices=["mapped-ram", "legacy", "both"], default="both",
                     help="both: FILE -> the other layout, then that output -> back")
+    ap.add_argument("--workdir", help="folder for the outputs (default: FILE's folder); "
+                    "a temporary folder is made inside it and removed afterwards")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.runs < 3:
         ap.error("--runs must be >= 3 (medians)")
     src = os.path.abspath(args.file)
     size = os.path.getsize(src)
-    tmp = tempfile.mkdtemp(prefix="bench-convert-", dir=os.path.dirname(src))
+    tmp = tempfile.mkdtemp(prefix="bench-convert-", dir=args.workdir or os.path.dirname(src))
     try:
         from miginspect.inspector.capture import open_capture
 
