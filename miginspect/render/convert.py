@@ -70,16 +70,15 @@ def _blocks(r: ConvertReport) -> Table:
     t.add_column("data", justify="right", style="green")
     t.add_column("zero", justify="right", style="cyan")
     t.add_column("never sent", justify="right", style="dim")
-    t.add_column("copies in input", justify="right", style="yellow")
+    t.add_column("sent in input", justify="right", style="yellow")
     mapped = r.to_format == "mapped-ram"
     if mapped:
-        t.add_column("bitmap at", justify="right", no_wrap=True)
         t.add_column("pages at", justify="right", no_wrap=True)
     for b in r.blocks:
         row = [name(b.name), size(b.used_length), num(b.pages), num(b.data_pages),
                num(b.zero_pages), num(b.absent_pages), num(b.input_sends)]
         if mapped:
-            row += [hexoff(b.bitmap_offset), hexoff(b.pages_offset)]
+            row += [hexoff(b.pages_offset)]
         t.add_row(*row)
     return t
 
