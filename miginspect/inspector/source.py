@@ -53,6 +53,8 @@ def sniff_compression(head: bytes) -> str | None:
     for magic, name in COMPRESSION_MAGICS:
         if head.startswith(magic):
             return name
+    if len(head) >= 4 and 0x50 <= head[0] <= 0x5F and head[1:4] == b"\x2a\x4d\x18":
+        return "zstd"  # a zstd skippable frame first (pzstd writes one before each frame)
     return None
 
 
