@@ -543,6 +543,15 @@ def test_concatenated_members(tmp_path):
             inf = s.container.inflation
             assert bytes(s.buf) == b"A" * 100000 + b"B" * 5000
             assert inf.complete and inf.members == 2 and inf.trailing == 4
+    # pzstd output: a skippable frame before each frame, one right at the start
+    import struct
+
+    skip = struct.pack("<II", 0x184D2A50, 4) + b"\0\0\0\0"
+    p = tmp_path / "p.zst"
+    p.write_bytes(skip + zstandard.compress(b"C" * 7000) + skip + zstandard.compress(b"D"))
+    with open_source(str(p)) as s:
+        assert s.container.compression == "zstd" and bytes(s.buf) == b"C" * 7000 + b"D"
+        assert s.container.inflation.complete
 
 
 # ---------------------------------------------------------------------------
