@@ -360,3 +360,21 @@ def test_libvirt_image_extract_equals_restored_memory(name: str, tmp_path) -> No
         if cap.format == "mapped-ram":  # offsets are absolute: past libvirt's header
             b = cap.block("pc.ram")
             assert b.mapped_ram.bitmap_offset > cap.source.base
+
+
+def test_force_replaces_without_touching_hard_links_or_the_input(tmp_path, capsys) -> None:  # noqa: ANN001
+    _need_samples()
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = tmp_path / "keep"
+    keep.write_bytes(b"other link")
+    os.link(keep, out / "pc.bios.raw")
+    src = out / "physical.raw"  # the input itself sits in DIR under an output name
+    shutil.copyfile(sample_path(ALL[0]), src)
+    assert main(["extract", str(src), "-o", str(out), "--force"]) == 0
+    assert keep.read_bytes() == b"other link"  # replaced by a new file, not truncated
+    assert (out / "pc.bios.raw").stat().st_size == 256 * 1024
+    assert main(["extract", str(src), "-o", str(out), "--physical", "--force"]) == 2
+    assert "input file" in capsys.readouterr().err
+    with open_capture(str(src)) as cap:  # still the capture
+        assert cap.blocks

@@ -89,7 +89,8 @@ class ExtractReport:
 class OutputDir:
     """The one folder extract writes into; every path is checked against it."""
 
-    def __init__(self, path: str | os.PathLike[str], force: bool) -> None:
+    def __init__(self, path: str | os.PathLike[str], force: bool,
+                 protect: str | os.PathLike[str] | None = None) -> None:
         p = Path(path)
         try:
             p.mkdir(exist_ok=True)
@@ -102,6 +103,7 @@ class OutputDir:
             raise UsageError(f"{str(p)!r} is not a folder")
         self.root = p.resolve()
         self.force = force
+        self.protect = Path(protect) if protect is not None else None  # the input file
 
     def target(self, name: str) -> Path:
         """`name` inside the folder; a bare file name only, never a path."""
@@ -122,13 +124,18 @@ class OutputDir:
                     raise UsageError(f"{str(t)!r} exists; use --force to overwrite")
                 if not t.is_file():
                     raise UsageError(f"{str(t)!r} exists and is not a regular file")
+                if self.protect is not None and self.protect.exists() and \
+                        os.path.samefile(t, self.protect):
+                    raise UsageError(f"refusing to overwrite the input file {str(t)!r}")
             self.target(n)
 
     def open(self, name: str) -> int:
+        """Create `name` afresh. With force an existing file is unlinked first, never
+        truncated in place: its other hard links and any reader's mapping stay intact."""
         t = self.target(name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-        if not self.force:
-            flags |= os.O_EXCL
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        if self.force and t.is_file() and not t.is_symlink():
+            t.unlink()
         try:
             return os.open(t, flags, 0o644)
         except FileExistsError as e:
@@ -231,7 +238,7 @@ def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = F
                    blocks: list[str] | None = None, progress: Progress | None = None,
                    manifest: bool = True) -> ExtractReport:
     """One sparse raw file per RAMBlock in `outdir` (plus a JSON manifest)."""
-    out = OutputDir(outdir, force)
+    out = OutputDir(outdir, force, cap.path)
     chosen = [cap.block(n) for n in blocks] if blocks else list(cap.blocks)
     taken: set[str] = {MANIFEST.lower()}
     names = [safe_name(b.name, taken) for b in chosen]
@@ -281,7 +288,7 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
     name = ram_block or "pc.ram"
     blk = cap.block(name)
     lay = x86_layout(cap.walk.machine_type, blk.used_length, name, max_ram_below_4g)
-    out = OutputDir(outdir, force)
+    out = OutputDir(outdir, force, cap.path)
     files = {"raw": "physical.raw", "elf": "physical.elf"}
     names = [files[f] for f in formats]
     out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))
