@@ -994,7 +994,7 @@ def device_sections(raw: bytes, start: int, vmdesc_off: int) -> list:
         out.append({"name": d["name"], "instance_id": d["instance_id"], "offset": q - 5,
                     "payload_offset": q + len(pat)})
         p = q + len(pat)
-    for a, b in zip(out, out[1:]):
+    for a, b in zip(out, out[1:], strict=False):
         a["end"] = b["offset"]
     out[-1]["end"] = vmdesc_off - 1  # the 0x00 EOF byte
     return out
