@@ -44,8 +44,8 @@ Exit status: 0 identical, 1 different, 2 error."""
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "diff", help="compare two captures page by page and field by field",
-        description="Compare the RAM (per RAMBlock, page by page) and the device state of two "
-        "captures, across layouts (legacy / mapped-ram) and QEMU versions.",
+        description="Compare the RAM (per RAMBlock, page by page) and the device state of\n"
+        "two captures, across layouts (legacy / mapped-ram) and QEMU versions.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", help="first capture (A)")
     p.add_argument("b", help="second capture (B)")
