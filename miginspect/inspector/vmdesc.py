@@ -70,6 +70,9 @@ def read_trailer_at(buf: Any, p: int) -> Trailer:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         t.error = f"vmdescription JSON does not parse: {e}"
         return t
+    except RecursionError:
+        t.error = "vmdescription JSON is nested too deeply to parse (damaged or hostile)"
+        return t
     if not isinstance(data, dict):
         t.error = "vmdescription JSON is not an object"
         return t
