@@ -411,3 +411,28 @@ def test_hypothesis_target_descriptions(bases: list[Base], hyp_dir: Path, text: 
         return
     for b in bases[:2]:
         compare(walk_stream(b.data), desc)
+
+
+def test_deeply_nested_trailer(bases: list[Base], tmp_path: Path) -> None:
+    """A vmdescription JSON nested deeper than Python's recursion limit (json.loads raises
+    RecursionError) or with hundreds of nested subsections: no command crashes."""
+    bare = next((b for b in bases if b.name == "legacy-notrailer"), None)
+    if bare is None:
+        pytest.skip("needs a legacy sample")
+    sub = '{"vmsd_name": "x", "fields": [{"name": "a", "type": "uint8", "size": 1}]}'
+    for _ in range(400):
+        sub = '{"vmsd_name": "x", "fields": [], "subsections": [' + sub + "]}"
+    trailers = [
+        '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"page_size": 4096, "devices": [{"name": "timer", "instance_id": 0, "fields": [], '
+        '"subsections": [' + sub + "]}]}",
+    ]
+    for i, js in enumerate(trailers):
+        raw = js.encode()
+        data = bare.data + b"\x06" + len(raw).to_bytes(4, "big") + raw
+        p = tmp_path / f"deep{i}.mig"
+        p.write_bytes(data)
+        for c in _commands():
+            argv = _argv(c, str(p), str(p), tmp_path / "out", random.Random(i))
+            rc, _out, err, _, _ = _run(argv)
+            assert rc in (0, 1, 2), (c, err)
