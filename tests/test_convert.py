@@ -568,7 +568,7 @@ def test_page_copier_reads_final_pages(mode: str) -> None:
     with open_capture(str(sample_path("q10-live-xbzrle"))) as cap:
         pc = PageCopier(cap, max_bytes=64 * PAGE)
         if mode == "span":  # no scatter reads: one span per run, strided view
-            pc._scatter = lambda run: None  # type: ignore[method-assign]
+            pc._scatter = lambda run, slot=0: None  # type: ignore[method-assign]
         elif mode == "pages":  # strided runs read page by page
             pc.MAX_SPAN_STRIDE = 1
         elif mode == "mmap":

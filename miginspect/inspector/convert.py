@@ -33,6 +33,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -464,9 +465,27 @@ class _Converter:
                 out.write(R.ramblock_entry.build(entry, **params))
 
     def mapped_pages(self, bm: BlockMap, pages_offset: int) -> None:
-        for run in self.pages.runs(bm):
-            self.pages.copy_to(run, self.out.fd, pages_offset + run.first * self.ps)
-            self.tick(run.n * self.ps)
+        """Copy the block's data pages into its region. Runs read into user space are
+        written by a second thread while the next run is read (two buffers, `slot`)."""
+        fd, ps = self.out.fd, self.ps
+        pending: Future | None = None
+        slot = 0
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            try:
+                for run in self.pages.runs(bm):
+                    dst = pages_offset + run.first * ps
+                    if self.pages.in_kernel(run) or run.data is not None:
+                        self.pages.copy_to(run, fd, dst)
+                    else:
+                        pages = self.pages.read(run, slot)
+                        job = writer.submit(write_pages, pages, fd, dst)
+                        if pending is not None:
+                            pending.result()  # the other slot's buffer is free again
+                        pending, slot = job, slot ^ 1
+                    self.tick(run.n * ps)
+            finally:
+                if pending is not None:
+                    pending.result()
 
     # -- legacy page records --------------------------------------------------------
     def legacy_records(self) -> None:
@@ -545,9 +564,9 @@ class PageCopier:
         self.fd = cap.source.fd
         self.ps = cap.page_size
         self.per = max(1, max_bytes // self.ps)
-        self.span = bytearray()
+        self.spans = [bytearray(), bytearray()]  # one per slot (see `read`)
         self.copy_range = hasattr(os, "copy_file_range")
-        self._iovs: dict[tuple[int, int], tuple[list[memoryview], np.ndarray]] = {}
+        self._iovs: dict[tuple[int, int, int], tuple[list[memoryview], np.ndarray]] = {}
 
     def runs(self, bm: BlockMap) -> Iterator[PageRun]:
         """The data pages of `bm` in page order, in runs of at most `max_bytes`."""
@@ -579,10 +598,10 @@ class PageCopier:
             for c in range(a, e, self.per):
                 yield PageRun(idx_l[c], min(self.per, e - c), offs_l[c], stride)
 
-    def _pread(self, off: int, length: int) -> memoryview:
-        if len(self.span) < length:
-            self.span = bytearray(length)
-        mv = memoryview(self.span)[:length]
+    def _pread(self, off: int, length: int, slot: int = 0) -> memoryview:
+        if len(self.spans[slot]) < length:
+            self.spans[slot] = bytearray(length)
+        mv = memoryview(self.spans[slot])[:length]
         if self.fd is None:
             mv[:] = self.buf[off : off + length]
             return mv
@@ -595,13 +614,13 @@ class PageCopier:
             got += n
         return mv
 
-    def _scatter(self, run: PageRun) -> np.ndarray | None:
+    def _scatter(self, run: PageRun, slot: int = 0) -> np.ndarray | None:
         """One preadv of the run's span whose vectors put the pages side by side and the
         bytes between them (record headers) into a scratch buffer. The vectors are built
         once per (count, stride)."""
         if self.fd is None:
             return None
-        key = (run.n, run.stride)
+        key = (slot, run.n, run.stride)
         hit = self._iovs.get(key)
         if hit is None:
             ps, gap = self.ps, run.stride - self.ps
@@ -612,27 +631,30 @@ class PageCopier:
                 if k:
                     iov.append(junk)
                 iov.append(memoryview(pages[k]))
-            if len(self._iovs) >= 4:  # bounded: a few (count, stride) shapes recur
-                self._iovs.clear()
+            if len(self._iovs) >= 8:  # bounded: a few (count, stride) shapes recur
+                for k in [k for k in self._iovs if k[0] == slot]:
+                    del self._iovs[k]
             hit = self._iovs[key] = (iov, pages)
         want = (run.n - 1) * run.stride + self.ps
         if os.preadv(self.fd, hit[0], run.offset) != want:
             return None
         return hit[1]
 
-    def read(self, run: PageRun) -> np.ndarray:
-        """The run's pages as an (n, page size) uint8 array (valid until the next read)."""
+    def read(self, run: PageRun, slot: int = 0) -> np.ndarray:
+        """The run's pages as an (n, page size) uint8 array, valid until the next read
+        with the same `slot` (0 or 1: two buffers, so one can be written while the other
+        is filled)."""
         ps = self.ps
         if run.data is not None:
             return np.frombuffer(run.data, np.uint8).reshape(1, ps)
         if run.stride == ps or run.n == 1:
-            return np.frombuffer(self._pread(run.offset, run.n * ps), np.uint8).reshape(
+            return np.frombuffer(self._pread(run.offset, run.n * ps, slot), np.uint8).reshape(
                 run.n, ps)
         if ps < run.stride <= self.MAX_SPAN_STRIDE * ps:
-            got = self._scatter(run)
+            got = self._scatter(run, slot)
             if got is not None:
                 return got
-            span = np.frombuffer(self._pread(run.offset, (run.n - 1) * run.stride + ps),
+            span = np.frombuffer(self._pread(run.offset, (run.n - 1) * run.stride + ps, slot),
                                  np.uint8)
             return np.lib.stride_tricks.as_strided(span, shape=(run.n, ps),
                                                    strides=(run.stride, 1), writeable=False)
@@ -641,13 +663,18 @@ class PageCopier:
             out[k] = np.frombuffer(self._pread(run.offset + k * run.stride, ps), np.uint8)
         return out
 
+    def in_kernel(self, run: PageRun) -> bool:
+        """Whether `copy_to` copies this run file to file without reading it."""
+        return run.data is None and (run.stride == self.ps or run.n == 1) and \
+            self.copy_range and self.fd is not None
+
     def copy_to(self, run: PageRun, out_fd: int, dst: int) -> None:
         """Write the run's pages contiguously at `dst` of `out_fd`."""
         ps = self.ps
         if run.data is not None:
             _pwrite_all(out_fd, run.data, dst)
             return
-        if (run.stride == ps or run.n == 1) and self.copy_range and self.fd is not None:
+        if self.in_kernel(run):
             length, src, to = run.n * ps, run.offset, dst
             try:
                 while length:
@@ -658,13 +685,17 @@ class PageCopier:
                 return
             except OSError:  # not supported between these files: read and write instead
                 self.copy_range = False
-        pages = self.read(run)
-        if pages.flags.c_contiguous:
-            _pwrite_all(out_fd, pages, dst)
-        else:
-            parts = [memoryview(pages[k]) for k in range(run.n)]
-            if os.pwritev(out_fd, parts, dst) != run.n * ps:
-                _pwrite_all(out_fd, np.ascontiguousarray(pages), dst)
+        write_pages(self.read(run), out_fd, dst)
+
+
+def write_pages(pages: np.ndarray, out_fd: int, dst: int) -> None:
+    """Write an (n, page size) array of pages contiguously at `dst`."""
+    if pages.flags.c_contiguous:
+        _pwrite_all(out_fd, pages, dst)
+        return
+    parts = [memoryview(pages[k]) for k in range(len(pages))]
+    if os.pwritev(out_fd, parts, dst) != pages.size:
+        _pwrite_all(out_fd, np.ascontiguousarray(pages), dst)
 
 
 def bitmap_bytes(bits: np.ndarray) -> bytes:
