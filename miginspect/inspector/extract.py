@@ -155,6 +155,24 @@ def _pwrite_all(fd: int, data: Any, off: int) -> None:
         off += n
 
 
+_COPY_RANGE = [hasattr(os, "copy_file_range")]
+
+
+def _copy_range(src_fd: int, dst_fd: int, src: int, dst: int, n: int) -> bool:
+    """Copy file bytes in the kernel (no pass through this process); False when the
+    kernel or file system cannot, so the caller falls back to a plain write."""
+    try:
+        while n:
+            k = os.copy_file_range(src_fd, dst_fd, n, src, dst)
+            if k <= 0:
+                return False
+            src, dst, n = src + k, dst + k, n - k
+    except OSError:
+        _COPY_RANGE[0] = False
+        return False
+    return True
+
+
 def _const_stride_runs(idx: np.ndarray, offs: np.ndarray) -> list[tuple[int, int]]:
     """[(i, j)] slices of (idx, offs) where pages are consecutive and the source offsets
     advance by one constant stride."""
@@ -204,6 +222,7 @@ def write_pages(cap: Capture, bm: BlockMap, fd: int, dest: int, first: int, coun
     offs = bm.offset[sel]
     written = len(replayed) * ps
     release = cap.source.release
+    copy_fd = cap.source.fd if _COPY_RANGE[0] else None  # the file behind buf
     for i, j in _const_stride_runs(sel, offs):
         k = j - i
         o0 = int(offs[i])
@@ -213,13 +232,14 @@ def write_pages(cap: Capture, bm: BlockMap, fd: int, dest: int, first: int, coun
         for a in range(0, k, step):
             m = min(step, k - a)
             src = o0 + a * stride
+            to = dest + (p0 + a - first) * ps
             if stride == ps:
-                data = arr[src : src + m * ps]
+                if not (copy_fd is not None and _copy_range(copy_fd, fd, src, to, m * ps)):
+                    _pwrite_all(fd, arr[src : src + m * ps], to)
             else:
                 data = np.lib.stride_tricks.as_strided(
                     arr[src:], shape=(m, ps), strides=(stride, 1), writeable=False)
-                data = np.ascontiguousarray(data)
-            _pwrite_all(fd, data, dest + (p0 + a - first) * ps)
+                _pwrite_all(fd, np.ascontiguousarray(data), to)
             release(min(src, src + (m - 1) * stride), max(src, src + (m - 1) * stride) + ps)
             written += m * ps
             if progress:
