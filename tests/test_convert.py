@@ -615,3 +615,20 @@ def test_damaged_input_converts_iff_qemu_loads_it(name: str, tmp_path, capsys) -
         else:
             assert rc == 1 and err.count("\n") == 1 and "offset 0x" in err, err
             assert list(out.parent.iterdir()) == []
+
+
+def test_zstd_compressed_libvirt_image(tmp_path) -> None:  # noqa: ANN001
+    """A whole libvirt image inside zstd (the bundled form): the header and XML come from
+    the inflated data and the output is a plain libvirt image."""
+    z = SAMPLES / "libvirt" / "save-raw-paused.img.zst"
+    if not z.exists():
+        pytest.skip("libvirt sample save-raw-paused is not bundled")
+    out = tmp_path / "out.img"
+    rep = convert(str(z), str(out), "mapped-ram", verify=True)
+    assert rep.verify.ok, rep.verify
+    assert rep.input_container["compression"] == "zstd"
+    raw = unpack(z)
+    with open_capture(str(raw)) as a, open_capture(str(out)) as b:
+        la, lb = a.source.container.libvirt, b.source.container.libvirt
+        assert lb.format_name == "sparse" and lb.payload_offset == la.payload_offset
+        assert _head_body(out, lb.payload_offset) == _head_body(raw, la.payload_offset)

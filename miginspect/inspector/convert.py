@@ -21,8 +21,8 @@ input byte for byte, in the input's order. Only three things are rewritten:
 
 The output is written to a temporary file in the output's folder and renamed
 over OUT once complete; the input is opened read-only. Memory stays bounded:
-pages are streamed from the input's mmap to their place in the output in
-runs of at most 1 MiB; only per-page numpy columns are held.
+pages are copied from the input file (pread / copy_file_range) to their place
+in the output in runs of at most 1 MiB; only per-page numpy columns are held.
 """
 
 from __future__ import annotations
@@ -270,30 +270,60 @@ def _entry_head_len(name: str, ignore_shared: bool) -> int:
     return 1 + len(name.encode("latin-1")) + 8 + (8 if ignore_shared else 0)
 
 
-def libvirt_prefix(cap: Capture, to: str) -> bytes:
-    """virQEMUSaveHeader + XML + cookie + padding for the output (empty if the input
-    is not a libvirt image). data_len is unchanged; the format field is set."""
+@dataclass
+class LibvirtPrefix:
+    """What goes before the QEMU stream in a libvirt output: a new virQEMUSaveHeader,
+    then the input's XML + cookie + padding (`data_len` bytes, copied in chunks, never
+    held whole: its size comes from the file)."""
+
+    head: bytes
+    path: str  # file holding the XML area, when `buf` does not
+    body_offset: int
+    body_len: int
+    buf: Any = None  # the input's buffer, when it holds the XML area
+
+    def __len__(self) -> int:
+        return len(self.head) + self.body_len
+
+    def write_to(self, out: _Output) -> None:
+        out.write(self.head)
+        if self.buf is not None:
+            end = self.body_offset + self.body_len
+            for p in range(self.body_offset, end, RUN_BYTES):
+                out.write(self.buf[p : min(end, p + RUN_BYTES)])
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.body_offset)
+            left = self.body_len
+            while left:
+                chunk = f.read(min(left, RUN_BYTES))
+                if not chunk:
+                    raise TruncatedError("the libvirt XML area is shorter than data_len",
+                                         20, "libvirt")
+                out.write(chunk)
+                left -= len(chunk)
+
+
+def libvirt_prefix(cap: Capture, to: str) -> LibvirtPrefix | None:
+    """The libvirt header and XML area for the output (None if the input is not a
+    libvirt image): data_len, was_running, cookieOffset and byte order unchanged, the
+    format field set to sparse (mapped-ram) or raw (legacy)."""
     lv = cap.source.container.libvirt
     if lv is None:
-        return b""
+        return None
     src = cap.source
-    if cap.source.base == lv.payload_offset and bytes(src.buf[:16]) in (
-        LV.QEMU_SAVE_MAGIC, LV.QEMU_SAVE_PARTIAL
-    ):
-        body = bytes(src.buf[LV.QEMU_SAVE_HEADER_SIZE : lv.payload_offset])
-    else:  # the QEMU stream was inflated; the header and XML are in the file itself
-        with open(src.path, "rb") as f:
-            f.seek(LV.QEMU_SAVE_HEADER_SIZE)
-            body = f.read(lv.data_len)
-        if len(body) != lv.data_len:
-            raise InconsistentError("the libvirt XML area is shorter than data_len", 20,
-                                    "libvirt")
+    # raw/sparse images: the header is at the start of `buf` (= the file, or the inflated
+    # data of a compressed file that holds a whole image); compressed-format images keep
+    # it in the file itself, in front of the compressed QEMU stream
+    in_buf = src.base == lv.payload_offset and bytes(src.buf[:16]) in (
+        LV.QEMU_SAVE_MAGIC, LV.QEMU_SAVE_PARTIAL)
     grammar = LV.virQEMUSaveHeader_le if lv.byte_order == "little" else LV.virQEMUSaveHeader_be
     fmt = LV.QEMU_SAVE_FORMAT_SPARSE if to == MAPPED_RAM else LV.QEMU_SAVE_FORMAT_RAW
     head = grammar.build(dict(magic=LV.QEMU_SAVE_MAGIC, version=LV.QEMU_SAVE_VERSION,
                               data_len=lv.data_len, was_running=int(lv.was_running),
                               format=fmt, cookieOffset=lv.cookie_offset))
-    return head + body
+    return LibvirtPrefix(head, src.path, LV.QEMU_SAVE_HEADER_SIZE, lv.data_len,
+                         src.buf if in_buf else None)
 
 
 # ---------------------------------------------------------------------------------
@@ -346,8 +376,10 @@ def mapped_ram_bound(cap: Capture, prefix_len: int | None = None,
     unchanged), each RAMBlock's list entry + 28-byte header + bitmap rounded up to
     1 MiB, plus used_length, and an EOS (+ footer) in each ram section."""
     w = cap.walk
-    base = prefix_len if prefix_len is not None else (
-        len(libvirt_prefix(cap, MAPPED_RAM)) if cap.source.container.libvirt else 0)
+    if prefix_len is None:
+        prefix = libvirt_prefix(cap, MAPPED_RAM)
+        prefix_len = len(prefix) if prefix is not None else 0
+    base = prefix_len
     pos = base + 8 + len(configuration_bytes(cap.source.buf, cap, output_capabilities(
         cap, MAPPED_RAM)))
     ram = _ram_ids(cap)
@@ -374,7 +406,7 @@ def mapped_ram_bound(cap: Capture, prefix_len: int | None = None,
 
 
 class _Converter:
-    def __init__(self, cap: Capture, to: str, out: _Output, prefix: bytes,
+    def __init__(self, cap: Capture, to: str, out: _Output, prefix: LibvirtPrefix | None,
                  progress: Progress | None, update_vmdesc: bool = False) -> None:
         self.cap = cap
         self.w = cap.walk
@@ -405,7 +437,8 @@ class _Converter:
 
     def run(self) -> None:
         out, w = self.out, self.w
-        out.write(self.prefix)
+        if self.prefix is not None:
+            self.prefix.write_to(out)
         out.write(bytes(self.buf[w.base : w.base + 8]))  # QEVM + version
         out.write(configuration_bytes(self.buf, self.cap, output_capabilities(self.cap, self.to)))
         for s in w.sections:
@@ -789,7 +822,7 @@ def convert(
 
 
 def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str,
-            prefix: bytes, t0: float) -> ConvertReport:
+            prefix: LibvirtPrefix | None, t0: float) -> ConvertReport:
     w = cap.walk
     blocks = []
     for b in w.blocks:
@@ -802,9 +835,10 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
     for b in w.blocks:
         if conv.maps[b.name].bitmap_untrusted:
             notices.append(f"warning: {b.name}: {conv.maps[b.name].bitmap_untrusted}")
-    bound, alloc, source = _bound(cap, len(prefix))
+    plen = len(prefix) if prefix is not None else 0
+    bound, alloc, source = _bound(cap, plen)
     out_cont: dict[str, Any] = {"kind": "libvirt" if prefix else "none", "compression": None}
-    if prefix:
+    if prefix is not None:
         out_cont["libvirt_format"] = "sparse" if to == MAPPED_RAM else "raw"
     return ConvertReport(
         input=in_path, output=out_path, from_format=cap.format, to_format=to,
@@ -812,7 +846,7 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
         machine_type=w.machine_type, page_size=cap.page_size,
         capabilities_in=list(w.capabilities), capabilities_out=output_capabilities(cap, to),
         input_size=FileSizes(cap.source.file_size, cap.source.allocated_size),
-        output_size=_sizes(out_path), stream_offset_out=len(prefix),
+        output_size=_sizes(out_path), stream_offset_out=plen,
         ram_total=sum(b.used_length for b in w.blocks), data_bytes=conv.done,
         mapped_ram_bound=bound, mapped_ram_allocated_bound=alloc,
         mapped_ram_bound_source=source, blocks=blocks,
