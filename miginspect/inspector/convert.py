@@ -346,8 +346,6 @@ def _check_convertible(cap: Capture, to: str) -> None:
         raise UnsupportedError(
             "x-ignore-shared streams: which RAMBlocks are shared is not recorded, and QEMU 10 "
             "refuses mapped-ram with shared blocks", w.configuration.offset, "configuration")
-    if w.other_ram_records.get("HOOK"):
-        raise UnsupportedError("RDMA hook records cannot be converted", None, "ram")
     for b in w.blocks:
         if b.host_page_size is not None:
             raise UnsupportedError("postcopy host page sizes in the RAMBlock list",
