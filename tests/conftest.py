@@ -3,6 +3,7 @@ and skips with a reason where QEMU or libvirt is absent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,16 +40,26 @@ def _cache_dir() -> Path:
 
 
 def unpack(src: Path) -> Path:
-    """Decompress a .zst sample once into the cache and return the raw file's path."""
+    """Decompress a .zst sample once into the cache and return the raw file's path.
+    Zero runs become holes, so mapped-ram samples keep their sparse layout."""
     key = str(src)
     if key in _CACHE:
         return _CACHE[key]
-    st = src.stat()
-    out = _cache_dir() / f"{src.parent.name}-{src.name[:-4]}-{st.st_size}-{int(st.st_mtime)}"
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    out = _cache_dir() / f"{src.parent.name}-{src.name[:-4]}-{digest}"
     if not out.exists():
-        tmp = out.with_suffix(".part")
+        tmp = out.with_suffix(f".part{os.getpid()}")
+        zero = bytes(1 << 16)
         with open(src, "rb") as fi, open(tmp, "wb") as fo:
-            zstandard.ZstdDecompressor().copy_stream(fi, fo)
+            reader = zstandard.ZstdDecompressor().stream_reader(fi, read_across_frames=True)
+            size = 0
+            while chunk := reader.read(1 << 16):
+                if chunk == zero[: len(chunk)]:
+                    fo.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    fo.write(chunk)
+                size += len(chunk)
+            fo.truncate(size)
         tmp.rename(out)
     _CACHE[key] = out
     return out
