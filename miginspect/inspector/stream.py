@@ -36,6 +36,9 @@ DEFAULT_PAGE_SIZE = 4096
 #: Pages a legacy stream may claim beyond one per byte of the file (4 GiB of 4 KiB
 #: pages never sent); MIGINSPECT_MAX_UNSENT_PAGES overrides it.
 MAX_UNSENT_PAGES = 1 << 20
+#: Top-level records kept per walk (each costs a Section object); real files have a few
+#: thousand. MIGINSPECT_MAX_SECTIONS overrides it.
+MAX_SECTIONS = 200_000
 
 
 @dataclass
@@ -151,6 +154,7 @@ class StreamWalk:
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_U16X2 = struct.Struct(">HH")
 
 
 class StreamWalker:
@@ -219,11 +223,17 @@ class StreamWalker:
             pos = self._configuration(pos)
         self._set_page_size()
         w.walked_to = pos
+        max_sections = int(os.environ.get("MIGINSPECT_MAX_SECTIONS", MAX_SECTIONS))
         while True:
             if pos >= self.end:
                 raise TruncatedError(
                     "the stream ends without a QEMU_VM_EOF record (file cut short?)", pos,
                     "stream")
+            if len(w.sections) >= max_sections:
+                raise UnsupportedError(
+                    f"more than {max_sections:,} sections (QEMU writes one PART per ~50 ms "
+                    "iteration): a hostile or damaged stream? MIGINSPECT_MAX_SECTIONS raises "
+                    "the limit", pos, "stream")
             t = buf[pos]
             if t in (S.QEMU_VM_SECTION_START, S.QEMU_VM_SECTION_FULL):
                 pos = self._section_start_full(pos, t)
@@ -352,17 +362,23 @@ class StreamWalker:
         return sec.end
 
     def _section_part_end(self, pos: int, t: int) -> int:
-        hdr, n = parse_at(S.section_header_part, self.buf, pos + 1, "section header", limit=4)
-        start = self.open_sections.get(hdr.section_id)
+        # struct, not construct: a hostile file may hold millions of tiny PART sections
+        if pos + 5 > self.end:
+            raise TruncatedError(
+                f"the data ends inside section header ({max(0, self.end - pos - 1)} bytes left)",
+                pos + 1, "section header")
+        (section_id,) = _U32.unpack_from(self.buf, pos + 1)
+        n = 4
+        start = self.open_sections.get(section_id)
         if start is None:
             raise FormatError(
                 f"{'PART' if t == S.QEMU_VM_SECTION_PART else 'END'} for section id "
-                f"{hdr.section_id} that no START opened", pos, "stream")
+                f"{section_id} that no START opened", pos, "stream")
         kind = "PART" if t == S.QEMU_VM_SECTION_PART else "END"
-        sec = Section(kind, t, pos, 0, hdr.section_id, start.idstr, start.instance_id,
+        sec = Section(kind, t, pos, 0, section_id, start.idstr, start.instance_id,
                       start.version_id, pos + 1 + n)
         self.w.sections.append(sec)
-        if hdr.section_id in self.ram_ids:
+        if section_id in self.ram_ids:
             p = self._ram_records(sec, sec.payload_offset)
         else:
             p = self._device_payload(sec)
@@ -426,18 +442,26 @@ class StreamWalker:
             p = q + 1
 
     def _command(self, pos: int) -> int:
-        cmd, n = parse_at(S.command, self.buf, pos + 1, "command", limit=4 + 65535)
-        sec = Section("COMMAND", S.QEMU_VM_COMMAND, pos, pos + 1 + n, cmd=cmd.cmd,
+        # struct, not construct (same layout as formats.stream.command): a hostile file may
+        # hold millions of 5-byte commands
+        buf = self.buf
+        if pos + 5 > self.end or pos + 5 + _U16X2.unpack_from(buf, pos + 1)[1] > self.end:
+            raise TruncatedError(
+                f"the data ends inside command ({max(0, self.end - pos - 1)} bytes left)",
+                pos + 1, "command")
+        cmd, length = _U16X2.unpack_from(buf, pos + 1)
+        n = 4 + length
+        sec = Section("COMMAND", S.QEMU_VM_COMMAND, pos, pos + 1 + n, cmd=cmd,
                       sized_by="command", payload_offset=pos + 5, payload_end=pos + 1 + n)
         self.w.sections.append(sec)
-        if cmd.cmd not in S.MIG_CMD_NAMES or cmd.cmd == S.MIG_CMD_INVALID:
-            raise UnknownSectionError(f"unknown migration command {cmd.cmd} (len {cmd.len})",
+        if cmd not in S.MIG_CMD_NAMES or cmd == S.MIG_CMD_INVALID:
+            raise UnknownSectionError(f"unknown migration command {cmd} (len {length})",
                                       pos, "command")
-        if cmd.cmd == S.MIG_CMD_PACKAGED:
-            if cmd.len != 4:
-                raise FormatError(f"PACKAGED command with length {cmd.len} (expected 4)", pos,
+        if cmd == S.MIG_CMD_PACKAGED:
+            if length != 4:
+                raise FormatError(f"PACKAGED command with length {length} (expected 4)", pos,
                                   "command")
-            (ln,) = _U32.unpack_from(cmd.data, 0)
+            (ln,) = _U32.unpack_from(buf, pos + 5)
             if sec.end + ln > self.end:
                 raise TruncatedError(f"PACKAGED blob of {ln} bytes runs past the end", pos,
                                      "command")
