@@ -436,3 +436,27 @@ def test_deeply_nested_trailer(bases: list[Base], tmp_path: Path) -> None:
             argv = _argv(c, str(p), str(p), tmp_path / "out", random.Random(i))
             rc, _out, err, _, _ = _run(argv)
             assert rc in (0, 1, 2), (c, err)
+
+
+def test_many_tiny_sections(bases: list[Base], tmp_path: Path) -> None:
+    """Millions of 5-byte commands or EOS-only PART sections: the walk stops at its section
+    limit instead of growing with the file; `check` answers "could not tell" quickly."""
+    bare = next((b for b in bases if b.name == "legacy-notrailer"), None)
+    if bare is None:
+        pytest.skip("needs a legacy sample")
+    from miginspect.inspector.stream import MAX_SECTIONS, walk_stream
+
+    w = walk_stream(bare.data)
+    eof = w.eof_offset
+    sid = next(s for s in w.sections if s.idstr == "ram").section_id.to_bytes(4, "big")
+    fillers = [b"\x08\x00\x0b\x00\x00",  # SWITCHOVER_START
+               b"\x02" + sid + (0x10).to_bytes(8, "big") + b"\x7e" + sid]  # ram PART: EOS
+    for i, unit in enumerate(fillers):
+        data = bare.data[:eof] + unit * (MAX_SECTIONS + 1000) + bare.data[eof:]
+        p = tmp_path / f"many{i}.mig"
+        p.write_bytes(data)
+        rc, out, err, dt, peak = _run(["check", str(p), "--json"])
+        assert rc == 2, err
+        assert "MIGINSPECT_MAX_SECTIONS" in out
+        assert dt < 3 * TIME_LIMIT
+        assert peak < HEAP_PER_BYTE * len(data) + HEAP_OVERHEAD
