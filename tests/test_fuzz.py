@@ -332,7 +332,7 @@ edits = st.lists(
     min_size=1, max_size=4)
 
 
-@settings(max_examples=HYP_EXAMPLES, deadline=None, derandomize=True,
+@settings(max_examples=HYP_EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(which=st.integers(0, 1000), ed=edits, cmd=st.integers(0, 100))
 def test_hypothesis_edits(bases: list[Base], hyp_dir: Path, which: int, ed: list, cmd: int
@@ -393,7 +393,7 @@ _targets = st.one_of(
     st.text(max_size=200))
 
 
-@settings(max_examples=HYP_EXAMPLES, deadline=None, derandomize=True,
+@settings(max_examples=HYP_EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(text=_targets)
 def test_hypothesis_target_descriptions(bases: list[Base], hyp_dir: Path, text: str) -> None:
