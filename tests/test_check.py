@@ -322,12 +322,12 @@ def _caps_cmd(cmd, caps: list[str]) -> None:  # noqa: ANN001
             capabilities=[{"capability": c, "state": True} for c in caps])
 
 
-def _save(qemu: str, out: Path, caps: list[str]) -> None:
+def _save(qemu: str, out: Path, caps: list[str], extra: tuple[str, ...] = ()) -> None:
     import subprocess
     import time
 
     sock = out.with_suffix(".sock")
-    p = subprocess.Popen([qemu, *QEMU_ARGS, "-qmp", f"unix:{sock},server=on,wait=off"],
+    p = subprocess.Popen([qemu, *QEMU_ARGS, *extra, "-qmp", f"unix:{sock},server=on,wait=off"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         s, cmd = _qmp(sock, p)
@@ -677,3 +677,29 @@ def test_mapped_ram_overlapping_regions(tmp_path: Path) -> None:
     assert ov and f"pages of {w.blocks[0].name}" in ov[0]["cause"] \
         and f"pages of {w.blocks[1].name}" in ov[0]["cause"]
     assert ov[0]["offset"] in (a.header_offset + 20, b.header_offset + 20)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("extra", [("-m", "128"), ("-device", "i6300esb")],
+                         ids=["other-memory-size", "extra-device"])
+def test_target_snapshot_agrees_with_live_qemu(bios_captures: dict, extra: tuple,
+                                               tmp_path: Path) -> None:
+    """A file saved by a VM with other -m / an extra device, checked against a snapshot of
+    the plain VM as --target, and loaded into the plain VM: QEMU's first complaint is
+    among ours, with its wording."""
+    q = bios_captures["qemu"]
+    f = tmp_path / "other.mig"
+    _save(q, f, [], extra)  # QEMU_ARGS' -m 64 comes first; a later -m wins
+    target = bios_captures["dir"] / "legacy.mig"
+    rc, out, _ = _cli("check", str(f), "--target", str(target), "--json")
+    rep = json.loads(out)
+    assert rc == 1, rep["problems"]
+    loaded, qerr = _load(q, f, [])
+    assert not loaded
+    errors = [p for p in rep["problems"] if p["severity"] == "error"]
+    assert all(p["code"].startswith("target-") for p in errors)
+    first = errors[0]
+    assert any(x in qerr for x in first["qemu"]), (qerr, first)
+    # QEMU's own message text for it, word for word up to the first colon-separated value
+    line = next(ln for ln in qerr.splitlines() if any(x in ln for x in first["qemu"]))
+    assert line.split(": ", 1)[1].split(".")[0][:40] in first["cause"], (line, first["cause"])
