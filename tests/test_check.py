@@ -703,3 +703,15 @@ def test_target_snapshot_agrees_with_live_qemu(bios_captures: dict, extra: tuple
     # QEMU's own message text for it, word for word up to the first colon-separated value
     line = next(ln for ln in qerr.splitlines() if any(x in ln for x in first["qemu"]))
     assert line.split(": ", 1)[1].split(".")[0][:40] in first["cause"], (line, first["cause"])
+
+
+@pytest.mark.qemu
+def test_mapped_ram_without_capability_fails_as_noted(bios_captures: dict) -> None:
+    """Loading a mapped-ram file without setting the capability fails with the message the
+    `needs-mapped-ram` note names."""
+    p = bios_captures["dir"] / "mapped.mig"
+    rc, out, _ = _cli("check", str(p), "--json")
+    note = next(x for x in json.loads(out)["problems"] if x["code"] == "needs-mapped-ram")
+    loaded, qerr = _load(bios_captures["qemu"], p, [])
+    assert not loaded
+    assert any(x in qerr for x in note["qemu"]), qerr

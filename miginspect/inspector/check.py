@@ -413,6 +413,7 @@ def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None) -> 
         probs += _section_checks(walk)
         probs += _trailer_checks(walk)
     probs += _ram_checks(walk)
+    probs += _version_notes(walk)
     probs = _dedupe(probs)
     probs.sort(key=lambda p: (p.offset is None, p.offset or 0))
     verdict = verdict_of(probs)
@@ -625,6 +626,25 @@ def _int(v: Any) -> int | None:
         return int(v)
     except (TypeError, ValueError):
         return None
+
+
+def _version_notes(walk: StreamWalk) -> list[Problem]:
+    """What the file needs of the destination QEMU's version (info)."""
+    out: list[Problem] = []
+    sw = next((s for s in walk.sections if s.kind == "COMMAND"
+               and s.cmd == S.MIG_CMD_SWITCHOVER_START), None)
+    if sw is not None:
+        out.append(Problem("info", sw.offset, "command",
+                           "SWITCHOVER_START command: written by QEMU >= 10.0",
+                           "load it with QEMU >= 10.0 (older ones stop with 'MIG_CMD 0xb "
+                           "unknown')", "needs-qemu-10", ["MIG_CMD 0xb unknown"]))
+    if walk.mapped_ram and walk.configuration is not None:
+        out.append(Problem("info", walk.configuration.offset, "configuration",
+                           "mapped-ram capability: needs QEMU >= 9.0 and the capability set "
+                           "on the destination before migrate-incoming",
+                           "see 'to load it' below", "needs-mapped-ram",
+                           ["Capability mapped-ram is off, but received capability is on"]))
+    return out
 
 
 def _ram_checks(walk: StreamWalk) -> list[Problem]:
