@@ -53,12 +53,25 @@ class PageReader:
         if hit is not None:
             return hit
         assert self.rt is not None
-        rt = self.rt
-        recs = np.flatnonzero((rt.block == bm.block.index) & (rt.page == index))
-        out = self._replay_records(recs)
+        sel, pages = self._by_page(bm.block.index)
+        lo, hi = np.searchsorted(pages, [index, index + 1])
+        out = self._replay_records(sel[lo:hi])
         if len(self._replayed) < 4096:
             self._replayed[key] = out
         return out
+
+    def _by_page(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's record indices sorted by page (stream order kept within a page),
+        and their pages: built once per block so single-page replays stay cheap."""
+        cache = self.__dict__.setdefault("_by_page_cache", {})
+        if block not in cache:
+            rt = self.rt
+            assert rt is not None
+            sel = np.flatnonzero(rt.block == block)
+            order = np.argsort(rt.page[sel], kind="stable")
+            sel = sel[order]
+            cache[block] = (sel, rt.page[sel])
+        return cache[block]
 
     def _replay_records(self, recs: np.ndarray) -> bytes:
         rt = self.rt
