@@ -460,3 +460,27 @@ def test_many_tiny_sections(bases: list[Base], tmp_path: Path) -> None:
         assert "MIGINSPECT_MAX_SECTIONS" in out
         assert dt < 3 * TIME_LIMIT
         assert peak < HEAP_PER_BYTE * len(data) + HEAP_OVERHEAD
+
+
+def test_struct_headers_match_grammar(bases: list[Base]) -> None:
+    """The walker reads section and command headers with struct (speed on hostile input);
+    on real bytes they equal what the construct grammars parse."""
+    from miginspect.formats import stream as S
+    from miginspect.inspector.stream import walk_stream
+
+    for b in bases:
+        if b.name.startswith(("zstd", "libvirt", "damaged")):
+            continue
+        w = walk_stream(b.data)
+        assert w.error is None, w.error
+        for s in w.sections:
+            if s.kind in ("START", "FULL"):
+                h = S.section_header_full.parse(b.data[s.offset + 1:])
+                assert (h.section_id, h.idstr, h.instance_id, h.version_id) == (
+                    s.section_id, s.idstr, s.instance_id, s.version_id)
+            elif s.kind in ("PART", "END"):
+                assert S.section_header_part.parse(b.data[s.offset + 1:]).section_id == \
+                    s.section_id
+            elif s.kind == "COMMAND":
+                c = S.command.parse(b.data[s.offset + 1:])
+                assert (c.cmd, s.end - s.offset) == (s.cmd, 5 + c.len)
