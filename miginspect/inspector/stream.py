@@ -432,6 +432,13 @@ class StreamWalker:
                 raise TruncatedError(
                     f"device section {sec.idstr!r} needs {n} bytes (vmdescription), the data "
                     f"ends {end - self.end} bytes short", sec.payload_offset, sec.idstr or "")
+            nxt = end + 5
+            if (w.footers and nxt <= self.end and self.buf[end] == S.QEMU_VM_SECTION_FOOTER
+                    and (nxt == self.end or self.buf[nxt] in (0, 1, 2, 3, 4, 8))):
+                # a footer where the description says, with another id: QEMU's loader
+                # stops here ("Mismatched section id in footer"); so does _footer()
+                sec.sized_by = "vmdesc"
+                return end
             w.note("warning", sec.offset, sec.idstr or "",
                    f"vmdescription size {n} of {sec.idstr!r} does not land on its footer; "
                    "sized by footer search instead")
