@@ -34,6 +34,7 @@ class PageReader:
         self.rt = records
         self._zero = bytes(page_size)
         self._replayed: dict[tuple[int, int], bytes] = {}
+        self._by_page_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         #: Source.release: drop pages already read from the resident set
         self.release: Callable[[int, int], None] | None = None
 
@@ -63,7 +64,7 @@ class PageReader:
     def _by_page(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """The block's record indices sorted by page (stream order kept within a page),
         and their pages: built once per block so single-page replays stay cheap."""
-        cache = self.__dict__.setdefault("_by_page_cache", {})
+        cache = self._by_page_cache
         if block not in cache:
             rt = self.rt
             assert rt is not None
@@ -105,17 +106,13 @@ class PageReader:
         out: dict[int, bytes] = {}
         if bm.replay_pages is None or not len(bm.replay_pages) or self.rt is None:
             return out
-        rt = self.rt
-        sel = np.flatnonzero(rt.block == bm.block.index)
-        pages = rt.page[sel]
+        sel, pages = self._by_page(bm.block.index)
         want = np.isin(pages, bm.replay_pages)
         sel, pages = sel[want], pages[want]
-        order = np.argsort(pages, kind="stable")
-        sel, pages = sel[order], pages[order]
         bounds = np.flatnonzero(np.diff(pages)) + 1
         for group in np.split(sel, bounds):
             if len(group):
-                out[int(rt.page[group[0]])] = self._replay_records(group)
+                out[int(self.rt.page[group[0]])] = self._replay_records(group)
         return out
 
     def iter_data_pages(

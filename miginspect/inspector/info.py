@@ -75,13 +75,10 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
     rt = cap.walk.records
     for b in cap.blocks:
         bm = cap.maps[b.name]
-        counts = {R.RAM_SAVE_FLAG_PAGE: 0, R.RAM_SAVE_FLAG_ZERO: 0, R.RAM_SAVE_FLAG_XBZRLE: 0,
-                  R.RAM_SAVE_FLAG_COMPRESS_PAGE: 0}
-        if cap.format == "legacy" and rt is not None and len(rt):
-            kinds = rt.kind[rt.block == b.index]
-            vals, cnt = np.unique(kinds, return_counts=True)
-            for v, c in zip(vals.tolist(), cnt.tolist(), strict=True):
-                counts[v] = c
+        if cap.format == "legacy" and rt is not None:
+            counts = rt.kind_counts(rt.block == b.index)
+        else:
+            counts = dict.fromkeys(R.PAGE_RECORD_FLAGS, 0)
         data = bm.count(PAGE_DATA)
         mr = None
         if b.mapped_ram is not None:

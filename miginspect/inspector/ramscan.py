@@ -53,6 +53,15 @@ class RecordTable:
     def __len__(self) -> int:
         return len(self.rec_off)
 
+    def kind_counts(self, rows: np.ndarray | None = None) -> dict[int, int]:
+        """Records of each page kind (RAM_SAVE_FLAG_ZERO/PAGE/XBZRLE/COMPRESS_PAGE), over
+        all rows or the selected ones (indices or a mask)."""
+        out = dict.fromkeys(R.PAGE_RECORD_FLAGS, 0)
+        vals, cnt = np.unique(self.kind if rows is None else self.kind[rows],
+                              return_counts=True)
+        out.update(zip(vals.tolist(), cnt.tolist(), strict=True))
+        return out
+
     @property
     def nbytes(self) -> int:
         cols = (self.rec_off, self.data_off, self.block, self.page, self.kind)

@@ -384,17 +384,14 @@ def size_report(cap: Capture, top: int = 10) -> SizeReport:
     for b in w.blocks:
         bm = maps[b.name]
         data = bm.count(PAGE_DATA)
-        counts = {R.RAM_SAVE_FLAG_PAGE: 0, R.RAM_SAVE_FLAG_ZERO: 0, R.RAM_SAVE_FLAG_XBZRLE: 0,
-                  R.RAM_SAVE_FLAG_COMPRESS_PAGE: 0}
+        counts = dict.fromkeys(R.PAGE_RECORD_FLAGS, 0)
         written = hdr_bytes = page_payload = xb_saved = 0
         nrec = 0
         if rs is not None and rt is not None:
             sel = np.flatnonzero(rt.block == b.index)
             nrec = len(sel)
             kinds = rt.kind[sel]
-            vals, cnt = np.unique(kinds, return_counts=True)
-            for v, c in zip(vals.tolist(), cnt.tolist(), strict=True):
-                counts[v] = c
+            counts = rt.kind_counts(sel)
             written = int(rec_total[sel].sum())
             hdr_bytes = int(rs.header[sel].sum())
             page_payload = counts[R.RAM_SAVE_FLAG_PAGE] * ps
