@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import Timing, miginspect_argv, run_once  # noqa: E402
+from benchlib import Timing, cat_argv, miginspect_argv, record, run_once  # noqa: E402
 
 
 def drop_cache(files: list[str]) -> None:
@@ -53,7 +53,7 @@ def main() -> int:
         ap.error("--runs must be >= 3 (medians)")
     files = [os.path.abspath(args.a), os.path.abspath(args.b)]
     total = sum(os.path.getsize(f) for f in files)
-    cat = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files]
+    cat = cat_argv(files)
     diff = miginspect_argv("diff", *files, "--json", *(["--ram-only"] if args.ram_only else []),
                            *(["--jobs", str(args.jobs)] if args.jobs else []))
     if not args.cold:
@@ -64,13 +64,9 @@ def main() -> int:
         for t, argv in ((tc, cat), (td, diff)):
             if args.cold:
                 drop_cache(files)
-            dt, rss, code = run_once(argv)
+            code = record(t, argv, ok_codes=(0, 1) if t is td else (0,))
             if t is td:
                 codes.add(code)
-                if code not in (0, 1):
-                    sys.exit(f"diff exited {code}: {' '.join(argv)}")
-            t.seconds.append(dt)
-            t.max_rss_kib.append(rss)
     mb = total / 1e6
     print(f"A: {files[0]} ({os.path.getsize(files[0]):,} B)")
     print(f"B: {files[1]} ({os.path.getsize(files[1]):,} B)")

@@ -15,7 +15,14 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import cat_baseline, measure, miginspect_argv, report, run_once  # noqa: E402
+from benchlib import (  # noqa: E402
+    Timing,
+    cat_argv,
+    interleaved,
+    miginspect_argv,
+    report,
+    run_once,
+)
 
 
 def main() -> int:
@@ -25,8 +32,10 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.25)
     a = ap.parse_args()
     size = os.path.getsize(a.file)
-    base = cat_baseline([a.file], a.runs)
-    tool = measure("info", miginspect_argv("info", "--json", a.file), a.runs)
+    cat = cat_argv([a.file])
+    run_once(cat)  # warm the page cache
+    base, tool = Timing("cat", [], []), Timing("info", [], [])
+    interleaved([(base, cat), (tool, miginspect_argv("info", "--json", a.file))], a.runs)
     ratio = report(size, base, tool, a.target)
     with tempfile.NamedTemporaryFile(suffix=".json") as tf:
         run_once(miginspect_argv("info", "--json", a.file), tf.name)

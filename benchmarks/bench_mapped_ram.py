@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import Timing, miginspect_argv, run_once  # noqa: E402
+from benchlib import Timing, cat_argv, miginspect_argv, record, run_once  # noqa: E402
 
 
 def main() -> int:
@@ -50,7 +50,7 @@ def main() -> int:
     print(f"  apparent {st.st_size:,} B, allocated {st.st_blocks * 512:,} B; guest RAM "
           f"{ram / 2**30:.2f} GiB, data pages {data / 2**30:.2f} GiB"
           + ("" if ram >= 1 << 30 else "  (note: guest below 1 GiB)"))
-    cat = ["sh", "-c", 'cat "$1" > /dev/null', "cat", path]
+    cat = cat_argv([path])
     cmds = [
         (Timing("cat", [], []), cat),
         (Timing("info", [], []), miginspect_argv("info", "--json", path)),
@@ -59,15 +59,9 @@ def main() -> int:
     startup = Timing("startup", [], [])  # interpreter + imports, for context
     run_once(cat)  # warm the page cache
     for _ in range(args.runs):
-        dt, rss, _ = run_once(miginspect_argv("--help"))
-        startup.seconds.append(dt)
-        startup.max_rss_kib.append(rss)
+        record(startup, miginspect_argv("--help"))
         for t, argv in cmds:
-            dt, rss, code = run_once(argv)
-            if code:
-                sys.exit(f"{t.label} exited {code}: {' '.join(argv)}")
-            t.seconds.append(dt)
-            t.max_rss_kib.append(rss)
+            record(t, argv)
     mb = st.st_size / 1e6
     base = cmds[0][0]
     ok = True

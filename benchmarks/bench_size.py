@@ -24,7 +24,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import Timing, miginspect_argv, report, run_once  # noqa: E402
+from benchlib import Timing, cat_argv, miginspect_argv, record, report, run_once  # noqa: E402
 
 GIB = 1 << 30
 
@@ -39,19 +39,15 @@ def main() -> int:
         ap.error("--runs must be >= 3 (medians)")
     path = os.path.abspath(args.file)
     total = os.path.getsize(path)
-    cat = ["sh", "-c", 'cat "$1" > /dev/null', "cat", path]
+    cat = cat_argv([path])
     size = miginspect_argv("size", "--json", path)
     run_once(cat)  # warm the page cache
     tc, ts = Timing("cat", [], []), Timing("size", [], [])
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "size.json")
         for _ in range(args.runs):
-            for t, argv in ((tc, cat), (ts, size)):
-                dt, rss, code = run_once(argv, out if t is ts else os.devnull)
-                if code != 0:
-                    sys.exit(f"{t.label} exited {code}: {' '.join(argv)}")
-                t.seconds.append(dt)
-                t.max_rss_kib.append(rss)
+            record(tc, cat)
+            record(ts, size, out)
         with open(out) as f:
             r = json.load(f)
     print(f"file: {path}")

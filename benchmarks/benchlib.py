@@ -36,21 +36,27 @@ def run_once(argv: list[str], stdout_path: str = os.devnull) -> tuple[float, int
     return dt, ru.ru_maxrss, os.waitstatus_to_exitcode(status)
 
 
-def measure(label: str, argv: list[str], runs: int, ok_codes: tuple[int, ...] = (0,)) -> Timing:
-    t = Timing(label, [], [])
+def record(t: Timing, argv: list[str], stdout_path: str = os.devnull,
+           ok_codes: tuple[int, ...] = (0,)) -> int:
+    """Run `argv` once, add its wall time and peak RSS to `t`; exit on an unexpected status."""
+    dt, rss, code = run_once(argv, stdout_path)
+    if code not in ok_codes:
+        sys.exit(f"{t.label}: {' '.join(argv)} exited {code}")
+    t.seconds.append(dt)
+    t.max_rss_kib.append(rss)
+    return code
+
+
+def interleaved(cmds: list[tuple[Timing, list[str]]], runs: int) -> None:
+    """`runs` rounds of every command in turn, so a busy machine slows them alike."""
     for _ in range(runs):
-        dt, rss, code = run_once(argv)
-        if code not in ok_codes:
-            sys.exit(f"{label}: {' '.join(argv)} exited {code}")
-        t.seconds.append(dt)
-        t.max_rss_kib.append(rss)
-    return t
+        for t, argv in cmds:
+            record(t, argv)
 
 
-def cat_baseline(files: list[str], runs: int) -> Timing:
-    argv = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files]
-    measure("warm-up", argv, 1)  # page cache warm
-    return measure("cat", argv, runs)
+def cat_argv(files: list[str]) -> list[str]:
+    """`cat FILE... > /dev/null`, the baseline every benchmark is compared with."""
+    return ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files]
 
 
 def miginspect_argv(*args: str) -> list[str]:
