@@ -77,6 +77,23 @@ def qemu_binary() -> str | None:
     return shutil.which("qemu-system-x86_64")
 
 
+@pytest.fixture(scope="module")
+def opened():
+    """`opened(name)`: the bundled capture `name`, opened once per test module."""
+    from miginspect.inspector.capture import open_capture
+
+    caps: dict = {}
+
+    def get(name: str):  # noqa: ANN202
+        if name not in caps:
+            caps[name] = open_capture(str(sample_path(name)))
+        return caps[name]
+
+    yield get
+    for c in caps.values():
+        c.close()
+
+
 @pytest.fixture
 def need_qemu() -> str:
     q = qemu_binary()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -257,14 +256,6 @@ def test_target_bad_description_is_a_usage_error(tmp_path: Path) -> None:
     assert rc == 2
     with pytest.raises(Exception):  # noqa: B017 - load_target raises a UsageError
         load_target(str(tmp_path / "missing"))
-
-
-def test_check_imports_no_rich() -> None:
-    code = ("import sys; import miginspect.inspector.check, miginspect.inspector.target; "
-            "sys.exit('rich' in sys.modules)")
-    import subprocess
-
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_check_file_never_raises_on_damage(tmp_path: Path) -> None:

@@ -143,14 +143,6 @@ def test_no_vmdescription_is_a_one_line_error(tmp_path, capsys):
 SAMPLES = sample_names()
 
 
-@pytest.fixture(scope="module")
-def opened():
-    caps = {}
-    yield lambda name: caps.setdefault(name, open_capture(str(sample_path(name))))
-    for c in caps.values():
-        c.close()
-
-
 @pytest.mark.skipif(not SAMPLES, reason="no bundled samples (samples/generate.py)")
 @pytest.mark.parametrize("name", SAMPLES)
 def test_every_device_decodes_to_its_section_end(name, opened):

@@ -172,14 +172,6 @@ STATE_A = [n for n in ("q10-state-A-legacy", "q10-state-A-mapped-ram", "q10-stat
 needs = pytest.mark.skipif
 
 
-@pytest.fixture(scope="module")
-def opened():
-    caps = {}
-    yield lambda name: caps.setdefault(name, open_capture(str(sample_path(name))))
-    for c in caps.values():
-        c.close()
-
-
 def _pmem_pages(name: str) -> np.ndarray:
     """QEMU's pmemsave of the VM after the save, as 8-byte blake2b per 4 KiB page."""
     meta = sample_meta(name)["pmemsave"]
@@ -286,17 +278,6 @@ def test_two_saves_of_one_paused_vm_differ_only_in_clock_fields(opened):
         dev, = decode_devices(opened(a), only=d.key).devices
         paths = {p for p, _ in dev.leaves()}
         assert {f.path for f in d.fields} <= paths
-
-
-def test_analysis_modules_do_not_import_rich():
-    import subprocess
-    import sys
-
-    code = ("import sys, miginspect.inspector.diff, miginspect.inspector.devices, "
-            "miginspect.formats.vmstate; print('rich' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "False"
 
 
 def test_without_vmdescription_devices_are_not_compared(tmp_path, capsys):

@@ -36,14 +36,6 @@ def _ram(meta: dict) -> dict:
     return meta["query-migrate"]["ram"]
 
 
-@pytest.fixture(scope="module")
-def opened():
-    caps = {}
-    yield lambda name: caps.setdefault(name, open_capture(str(sample_path(name))))
-    for c in caps.values():
-        c.close()
-
-
 @pytest.mark.parametrize("name", LEGACY)
 def test_record_counts_equal_query_migrate(name, opened):
     cap = opened(name)
@@ -199,10 +191,3 @@ def test_cli_subprocess_never_prints_a_traceback(tmp_path):
     assert "Traceback" not in p.stderr
     assert "offset 0x" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
-
-
-def test_analysis_modules_do_not_import_rich():
-    code = ("import sys; import miginspect.inspector.info, miginspect.inspector.capture; "
-            "print('rich' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "False"

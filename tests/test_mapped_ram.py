@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -257,13 +256,6 @@ def test_unknown_header_version_is_unsupported(tmp_path) -> None:  # noqa: ANN00
     with open_capture(p, strict=False) as cap:
         assert isinstance(cap.walk.error, UnsupportedError)
         assert cap.walk.error.offset == hoff
-
-
-def test_analysis_modules_do_not_import_rich() -> None:
-    code = ("import sys; import miginspect.inspector.mapped_ram, miginspect.inspector.mapview, "
-            "miginspect.inspector.extract, miginspect.inspector.physical; "
-            "assert 'rich' not in sys.modules, 'rich imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 DAMAGED = [n for n in ("mapped-ram-bitmap-past-eof", "mapped-ram-truncated")

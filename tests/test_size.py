@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -378,12 +376,6 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str])
     junk.write_bytes(b"QEVM\x00\x00\x00\x03" + b"\x09" * 64)
     assert main(["size", str(junk)]) == 1
     assert "offset 0x8" in capsys.readouterr().err
-
-
-def test_analysis_does_not_import_rich() -> None:
-    code = ("import sys, miginspect.inspector.size, miginspect.inspector.rounds; "
-            "sys.exit(1 if 'rich' in sys.modules else 0)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_libvirt_wrapper_is_container_overhead(tmp_path) -> None:
