@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import SAMPLES, sample_meta, sample_names, sample_path, unpack
+from qemu_harness import QemuVM, QmpError
 
 from miginspect.cli import main as cli_main
 from miginspect.inspector.check import check_file
@@ -272,105 +274,36 @@ def test_check_file_never_raises_on_damage(tmp_path: Path) -> None:
 # A BIOS-only VM (no guest kernel) saved by the installed QEMU, damaged here in ways the
 # bundled damaged samples do not cover, loaded back into a fresh QEMU: `check` must
 # exit as QEMU behaved and name QEMU's message.
-QEMU_ARGS = ["-accel", "tcg", "-m", "64", "-display", "none", "-nic", "none", "-S"]
-
-
-def _qmp(sock: Path, proc) -> tuple:  # noqa: ANN001
-    import socket
-    import time
-
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(30)
-    for _ in range(300):
-        try:
-            s.connect(str(sock))
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("QEMU exited before QMP came up") from None
-            time.sleep(0.05)
-    f = s.makefile("rw")
-    json.loads(f.readline())
-
-    def cmd(name: str, **args) -> dict:  # noqa: ANN003
-        f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-        f.flush()
-        while True:
-            line = f.readline()
-            if not line:
-                raise EOFError("QEMU closed QMP")
-            r = json.loads(line)
-            if "return" in r or "error" in r:
-                return r
-
-    cmd("qmp_capabilities")
-    return s, cmd
-
-
-def _caps_cmd(cmd, caps: list[str]) -> None:  # noqa: ANN001
-    if caps:
-        cmd("migrate-set-capabilities",
-            capabilities=[{"capability": c, "state": True} for c in caps])
+def _on(caps: list[str]) -> dict[str, bool]:
+    return {c: True for c in caps}
 
 
 def _save(qemu: str, out: Path, caps: list[str], extra: tuple[str, ...] = ()) -> None:
-    import subprocess
-    import time
-
-    sock = out.with_suffix(".sock")
-    p = subprocess.Popen([qemu, *QEMU_ARGS, *extra, "-qmp", f"unix:{sock},server=on,wait=off"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        s, cmd = _qmp(sock, p)
-        _caps_cmd(cmd, caps)
-        cmd("migrate", uri=f"file:{out}")
-        for _ in range(600):
-            st = cmd("query-migrate")["return"].get("status")
-            if st in ("completed", "failed"):
-                break
-            time.sleep(0.05)
+    with QemuVM(*extra, binary=qemu) as vm:  # -m 64 comes first; a later -m in extra wins
+        st = vm.save(out, _on(caps))["status"]
         assert st == "completed", st
-        cmd("quit")
-        s.close()
-        p.wait(30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
 
 
 def _load(qemu: str, path: Path, caps: list[str], uri: str | None = None
           ) -> tuple[bool, str]:
     """(loaded, QEMU's stderr) for `path` (or `uri`) loaded into a fresh -incoming defer
     QEMU."""
-    import subprocess
-    import time
-
-    sock = path.with_suffix(".lsock")
-    p = subprocess.Popen([qemu, *QEMU_ARGS, "-qmp", f"unix:{sock},server=on,wait=off",
-                          "-incoming", "defer"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    vm = QemuVM("-incoming", "defer", binary=qemu)
     loaded = False
     try:
-        s, cmd = _qmp(sock, p)
-        _caps_cmd(cmd, caps)
-        cmd("migrate-incoming", uri=uri or f"file:{path}")
-        for _ in range(600):
-            st = cmd("query-migrate")["return"].get("status")
-            if st in ("completed", "failed"):
-                break
-            time.sleep(0.05)
-        loaded = st == "completed"
-        cmd("quit")
-        s.close()
-    except (EOFError, OSError, RuntimeError):
-        pass  # QEMU exits on a failed incoming migration
-    try:
-        _, err = p.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        _, err = p.communicate()
-    return loaded, err
+        try:
+            loaded = vm.load(uri or f"file:{path}", _on(caps))["status"] == "completed"
+        except (EOFError, OSError, QmpError):
+            pass  # QEMU exits on a failed incoming migration
+        vm.qmp.quit()
+        try:
+            vm.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            vm.proc.kill()
+            vm.proc.wait()
+        return loaded, vm.stderr()
+    finally:
+        vm.close()
 
 
 @pytest.fixture(scope="module")

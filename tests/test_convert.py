@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ import pytest
 import xxhash
 import zstandard
 from conftest import SAMPLES, sample_meta, sample_path, unpack
+from qemu_harness import load_into_qemu
 
 from miginspect.cli import main
 from miginspect.formats import configuration as C
@@ -49,12 +47,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _masked_sha256(path: Path, lo: int, hi: int) -> str:
-    data = bytearray(path.read_bytes())
-    data[lo : hi + 1] = bytes(hi + 1 - lo)
-    return hashlib.sha256(data).hexdigest()
-
-
 def _pmem_pages(name: str, folder: Path = SAMPLES) -> np.ndarray:
     """QEMU's pmemsave digests: blake2b-64 of every 4 KiB guest-physical page."""
     raw = zstandard.ZstdDecompressor().decompress(
@@ -62,109 +54,14 @@ def _pmem_pages(name: str, folder: Path = SAMPLES) -> np.ndarray:
     return np.frombuffer(raw, dtype="S8")
 
 
-def _restore_argv(meta: dict, qemu: str, work: Path) -> list[str]:
-    """The sample's own QEMU command line (machine, -m, devices, kernel), with private
-    serial/QMP paths, paused and waiting for an incoming migration."""
-    argv = list(meta["qemu"]["argv"])
-    # RAM comes from the file: a lab kernel missing on this machine changes no device
-    kernel_ok = all(os.path.exists(argv[argv.index(o) + 1]) for o in ("-kernel", "-initrd")
-                    if o in argv)
-    out = [qemu]
-    i = 1
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-serial", "-qmp", "-kernel", "-initrd", "-append"):
-            if a == "-serial":
-                out += [a, "null"]  # keeps the serial device
-            elif a == "-qmp":
-                out += [a, f"unix:{work / 'qmp.sock'},server=on,wait=off"]
-            elif kernel_ok:
-                out += [a, argv[i + 1]]
-            i += 2
-            continue
-        out.append(a)
-        i += 1
-    return [*out, "-S", "-incoming", "defer"]
-
-
-class _QMP:
-    def __init__(self, path: Path, proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(120)
-        self.f = self.sock.makefile("rb")
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name: str, **args: object) -> object:
-        self.sock.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise EOFError("QMP closed")
-            r = json.loads(line)
-            if "event" in r:
-                continue
-            if "error" in r:
-                raise RuntimeError(f"{name}: {r['error']}")
-            return r.get("return")
-
-
-def qemu_restore_digest(qemu: str, meta: dict, path: Path, work: Path, caps: list[str],
-                        uri_offset: int = 0) -> tuple[str, dict]:
-    """Load `path` into a fresh paused QEMU; return pmemsave's masked sha256 and the
-    final query-migrate. The guest is never resumed."""
-    work.mkdir(parents=True, exist_ok=True)
-    argv = _restore_argv(meta, qemu, work)
-    errlog = open(work / "qemu.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
-    try:
-        q = _QMP(work / "qmp.sock", proc)
-        if caps:
-            q.cmd("migrate-set-capabilities",
-                  capabilities=[{"capability": c, "state": True} for c in caps])
-        uri = f"file:{path}" + (f",offset={uri_offset:#x}" if uri_offset else "")
-        q.cmd("migrate-incoming", uri=uri)
-        deadline = time.monotonic() + 300
-        while True:
-            st = q.cmd("query-migrate")
-            if st.get("status") in ("completed", "failed"):
-                break
-            assert time.monotonic() < deadline, "incoming migration did not finish"
-            time.sleep(0.1)
-        assert st.get("status") == "completed", \
-            f"QEMU refused {path.name}: {st} {(work / 'qemu.log').read_text()}"
-        assert q.cmd("query-status")["running"] is False
-        pm = meta["pmemsave"]
-        dump = work / "pmem.bin"
-        q.cmd("pmemsave", val=0, size=pm["size"], filename=str(dump))
-        for _ in range(100):
-            if dump.exists() and dump.stat().st_size == pm["size"]:
-                break
-            time.sleep(0.05)
-        lo, hi = pm["masked_range"]
-        digest = _masked_sha256(dump, lo, hi)
-        dump.unlink()
-        try:
-            q.cmd("quit")
-        except (OSError, EOFError):
-            pass
-        proc.wait(30)
-        return digest, st
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        errlog.close()
+def qemu_restore_digest(meta: dict, path: Path, caps: list[str]) -> tuple[str, dict]:
+    """Load `path` into a fresh paused QEMU with the sample's command line; return
+    pmemsave's masked sha256 and the final query-migrate. The guest is never resumed."""
+    mem, st = load_into_qemu(meta, path, {c: True for c in caps})
+    lo, hi = meta["pmemsave"]["masked_range"]
+    mem = bytearray(mem)
+    mem[lo : hi + 1] = bytes(hi + 1 - lo)
+    return hashlib.sha256(mem).hexdigest(), st
 
 
 def _layout_like_qemu(cap) -> None:  # noqa: ANN001
@@ -260,7 +157,7 @@ def test_live_legacy_to_mapped_ram_restored_by_qemu(live_to_mapped, need_qemu, t
         -> None:  # noqa: ANN001
     src, out, rep = live_to_mapped
     meta = sample_meta(LIVE)
-    digest, st = qemu_restore_digest(need_qemu, meta, out, tmp_path, ["mapped-ram"])
+    digest, st = qemu_restore_digest(meta, out, ["mapped-ram"])
     assert digest == meta["pmemsave"]["sha256_masked"]
 
 
@@ -300,7 +197,7 @@ def test_xbzrle_stream_to_mapped_ram(tmp_path, need_qemu) -> None:  # noqa: ANN0
         got = _pc_ram_digests(cap)
     keep = _vga_mask(len(got))
     assert np.array_equal(got[keep], _pmem_pages(name)[: len(got)][keep])
-    digest, _ = qemu_restore_digest(need_qemu, meta, out, tmp_path / "q", ["mapped-ram"])
+    digest, _ = qemu_restore_digest(meta, out, ["mapped-ram"])
     assert digest == meta["pmemsave"]["sha256_masked"]
 
 
@@ -349,7 +246,7 @@ def test_mapped_ram_to_legacy_restored_by_qemu(mapped_to_legacy, need_qemu, tmp_
         -> None:  # noqa: ANN001
     src, out, rep = mapped_to_legacy
     meta = sample_meta(MAPPED)
-    digest, st = qemu_restore_digest(need_qemu, meta, out, tmp_path, [])
+    digest, st = qemu_restore_digest(meta, out, [])
     assert digest == meta["pmemsave"]["sha256_masked"]
 
 
