@@ -112,9 +112,7 @@ _ptype = this.flags & ~RAM_SAVE_FLAG_CONTINUE
 #: for mapped-ram, a jump in the file; see `ramblock_entry`). The payload of a
 #: PAGE is `page_size` raw bytes.
 ram_page_record = Struct(
-    "word" / Int64ub,
-    "flags" / Computed(this.word & (this._params.page_size - 1)),
-    "addr" / Computed(lambda ctx: ctx.word & ~(ctx._params.page_size - 1)),
+    *ram_record_word.subcons,
     "idstr"
     / If(
         lambda ctx: (ctx.flags & ~RAM_SAVE_FLAG_CONTINUE) in PAGE_RECORD_FLAGS

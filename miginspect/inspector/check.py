@@ -48,7 +48,6 @@ VERDICT_UNKNOWN = "could not tell"
 
 #: The generic last lines QEMU prints after the specific message.
 QEMU_EIO = "load of migration failed: Input/output error"
-QEMU_EINVAL = "load of migration failed: Invalid argument"
 
 
 @dataclass

@@ -176,9 +176,6 @@ class _Output:
         self.flush()
         self.start = pos
 
-    def write_at(self, data: Any, off: int) -> None:
-        _pwrite_all(self.fd, data, off)
-
 
 # ---------------------------------------------------------------------------------
 # pieces built with the grammars

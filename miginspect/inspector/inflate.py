@@ -30,6 +30,7 @@ import numpy as np
 import zstandard
 
 from ..errors import FormatError, UnsupportedError
+from .parsing import short_error
 
 Progress = Callable[[int, int], None]
 
@@ -255,7 +256,7 @@ def decode(
                 progress(pos - start, end - start)
         except _DECODE_ERRORS as e:
             st.end = data_off
-            st.error = f"is damaged ({_short(e)})"
+            st.error = f"is damaged ({short_error(e)})"
             st.error_offset = data_off
             return st
         if not member.eof:
@@ -282,11 +283,6 @@ def decode(
         st.complete = True
         st.trailing = end - member_end
         return st
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__
 
 
 def decode_lzop(

@@ -27,9 +27,7 @@ from .stream import RamBlock
 PAGE_ABSENT = 0
 PAGE_ZERO = 1
 PAGE_DATA = 2
-STATE_NAMES = {PAGE_ABSENT: "never sent", PAGE_ZERO: "zero", PAGE_DATA: "data"}
 
-KIND_NONE = 0
 KIND_MAPPED = 0xFFFF  # final copy is in a mapped-ram region
 
 

@@ -44,10 +44,11 @@ def parse_at(
             ) from e
         raise FormatError(f"{what} is larger than {limit} bytes", offset, what) from e
     except (ConstructError, ValueError, UnicodeDecodeError, OverflowError) as e:
-        raise FormatError(f"cannot parse {what}: {_short(e)}", offset, what) from e
+        raise FormatError(f"cannot parse {what}: {short_error(e)}", offset, what) from e
     return obj, stream.tell()
 
 
-def _short(e: Exception) -> str:
+def short_error(e: BaseException) -> str:
+    """The last line of an exception's text (construct, zlib and lzma put the cause there)."""
     text = str(e).strip().splitlines()
     return text[-1] if text else type(e).__name__
