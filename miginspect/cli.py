@@ -34,13 +34,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name in COMMANDS:
         if only is not None and name != only:
             continue
-        try:
-            mod = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.endswith(f"commands.{name}"):
-                continue  # command not built yet
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
     return p
 
 
