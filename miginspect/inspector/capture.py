@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import FormatError, MigError, UsageError
 from .content import PageReader
 from .pagemap import BlockMap, legacy_maps, mapped_ram_map
+from .ramscan import empty_records
 from .source import Source, open_source
 from .stream import RamBlock, StreamWalk, walk_stream
 
@@ -53,9 +54,7 @@ class Capture:
                 raw = self.raw_bitmap(b)
                 out[b.name] = mapped_ram_map(b, raw, self.bitmap_layout)
             return out
-        if w.records is None:
-            return {b.name: legacy_maps([b], _empty_records())[b.name] for b in w.blocks}
-        return legacy_maps(w.blocks, w.records)
+        return legacy_maps(w.blocks, w.records if w.records is not None else empty_records())
 
     def raw_bitmap(self, b: RamBlock) -> np.ndarray:
         info = b.mapped_ram
@@ -93,12 +92,6 @@ class Capture:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _empty_records():  # noqa: ANN202
-    from .ramscan import _Columns
-
-    return _Columns().table()
 
 
 def open_capture(

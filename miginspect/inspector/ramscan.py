@@ -115,6 +115,11 @@ class _Columns:
         return RecordTable(*cols)
 
 
+def empty_records() -> RecordTable:
+    """A table with no rows (a stream whose RAM section was never reached)."""
+    return _Columns().table()
+
+
 class RamScanner:
     """Walks RAM records, keeping the per-stream CONTINUE state across sections."""
 
