@@ -1,0 +1,7 @@
+"""`python3 -m miginspect ...`: the same command line as the `miginspect` script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
