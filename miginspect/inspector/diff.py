@@ -32,7 +32,7 @@ from ..errors import MigError, UnsupportedError, UsageError
 from .capture import Capture, open_capture
 from .content import zero_hash
 from .devices import DeviceState, decode_devices
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
+from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, STATE_WORDS
 from .physical import DEFAULT_RAM_BLOCK, FOUR_GIB, below_4g_size
 
 # Per-page difference codes (BlockDiff.kind).
@@ -44,8 +44,7 @@ KIND_NAMES = {EQUAL: "equal", CHANGED: "changed", ONLY_A: "only_a", ONLY_B: "onl
 
 # Page states beside pagemap's: the block does not exist / the page lies past its end.
 STATE_MISSING = 9
-_STATE_LABELS = {PAGE_ABSENT: "never sent", PAGE_ZERO: "zero", PAGE_DATA: "data",
-                 STATE_MISSING: "missing"}
+_STATE_LABELS = {**STATE_WORDS, STATE_MISSING: "missing"}
 
 Progress = Callable[[int, int], None]
 
@@ -394,8 +393,8 @@ def diff_block(a: Side, b: Side, name: str) -> BlockDiff:
     kind[~same & (hb == zh)] = ONLY_A
     kind[~same & (ha == zh)] = ONLY_B
     counts = np.bincount(kind, minlength=4)
-    za = (sa == PAGE_ZERO) | (sa == PAGE_ABSENT) | (sa == STATE_MISSING)
-    zb = (sb == PAGE_ZERO) | (sb == PAGE_ABSENT) | (sb == STATE_MISSING)
+    za = (sa == PAGE_ZERO) | (sa == PAGE_NEVER_SENT) | (sa == STATE_MISSING)
+    zb = (sb == PAGE_ZERO) | (sb == PAGE_NEVER_SENT) | (sb == STATE_MISSING)
     trans: dict[str, int] = {}
     moved = sa != sb
     if moved.any():

@@ -42,7 +42,7 @@ import numpy as np
 from ..formats import mapped_ram as M
 from ..formats import ram as R
 from .capture import Capture
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
+from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, BlockMap
 from .ramscan import RecordTable
 from .rounds import find_rounds
 from .stream import RamBlock, Section, StreamWalk
@@ -413,7 +413,7 @@ def size_report(cap: Capture, top: int = 10) -> SizeReport:
         xb_saved_total += xb_saved
         blocks.append(BlockSize(
             name=b.name, used_length=b.used_length, pages=bm.pages, data_pages=data,
-            zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_ABSENT),
+            zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_NEVER_SENT),
             data_bytes=data * ps, records=nrec,
             page_records=counts[R.RAM_SAVE_FLAG_PAGE], zero_records=counts[R.RAM_SAVE_FLAG_ZERO],
             xbzrle_records=counts[R.RAM_SAVE_FLAG_XBZRLE],
