@@ -474,7 +474,7 @@ def test_virsh_restore_of_converted_images(tmp_path) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("mode", ["scatter", "span", "pages", "mmap"])
 def test_page_copier_reads_final_pages(mode: str) -> None:
     """Every way PageCopier reads a run gives the final page content our reader gives."""
-    from miginspect.inspector.convert import PageCopier
+    from miginspect.inspector.copier import PageCopier
 
     with open_capture(str(sample_path("q10-live-xbzrle"))) as cap:
         pc = PageCopier(cap, max_bytes=64 * PAGE)
