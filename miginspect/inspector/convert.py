@@ -60,6 +60,7 @@ from ..outfile import AtomicFile, check_output_file
 from .capture import Capture, open_capture
 from .copier import RUN_BYTES, PageCopier, pwrite_all
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
+from .size import mapped_ram_bounds
 from .stream import RamBlock, Section
 
 Progress = Callable[[int, int], None]
@@ -643,19 +644,14 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
 
 
 def _bound(cap: Capture, prefix_len: int) -> tuple[int, int | None, str]:
-    """The size audit's mapped-ram bounds when that module is there, else our own."""
-    try:
-        from .size import size_report
-    except ImportError:
-        size_report = None
-    if size_report is not None:
-        r = size_report(cap)
-        if r.mapped_ram_bound:
-            # an inflated libvirt image: the audit measures the stream without the header
-            extra = prefix_len if cap.source.container.libvirt is not None and \
-                cap.source.base == 0 else 0
-            return (r.mapped_ram_bound + extra, r.mapped_ram_allocated_bound + extra,
-                    "size audit (inspector.size)")
+    """The size audit's mapped-ram bounds (apparent and allocated), else the converter's
+    own apparent bound (a stream the audit cannot lay out)."""
+    b = mapped_ram_bounds(cap)
+    if b.bound:
+        # an inflated libvirt image: the audit measures the stream without the header
+        extra = prefix_len if cap.source.container.libvirt is not None and \
+            cap.source.base == 0 else 0
+        return b.bound + extra, b.allocated + extra, "size audit (inspector.size)"
     return mapped_ram_bound(cap, prefix_len), None, "format-spec §4.3 layout (inspector.convert)"
 
 
