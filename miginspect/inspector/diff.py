@@ -236,6 +236,10 @@ class DiffReport:
     blocks: list[BlockDiff]
     devices: DevicesDiff | None
     notices: list[str] = field(default_factory=list)
+    bitmap_layout_a: str | None = None  # mapped-ram sides: the layout the bitmaps were read with
+    bitmap_layout_b: str | None = None
+    bitmap_untrusted_a: dict[str, str] = field(default_factory=dict)  # block -> why
+    bitmap_untrusted_b: dict[str, str] = field(default_factory=dict)
 
     @property
     def ram_identical(self) -> bool:
@@ -255,8 +259,12 @@ class DiffReport:
 
     def to_json(self, pages: bool = False) -> dict[str, Any]:
         return {
-            "a": {"path": self.path_a, "format": self.format_a, "machine_type": self.machine_a},
-            "b": {"path": self.path_b, "format": self.format_b, "machine_type": self.machine_b},
+            "a": {"path": self.path_a, "format": self.format_a, "machine_type": self.machine_a,
+                  "bitmap_layout": self.bitmap_layout_a,
+                  "bitmap_untrusted": dict(self.bitmap_untrusted_a)},
+            "b": {"path": self.path_b, "format": self.format_b, "machine_type": self.machine_b,
+                  "bitmap_layout": self.bitmap_layout_b,
+                  "bitmap_untrusted": dict(self.bitmap_untrusted_b)},
             "identical": self.identical,
             "ram_identical": self.ram_identical,
             "devices_identical": self.devices_identical,
@@ -292,6 +300,8 @@ class Side:
     walk_error: str | None = None
     devices: list[DeviceState] | None = None
     devices_error: str | None = None
+    bitmap_layout: str | None = None  # mapped-ram: the layout its bitmaps were read with
+    bitmap_untrusted: dict[str, str] = field(default_factory=dict)  # block -> why
 
     def block(self, name: str) -> SideBlock | None:
         return next((b for b in self.blocks if b.name == name), None)
@@ -312,8 +322,12 @@ def summarize(cap: Capture, progress: Progress | None = None, devices: bool = Tr
         blocks.append(SideBlock(b.name, b.used_length, bm.state, cap.hashes(b.name, tick)))
         done[0] += bm.pages
         tick(0)
+    trust = cap.bitmap_trust
     side = Side(cap.path, cap.format, cap.walk.machine_type, cap.page_size, blocks,
-                cap.walk.error.oneline() if cap.walk.error is not None else None)
+                cap.walk.error.oneline() if cap.walk.error is not None else None,
+                bitmap_layout=cap.bitmap_layout,
+                bitmap_untrusted={n: c.untrusted for n, c in trust.blocks.items()
+                                  if c.untrusted})
     if devices:
         try:
             side.devices = decode_devices(cap).devices
@@ -493,6 +507,9 @@ def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
         if s.walk_error is not None:
             notices.append(f"{tag}: the walk stopped early ({s.walk_error}); pages after "
                            "that point count as never sent")
+        for block, why in s.bitmap_untrusted.items():
+            notices.append(f"{tag}: {block}: bitmap untrusted ({why}); pages were taken from "
+                           f"the {s.bitmap_layout} reading")
     blocks = diff_ram(a, b)
     dd = None
     if devices:
@@ -504,7 +521,8 @@ def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
     if a.machine_type != b.machine_type:
         notices.append(f"machine types differ: {a.machine_type} vs {b.machine_type}")
     return DiffReport(a.path, b.path, a.format, b.format, a.machine_type, b.machine_type,
-                      a.page_size, blocks, dd, notices)
+                      a.page_size, blocks, dd, notices, a.bitmap_layout, b.bitmap_layout,
+                      a.bitmap_untrusted, b.bitmap_untrusted)
 
 
 def diff_captures(a: Capture, b: Capture, progress: Progress | None = None,
