@@ -827,7 +827,7 @@ def size_verdict(r: SizeReport, maps: dict[str, BlockMap]) -> SizeVerdict:
     elif r.format == "mapped-ram":
         v.kind = (V_MAPPED_LAYOUT_MISMATCH if v.mismatched_blocks else
                   V_MAPPED_OFF_BOUND if v.bound_difference else V_MAPPED_AT_BOUND)
-        if v.kind == V_MAPPED_AT_BOUND:
+        if v.kind == V_MAPPED_AT_BOUND and not v.compressed:
             v.advice.append(A_COPY_SPARSE)
     else:
         v.kind = V_AMPLIFIED if r.resent_pages else \
@@ -895,18 +895,19 @@ def verdict_line(v: SizeVerdict) -> str:
                 f"({v.mapped_ram_bound:,} B): extra data after the stream or a cut-short "
                 "file" + cut)
     if v.kind == V_MAPPED_AT_BOUND:
+        disk = (f"compressed, it takes {v.allocated_size:,} B on disk; decompressed as a "
+                "sparse file it needs about" if v.compressed else
+                "copy it sparse-aware (cp --sparse=always, rsync -S), it needs about")
         return (f"mapped-ram file matches its layout bound exactly ({v.mapped_ram_bound:,} B "
                 f"apparent); {v.zero_share or 0:.0%} of the RAM regions are zero pages "
-                "(holes): copy it sparse-aware (cp --sparse=always, rsync -S), it needs about "
-                f"{v.mapped_ram_allocated_bound:,} B on disk" + cut)
+                f"(holes): {disk} {v.mapped_ram_allocated_bound:,} B on disk" + cut)
     versus = _versus_mapped_ram(v)
     if v.kind == V_AMPLIFIED:
         amp = f"{v.resend_amplification:.2f}x" if v.resend_amplification else "some"
-        once = (f"; {v.above_legacy_minimum:,} B more than sending every page once"
-                if v.above_legacy_minimum is not None else "")
-        hot = f": {_hot_text(v.hot)}" if v.hot is not None else ""
-        return (f"{amp} redirty amplification ({v.resent_bytes:,} B of re-sent pages){hot}"
-                f"{once}; {versus}{_advice_text(v)}" + cut)
+        hot = f"; {_hot_text(v.hot)}" if v.hot is not None else ""
+        return (f"{amp} redirty amplification: {v.resent_bytes:,} B of the "
+                f"{v.ram_bytes_written:,} B of page records re-send pages already sent{hot}; "
+                f"{versus}{_advice_text(v)}" + cut)
     return (f"every page sent once, no redirty amplification (record framing "
             f"{v.framing_bytes:,} B); {versus}{_advice_text(v)}" + cut)
 
