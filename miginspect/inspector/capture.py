@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import FormatError, MigError, UsageError
 from .content import PageReader
-from .mapped_ram import BitmapTrust, bitmap_trust
+from .mapped_ram import BitmapTrust, raw_bitmap, source_bitmap_trust
 from .pagemap import BlockMap, legacy_maps, mapped_ram_map
 from .ramscan import RecordTable, empty_records
 from .recindex import RecordIndex
@@ -71,8 +71,7 @@ class Capture:
         reports."""
         if not self.walk.mapped_ram:
             return BitmapTrust()
-        src = self.source
-        return bitmap_trust(src.buf, src.fd, self.walk.blocks, self.raw_bitmap, src.release)
+        return source_bitmap_trust(self.source, self.walk.blocks)
 
     @property
     def bitmap_layout(self) -> str | None:
@@ -88,11 +87,7 @@ class Capture:
         return legacy_maps(w.blocks, self.records, self.record_index)
 
     def raw_bitmap(self, b: RamBlock) -> np.ndarray:
-        info = b.mapped_ram
-        if info is None or info.skipped:
-            return np.zeros(0, np.uint8)
-        buf = self.source.buf
-        return np.frombuffer(buf, np.uint8, count=info.bitmap_bytes, offset=info.bitmap_offset)
+        return raw_bitmap(self.source.buf, b)
 
     @cached_property
     def reader(self) -> PageReader:

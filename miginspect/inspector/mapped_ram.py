@@ -148,6 +148,22 @@ class BitmapTrust:
         return c.untrusted if c is not None else None
 
 
+# -- reading -------------------------------------------------------------------------------
+def raw_bitmap(buf: Any, blk: RamBlock) -> np.ndarray:
+    """A mapped-ram block's bitmap bytes as written (empty for a skipped block)."""
+    info = blk.mapped_ram
+    if info is None or info.skipped:
+        return np.zeros(0, np.uint8)
+    return np.frombuffer(buf, np.uint8, count=info.bitmap_bytes, offset=info.bitmap_offset)
+
+
+def source_bitmap_trust(src: Any, blocks: Sequence[RamBlock]) -> BitmapTrust:
+    """`bitmap_trust` of an opened Source (anything with `buf`, `fd`, `release`) and the
+    walk's blocks: for callers that hold no Capture (`Capture.bitmap_trust` is this)."""
+    return bitmap_trust(src.buf, getattr(src, "fd", None), blocks,
+                        lambda b: raw_bitmap(src.buf, b), getattr(src, "release", None))
+
+
 # -- the one "bits past the last page" rule ----------------------------------------------
 def padding_bits(raw: np.ndarray, npages: int, layout: str = LAYOUT_LE64) -> int:
     """Bits set in a raw bitmap dump past its `npages` pages (QEMU never sets them)."""
@@ -343,7 +359,8 @@ def bitmap_trust(buf: Any, fd: int | None, blocks: Sequence[RamBlock],
     return trust
 
 
-__all__ = ["BitmapCheck", "BitmapTrust", "bitmap_trust", "best_layout", "padding_bits",
+__all__ = ["BitmapCheck", "BitmapTrust", "bitmap_trust", "source_bitmap_trust", "raw_bitmap",
+           "best_layout", "padding_bits",
            "padding_offset", "data_extents", "pages_with_data", "nonzero_pages",
            "LAYOUT_NAMES", "VERDICT_TRUSTED", "VERDICT_OTHER_HOST", "VERDICT_PADDING",
            "VERDICTS"]
