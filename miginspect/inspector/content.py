@@ -121,15 +121,17 @@ class PageReader:
         self, bm: BlockMap, progress: Callable[[int], None] | None = None
     ) -> Iterator[tuple[int, memoryview | bytes]]:
         """(page index, content) of every data page, ascending."""
-        replayed = self.replay_all(bm)  # the pages that need it; few in real captures
+        replayed = self.iter_replayed(bm)  # ascending too: merged on the way
+        nxt = next(replayed, None)
         idx = np.flatnonzero(bm.state == PAGE_DATA)
         offs = bm.offset[idx]
         buf = memoryview(self.buf) if not isinstance(self.buf, bytes) else self.buf
         ps = self.ps
         lo, hi = None, 0
         for n, (i, o) in enumerate(zip(idx.tolist(), offs.tolist(), strict=True)):
-            if replayed and i in replayed:
-                yield i, replayed[i]
+            if nxt is not None and nxt[0] == i:
+                yield nxt
+                nxt = next(replayed, None)
             else:
                 yield i, buf[o : o + ps]
                 lo = o if lo is None or o < lo else lo
