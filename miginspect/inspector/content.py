@@ -113,10 +113,6 @@ class PageReader:
         for p, a, b in zip(want.tolist(), lo.tolist(), hi.tolist(), strict=True):
             yield p, self._replay_records(rows[a:b])
 
-    def replay_all(self, bm: BlockMap) -> dict[int, bytes]:
-        """Final content of every page of `bm` that needs replaying, in one pass."""
-        return dict(self.iter_replayed(bm))
-
     def iter_data_pages(
         self, bm: BlockMap, progress: Callable[[int], None] | None = None
     ) -> Iterator[tuple[int, memoryview | bytes]]:
