@@ -474,7 +474,7 @@ def test_virsh_restore_of_converted_images(tmp_path) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("mode", ["scatter", "span", "pages", "mmap"])
 def test_page_copier_reads_final_pages(mode: str) -> None:
     """Every way PageCopier reads a run gives the final page content our reader gives."""
-    from miginspect.inspector.convert import PageCopier
+    from miginspect.inspector.copier import PageCopier
 
     with open_capture(str(sample_path("q10-live-xbzrle"))) as cap:
         pc = PageCopier(cap, max_bytes=64 * PAGE)
@@ -500,6 +500,62 @@ def test_page_copier_reads_final_pages(mode: str) -> None:
                 pages += run.n
             assert pages == bm.count(PAGE_DATA)
         assert {"replay", "strided"} <= kinds
+
+
+@pytest.mark.parametrize("name", ["q10-live-xbzrle", "q10-paused-mapped-ram"])
+@pytest.mark.parametrize("path", ["mapped", "threaded", "no-copy-range", "copy-range-fails",
+                                  "no-fallocate"])
+def test_copy_block_writes_final_pages_every_way(name: str, path: str, tmp_path,  # noqa: ANN001
+                                                 monkeypatch) -> None:  # noqa: ANN001
+    """The one copy engine's write paths (pwritev from the mapping, read + writer thread,
+    plain writes where copy_file_range or fallocate are unavailable) write the same file:
+    every data page's final content at its place, every other page a hole of zeros, and
+    a window of the block (`first`, `count`) lands at `dest`."""
+    from miginspect.inspector import copier as CP
+
+    with open_capture(str(sample_path(name))) as cap:
+        pc = CP.PageCopier(cap, max_bytes=64 * PAGE)
+        if path == "threaded":
+            pc.mapped = False
+        elif path == "no-copy-range":
+            pc.copy_range = False
+        elif path == "copy-range-fails":  # the kernel refuses mid-way: read and write instead
+            calls = []
+
+            def refuse(src: int, dst: int, n: int, a: int, b: int) -> int:
+                calls.append(n)
+                if len(calls) > 1:
+                    raise OSError(18, "Invalid cross-device link")
+                return os.pwrite(dst, os.pread(src, min(n, PAGE), a), b)
+
+            monkeypatch.setattr(CP.os, "copy_file_range", refuse)
+        saved = CP._fallocate.fn, CP._fallocate.tried
+        if path == "no-fallocate":
+            CP._fallocate.fn, CP._fallocate.tried = None, True
+        try:
+            bm = cap.maps["pc.ram"]
+            hashes = cap.hashes("pc.ram")
+            out = tmp_path / "pc.ram"
+            fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                n = pc.copy_block(bm, fd, 0)
+                os.ftruncate(fd, bm.block.used_length)
+                first, count, dest = 1000, 3000, 5 * PAGE
+                n2 = pc.copy_block(bm, fd, bm.block.used_length + dest, first, count)
+                os.ftruncate(fd, bm.block.used_length + dest + count * PAGE)
+            finally:
+                os.close(fd)
+        finally:
+            CP._fallocate.fn, CP._fallocate.tried = saved
+        assert n == bm.count(PAGE_DATA) * PAGE
+        assert n2 == int(np.count_nonzero(bm.state[first:first + count] == PAGE_DATA)) * PAGE
+        data = np.fromfile(out, np.uint8)
+        whole = data[: bm.block.used_length].reshape(-1, PAGE)
+        got = np.array([xxhash.xxh3_64_intdigest(p) for p in whole], np.uint64)
+        assert np.array_equal(got, hashes)
+        part = data[bm.block.used_length + dest:].reshape(-1, PAGE)
+        got = np.array([xxhash.xxh3_64_intdigest(p) for p in part[:count]], np.uint64)
+        assert np.array_equal(got, hashes[first:first + count])
 
 
 def _damaged_names() -> list[str]:

@@ -23,7 +23,7 @@ from miginspect.inspector.mapview import (
     page_map,
     runs,
 )
-from miginspect.inspector.pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
+from miginspect.inspector.pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
 from miginspect.render.map import pages_per_cell, render_map
 
 ALL = sample_names("q*")
@@ -39,7 +39,7 @@ def _map_json(path: str, capsys, *extra: str) -> dict:  # noqa: ANN001
 def _check_ranges(b: dict) -> np.ndarray:
     """The ranges of all states tile the block exactly; returns the state per page."""
     state = np.full(b["pages"], 255, np.uint8)
-    for key, st in (("never_sent", PAGE_ABSENT), ("zero", PAGE_ZERO), ("data", PAGE_DATA)):
+    for key, st in (("never_sent", PAGE_NEVER_SENT), ("zero", PAGE_ZERO), ("data", PAGE_DATA)):
         total = 0
         for s, e in b["ranges"][key]:
             assert 0 <= s < e <= b["pages"]
@@ -119,8 +119,8 @@ def test_map_ignores_mapped_ram_region_bytes(tmp_path, capsys) -> None:  # noqa:
 
 
 def test_map_terminal_fits_width_and_escapes_names() -> None:
-    state = np.array([PAGE_DATA] * 50 + [PAGE_ZERO] * 30 + [PAGE_ABSENT] * 20, np.uint8)
-    sends = np.where(state == PAGE_ABSENT, 0, 1).astype(np.uint32)
+    state = np.array([PAGE_DATA] * 50 + [PAGE_ZERO] * 30 + [PAGE_NEVER_SENT] * 20, np.uint8)
+    sends = np.where(state == PAGE_NEVER_SENT, 0, 1).astype(np.uint32)
     sends[:10] = 3
     v = BlockView("[red]evil/name:0", 100 * 4096, 4096, 100,
                   {"never_sent": 20, "zero": 30, "data": 50, "resent": 10}, 3, {3: 10},

@@ -18,7 +18,7 @@ from miginspect.errors import TruncatedError, UnsupportedError
 from miginspect.formats.mapped_ram import MappedRamHeader
 from miginspect.inspector.capture import open_capture
 from miginspect.inspector.info import info
-from miginspect.inspector.mapped_ram import check_bitmaps
+from miginspect.inspector.mapped_ram import VERDICT_OTHER_HOST, VERDICT_PADDING, VERDICT_TRUSTED
 from miginspect.inspector.pagemap import PAGE_DATA, PAGE_ZERO
 
 MAPPED = [n for n in sample_names("q10-*") if "mapped-ram" in n or "multifd" in n]
@@ -139,26 +139,27 @@ def _patch(path: str, off: int, data: bytes) -> None:
         f.write(data)
 
 
-def test_big_endian_bitmap_is_reported_untrusted(tmp_path) -> None:  # noqa: ANN001
+def test_big_endian_bitmap_is_detected_and_read_right(tmp_path) -> None:  # noqa: ANN001
+    """pc.ram's bitmap byte-swapped per 64-bit word (as a big-endian host writes it): the
+    region says so, the capture reads every block with that layout and gets the original
+    pages, and the verdict names it."""
     _need(PAUSED_MAPPED)
     p = _copy(PAUSED_MAPPED[0], tmp_path)
     with open_capture(p) as cap:
         b = _block(cap, "pc.ram")
         raw = cap.raw_bitmap(b).copy()
         off = b.mapped_ram.bitmap_offset
-        want_bits = int(np.count_nonzero(cap.maps["pc.ram"].state == PAGE_DATA))
+        want = cap.maps["pc.ram"].state.copy()
     swapped = raw[: len(raw) // 8 * 8].reshape(-1, 8)[:, ::-1].tobytes()
     assert swapped != raw.tobytes()
     _patch(p, off, swapped)
     with open_capture(p) as cap:
-        chk = check_bitmaps(cap)["pc.ram"]
-        assert chk.untrusted and "be64" in chk.untrusted
-        assert chk.mismatches["be64"] < chk.mismatches["le64"]
+        chk = cap.bitmap_trust.blocks["pc.ram"]
+        assert cap.bitmap_layout == "be64" and chk.layout == "be64"
+        assert chk.verdict == VERDICT_OTHER_HOST and "be64" in chk.untrusted
         assert chk.mismatches["be64"] == 0  # reading it as be64 explains every page
-        assert cap.maps["pc.ram"].bitmap_untrusted == chk.untrusted
-        cap.bitmap_layout = "be64"
-        cap.__dict__.pop("maps", None)
-        assert int(np.count_nonzero(cap.maps["pc.ram"].state == PAGE_DATA)) == want_bits
+        assert chk.mismatches["be64"] < chk.mismatches["le64"]
+        assert np.array_equal(cap.maps["pc.ram"].state, want)
     rc = main(["info", "--json", p])
     assert rc == 0
 
@@ -176,9 +177,10 @@ def test_stale_page_counted_and_read_as_zero(tmp_path, capsys) -> None:  # noqa:
     assert any(old)
     _patch(p, boff, bytes([byte & ~(1 << (victim % 8))]))
     with open_capture(p) as cap:
-        chk = check_bitmaps(cap)["pc.ram"]
+        chk = cap.bitmap_trust.blocks["pc.ram"]
         assert chk.stale_pages == 1 and chk.stale_index.tolist() == [victim]
         assert chk.untrusted is None  # one stale page is no reason to distrust the bitmap
+        assert chk.verdict == VERDICT_TRUSTED and cap.bitmap_layout == "le64"
         assert cap.maps["pc.ram"].state[victim] == PAGE_ZERO
         assert cap.page("pc.ram", victim) == bytes(b.page_size)
         rep = info(cap)
@@ -198,9 +200,10 @@ def test_padding_bits_make_bitmap_untrusted(tmp_path) -> None:  # noqa: ANN001
         byte = cap.source.buf[off]
     _patch(p, off, bytes([byte | 0x80]))
     with open_capture(p) as cap:
-        chk = check_bitmaps(cap)[small.name]
-        assert chk.padding_bits == 1
+        chk = cap.bitmap_trust.blocks[small.name]
+        assert chk.padding_bits == 1 and chk.verdict == VERDICT_PADDING
         assert "past the last page" in chk.untrusted
+        assert cap.bitmap_layout == "le64"  # damage, not another host: read as written
 
 
 def test_set_bit_over_hole_is_counted(tmp_path) -> None:  # noqa: ANN001
@@ -210,7 +213,7 @@ def test_set_bit_over_hole_is_counted(tmp_path) -> None:  # noqa: ANN001
     subprocess.run(["cp", "--sparse=always", str(src), p], check=True)
     with open_capture(p) as cap:
         b = _block(cap, "pc.ram")
-        chk = check_bitmaps(cap)["pc.ram"]
+        chk = cap.bitmap_trust.blocks["pc.ram"]
         if not chk.holes_known or chk.hole_pages == 0:
             pytest.skip("this file system does not report holes (SEEK_DATA/SEEK_HOLE)")
         bm = cap.maps["pc.ram"]
@@ -224,7 +227,7 @@ def test_set_bit_over_hole_is_counted(tmp_path) -> None:  # noqa: ANN001
     finally:
         os.close(fd)
     with open_capture(p) as cap:
-        chk = check_bitmaps(cap)["pc.ram"]
+        chk = cap.bitmap_trust.blocks["pc.ram"]
         assert chk.set_bits_over_holes == 1
         assert chk.zero_data_pages == 1
         assert chk.untrusted is None
@@ -307,7 +310,7 @@ def test_x_ignore_shared_block_is_named(need_qemu, tmp_path) -> None:  # noqa: A
             assert bm.count(PAGE_DATA) == 0
             assert any("mem" in n.message and "x-ignore-shared" in n.message
                        for n in cap.walk.notices)
-        assert check_bitmaps(cap)["mem"].stale_pages == 0
+        assert cap.bitmap_trust.blocks["mem"].stale_pages == 0
 
 
 def test_bitmap_before_its_header_end_is_inconsistent(tmp_path) -> None:  # noqa: ANN001
@@ -370,7 +373,7 @@ def test_live_multifd_stale_pages_against_pmemsave(need_qemu, tmp_path) -> None:
         vm.cmd("pmemsave", val=0, size=128 << 20, filename=str(tmp_path / "pmem"))
     pmem = np.frombuffer((tmp_path / "pmem").read_bytes(), np.uint8).reshape(-1, 4096)
     with open_capture(str(p)) as cap:
-        chk = check_bitmaps(cap)["pc.ram"]
+        chk = cap.bitmap_trust.blocks["pc.ram"]
         assert chk.untrusted is None
         bm = cap.maps["pc.ram"]
         b = _block(cap, "pc.ram")

@@ -526,3 +526,105 @@ def test_a_sync_does_not_restart_the_scan() -> None:
             wraps = set(wrap_indexes(rt).tolist())
             seen.append((first in wraps, any(w > first for w in wraps)))
     assert any(not starts and inside for starts, inside in seen), seen
+
+
+# ----------------------------------------------------------------------------------------
+# the verdict: like with like, re-sends apart from framing (issue 11)
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_framing_is_not_amplification(name: str) -> None:
+    from miginspect.inspector.size import A_PAUSE
+
+    r = report(name)
+    assert r.framing_bytes == r.record_header_bytes + r.zero_records + \
+        3 * r.xbzrle_records + 4 * r.compress_records
+    extra = _all_hot_bytes(name)  # every record of a page after its first, by a plain loop
+    assert r.resent_bytes == extra == sum(b.resent_bytes for b in r.blocks)
+    once = r.ram_bytes_written - r.resent_bytes
+    assert r.resend_amplification == pytest.approx(r.ram_bytes_written / once)
+    v = r.verdict_basis
+    if r.resent_pages:
+        assert r.resend_amplification > 1
+        assert f"{r.resend_amplification:.2f}x redirty amplification" in r.verdict
+        assert A_PAUSE in v.advice
+    else:
+        # a paused VM: framing makes `amplification` > 1, but nothing was re-sent
+        assert r.resend_amplification == 1.0 and r.amplification > 1
+        assert "no redirty amplification" in r.verdict and A_PAUSE not in v.advice
+
+
+def _all_hot_bytes(name: str) -> int:
+    from miginspect.inspector.size import record_sizes
+
+    with open_capture(str(sample_path(name))) as cap:
+        rt = cap.walk.records
+        tot = record_sizes(cap.source.buf, rt, cap.page_size).total
+        seen: set[tuple[int, int]] = set()
+        extra = 0
+        for i, (b, p) in enumerate(zip(rt.block.tolist(), rt.page.tolist(), strict=True)):
+            if (b, p) in seen:
+                extra += int(tot[i])
+            seen.add((b, p))
+        return extra
+
+
+def _verdict_inputs() -> list:
+    from conftest import SAMPLES
+
+    files = [SAMPLES / f"{n}.mig.zst" for n in sample_names()]  # compressed as bundled
+    lv = SAMPLES / "libvirt"
+    files += sorted(p for p in lv.iterdir() if p.suffix == ".img" or p.name.endswith(".img.zst"))
+    return [pytest.param(str(f), id=f.name) for f in files] or [pytest.param(
+        None, marks=pytest.mark.skip(reason="no samples bundled"))]
+
+
+@pytest.mark.parametrize("path", _verdict_inputs())
+def test_verdict_never_contradicts_its_tables(path: str) -> None:
+    """The verdict's comparisons are the table's: apparent with apparent (the bounds
+    table's `vs this file` ratio), on disk with on disk (a compressed file's own size on
+    disk against a sparse mapped-ram file's); it advises mapped-ram only where that takes
+    less disk, and calls only re-sends amplification."""
+    from miginspect.inspector.size import A_SAVE_MAPPED_RAM
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = main(["size", "--json", path])
+    if rc != 0:
+        pytest.skip("the file does not size without --partial")
+    d = json.loads(out.getvalue())
+    v, text = d["verdict_basis"], d["verdict"]
+    whole = d["stream_bytes"] + d["stream_offset"]
+    if d["format"] == "legacy" and d["mapped_ram_bound"]:
+        assert v["apparent_size"] == whole and v["mapped_ram_bound"] == d["mapped_ram_bound"]
+        assert f"{whole / d['mapped_ram_bound']:.2f}x" in text  # the table's ratio
+        assert f"{d['allocated_size'] / d['mapped_ram_allocated_bound']:.2f}x" in text
+        assert f"{d['allocated_size']:,} B" in text
+    saves = ("save as mapped-ram" in text)
+    assert saves == (A_SAVE_MAPPED_RAM in v["advice"])
+    if saves:
+        assert d["mapped_ram_allocated_bound"] < d["allocated_size"]
+    if d["compression"]:
+        assert not saves or d["allocated_size"] > d["mapped_ram_allocated_bound"]
+    if "no redirty amplification" in text:
+        assert d["resent_pages"] == 0
+    if "redirty amplification:" in text:
+        assert d["resent_pages"] > 0 and d["resent_bytes"] > 0
+
+
+def test_small_compressed_file_is_not_told_to_save_as_mapped_ram() -> None:
+    """issue 11: a 1.5 MB zstd capture of a live VM was told to "save as mapped-ram"
+    (35 MB on disk)."""
+    from conftest import SAMPLES
+
+    from miginspect.inspector.size import A_PAUSE, A_SAVE_MAPPED_RAM
+
+    p = SAMPLES / "q10-live-legacy.mig.zst"
+    if not p.exists():
+        pytest.skip("q10-live-legacy is not bundled")
+    d = _cli_json(str(p))
+    v = d["verdict_basis"]
+    assert d["compression"] == "zstd" and v["compressed"]
+    assert d["allocated_size"] < d["mapped_ram_allocated_bound"]
+    assert A_SAVE_MAPPED_RAM not in v["advice"] and "save as mapped-ram" not in d["verdict"]
+    assert A_PAUSE in v["advice"]

@@ -1,4 +1,11 @@
-"""A capture: one opened migration file, its walk and its page maps."""
+"""A capture: one opened migration file, its walk and what is derived from it.
+
+Everything a command reads about a file beyond the walk is computed here, once,
+and the same for every command: the record index (records by page), the page
+maps, the mapped-ram bitmap verdict (`bitmap_trust`: which host layout the bitmaps
+are in, whether they can be trusted; the maps are read with that layout), final
+page contents and their hashes.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,10 @@ import numpy as np
 
 from ..errors import FormatError, MigError, UsageError
 from .content import PageReader
+from .mapped_ram import BitmapTrust, raw_bitmap, source_bitmap_trust
 from .pagemap import BlockMap, legacy_maps, mapped_ram_map
-from .ramscan import empty_records
+from .ramscan import RecordTable, empty_records
+from .recindex import RecordIndex
 from .source import Source, open_source
 from .stream import RamBlock, StreamWalk, walk_stream
 
@@ -22,7 +31,7 @@ class Capture:
         self.source = source
         self.walk = walk
         self.path = source.path
-        self.bitmap_layout = "le64"
+        self._hashes: dict[str, np.ndarray] = {}
 
     # -- basic facts ----------------------------------------------------
     @property
@@ -44,28 +53,46 @@ class Capture:
         names = ", ".join(b.name for b in self.walk.blocks)
         raise UsageError(f"no RAMBlock named {name!r} (blocks: {names})")
 
-    # -- maps -------------------------------------------------------------
+    # -- derived facts -----------------------------------------------------
+    @property
+    def records(self) -> RecordTable:
+        """The page records of a legacy stream (empty for mapped-ram)."""
+        return self.walk.records if self.walk.records is not None else empty_records()
+
+    @cached_property
+    def record_index(self) -> RecordIndex:
+        """The page records sorted by (block, page), stream order within a page."""
+        return RecordIndex(self.records, len(self.walk.blocks))
+
+    @cached_property
+    def bitmap_trust(self) -> BitmapTrust:
+        """mapped-ram: the layout the bitmaps are in (found from the pages regions) and
+        each block's verdict; empty for a legacy stream. The one answer every command
+        reports."""
+        if not self.walk.mapped_ram:
+            return BitmapTrust()
+        return source_bitmap_trust(self.source, self.walk.blocks)
+
+    @property
+    def bitmap_layout(self) -> str | None:
+        """The layout the mapped-ram maps are read with (None for a legacy stream)."""
+        return self.bitmap_trust.layout if self.walk.mapped_ram else None
+
     @cached_property
     def maps(self) -> dict[str, BlockMap]:
         w = self.walk
         if w.mapped_ram:
-            out = {}
-            for b in w.blocks:
-                raw = self.raw_bitmap(b)
-                out[b.name] = mapped_ram_map(b, raw, self.bitmap_layout)
-            return out
-        return legacy_maps(w.blocks, w.records if w.records is not None else empty_records())
+            layout = self.bitmap_trust.layout
+            return {b.name: mapped_ram_map(b, self.raw_bitmap(b), layout) for b in w.blocks}
+        return legacy_maps(w.blocks, self.records, self.record_index)
 
     def raw_bitmap(self, b: RamBlock) -> np.ndarray:
-        info = b.mapped_ram
-        if info is None or info.skipped:
-            return np.zeros(0, np.uint8)
-        buf = self.source.buf
-        return np.frombuffer(buf, np.uint8, count=info.bitmap_bytes, offset=info.bitmap_offset)
+        return raw_bitmap(self.source.buf, b)
 
     @cached_property
     def reader(self) -> PageReader:
-        r = PageReader(self.source.buf, self.page_size, self.walk.records)
+        index = self.record_index if self.walk.records is not None else None
+        r = PageReader(self.source.buf, self.page_size, self.walk.records, index)
         r.release = self.source.release
         return r
 
@@ -76,15 +103,14 @@ class Capture:
         return self.reader.page(bm, index)
 
     def hashes(self, block: str, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        cache = self.__dict__.setdefault("_hashes", {})
-        if block not in cache:
-            cache[block] = self.reader.hashes(self.maps[block], progress)
-        return cache[block]
+        if block not in self._hashes:
+            self._hashes[block] = self.reader.hashes(self.maps[block], progress)
+        return self._hashes[block]
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:
         self.__dict__.pop("reader", None)
-        self.__dict__.pop("_hashes", None)
+        self._hashes.clear()
         self.source.close()
 
     def __enter__(self) -> Capture:

@@ -18,6 +18,7 @@ from ..errors import FormatError
 from ..formats import ram as R
 from .pagemap import PAGE_DATA, BlockMap
 from .ramscan import RecordTable
+from .recindex import RecordIndex
 from .xbzrle import xbzrle_apply
 
 
@@ -28,13 +29,15 @@ def zero_hash(page_size: int) -> int:
 class PageReader:
     """Reads final page contents of one capture."""
 
-    def __init__(self, buf, page_size: int, records: RecordTable | None) -> None:  # noqa: ANN001
+    def __init__(self, buf, page_size: int, records: RecordTable | None,  # noqa: ANN001
+                 index: RecordIndex | None = None) -> None:
         self.buf = buf
         self.ps = page_size
         self.rt = records
+        self._index = index
         self._zero = bytes(page_size)
         self._replayed: dict[tuple[int, int], bytes] = {}
-        self._by_page_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._pages_of: tuple[int, np.ndarray] | None = None  # one block's sorted pages
         #: Source.release: drop pages already read from the resident set
         self.release: Callable[[int, int], None] | None = None
 
@@ -63,16 +66,13 @@ class PageReader:
 
     def _by_page(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """The block's record indices sorted by page (stream order kept within a page),
-        and their pages: built once per block so single-page replays stay cheap."""
-        cache = self._by_page_cache
-        if block not in cache:
-            rt = self.rt
-            assert rt is not None
-            sel = np.flatnonzero(rt.block == block)
-            order = np.argsort(rt.page[sel], kind="stable")
-            sel = sel[order]
-            cache[block] = (sel, rt.page[sel])
-        return cache[block]
+        and their pages, from the capture's RecordIndex."""
+        if self._index is None:
+            assert self.rt is not None
+            self._index = RecordIndex(self.rt, int(self.rt.block.max(initial=-1)) + 1)
+        if self._pages_of is None or self._pages_of[0] != block:  # kept for single-page reads
+            self._pages_of = (block, self._index.pages(block))
+        return self._index.rows(block), self._pages_of[1]
 
     def _replay_records(self, recs: np.ndarray) -> bytes:
         rt = self.rt
@@ -101,33 +101,33 @@ class PageReader:
                 page[:] = data
         return bytes(page)
 
-    def replay_all(self, bm: BlockMap) -> dict[int, bytes]:
-        """Final content of every page of `bm` that needs replaying, in one pass."""
-        out: dict[int, bytes] = {}
+    def iter_replayed(self, bm: BlockMap) -> Iterator[tuple[int, bytes]]:
+        """(page, final content) of every page of `bm` that needs replaying, ascending,
+        one page at a time (memory does not grow with their number)."""
         if bm.replay_pages is None or not len(bm.replay_pages) or self.rt is None:
-            return out
-        sel, pages = self._by_page(bm.block.index)
-        want = np.isin(pages, bm.replay_pages)
-        sel, pages = sel[want], pages[want]
-        bounds = np.flatnonzero(np.diff(pages)) + 1
-        for group in np.split(sel, bounds):
-            if len(group):
-                out[int(self.rt.page[group[0]])] = self._replay_records(group)
-        return out
+            return
+        rows, pages = self._by_page(bm.block.index)
+        want = np.asarray(bm.replay_pages, np.int64)
+        lo = np.searchsorted(pages, want, side="left")
+        hi = np.searchsorted(pages, want, side="right")
+        for p, a, b in zip(want.tolist(), lo.tolist(), hi.tolist(), strict=True):
+            yield p, self._replay_records(rows[a:b])
 
     def iter_data_pages(
         self, bm: BlockMap, progress: Callable[[int], None] | None = None
     ) -> Iterator[tuple[int, memoryview | bytes]]:
         """(page index, content) of every data page, ascending."""
-        replayed = self.replay_all(bm)
+        replayed = self.iter_replayed(bm)  # ascending too: merged on the way
+        nxt = next(replayed, None)
         idx = np.flatnonzero(bm.state == PAGE_DATA)
         offs = bm.offset[idx]
         buf = memoryview(self.buf) if not isinstance(self.buf, bytes) else self.buf
         ps = self.ps
         lo, hi = None, 0
         for n, (i, o) in enumerate(zip(idx.tolist(), offs.tolist(), strict=True)):
-            if replayed and i in replayed:
-                yield i, replayed[i]
+            if nxt is not None and nxt[0] == i:
+                yield nxt
+                nxt = next(replayed, None)
             else:
                 yield i, buf[o : o + ps]
                 lo = o if lo is None or o < lo else lo
@@ -156,7 +156,7 @@ class PageReader:
             if self.release:
                 self.release(int(offs.min()), int(offs.max()) + ps)
         # pages rebuilt from deltas: the offset above pointed at their last record
-        for i, data in self.replay_all(bm).items():
+        for i, data in self.iter_replayed(bm):
             out[i] = h(data)
         return out
 

@@ -20,9 +20,14 @@ input byte for byte, in the input's order. Only three things are rewritten:
   in the output file, so they include the libvirt header.
 
 The output is written to a temporary file in the output's folder and renamed
-over OUT once complete; the input is opened read-only. Memory stays bounded:
-pages are copied from the input file (pread / copy_file_range) to their place
+over OUT once complete (`outfile.AtomicFile`: only a regular file is ever
+created or replaced, never through a symlink); the input is opened read-only.
+Memory stays bounded: pages are copied from the input file by the shared engine
+(`copier.PageCopier`: pread / copy_file_range, preallocated runs) to their place
 in the output in runs of at most 1 MiB; only per-page numpy columns are held.
+The mapped-ram placement of every block is `formats.mapped_ram.place_ramblock`,
+the rule the size audit uses too. A mapped-ram input's bitmaps are read with the
+layout its capture found (`Capture.bitmap_trust`).
 """
 
 from __future__ import annotations
@@ -30,10 +35,8 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,17 +56,18 @@ from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
 from ..formats.common import CountedString
+from ..outfile import AtomicFile, check_output_file
 from .capture import Capture, open_capture
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
-from .stream import Section
+from .copier import RUN_BYTES, PageCopier, pwrite_all
+from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
+from .size import mapped_ram_bounds
+from .stream import RamBlock, Section
 
 Progress = Callable[[int, int], None]
 
 TARGETS = ("mapped-ram", "legacy")
 MAPPED_RAM = "mapped-ram"
 
-#: Page data is written in runs of at most this many bytes.
-RUN_BYTES = 1 << 20
 #: Sequential output is buffered up to this many bytes.
 BUFFER_BYTES = 4 << 20
 
@@ -92,6 +96,9 @@ class BlockConversion:
     input_sends: int  # page records (legacy) or set bits (mapped-ram) in the input
     bitmap_offset: int | None = None  # mapped-ram output only
     pages_offset: int | None = None
+    bitmap_layout: str | None = None  # mapped-ram input: the layout its bitmap was read with
+    bitmap_verdict: str | None = None  # mapped-ram input: mapped_ram.VERDICT_*
+    bitmap_untrusted: str | None = None
 
 
 @dataclass
@@ -141,14 +148,6 @@ class ConvertReport:
 # output plumbing
 
 
-def _pwrite_all(fd: int, data: Any, off: int) -> None:
-    mv = memoryview(data)
-    while len(mv):
-        n = os.pwrite(fd, mv, off)
-        mv = mv[n:]
-        off += n
-
-
 class _Output:
     """Positioned, buffered writes into the temporary output file."""
 
@@ -168,7 +167,7 @@ class _Output:
 
     def flush(self) -> None:
         if self.buf:
-            _pwrite_all(self.fd, self.buf, self.start)
+            pwrite_all(self.fd, self.buf, self.start)
             self.start += len(self.buf)
             self.buf = bytearray()
 
@@ -263,8 +262,10 @@ def _eos() -> bytes:
     return _U64.pack(R.RAM_SAVE_FLAG_EOS)
 
 
-def _entry_head_len(name: str, ignore_shared: bool) -> int:
-    return 1 + len(name.encode("latin-1")) + 8 + (8 if ignore_shared else 0)
+def _entry_size(b: RamBlock, ignore_shared: bool) -> int:
+    """An output list entry's bytes before its MappedRamHeader (no postcopy page sizes:
+    those streams are refused)."""
+    return M.ramblock_entry_size(len(b.name.encode("latin-1")), False, ignore_shared)
 
 
 @dataclass
@@ -384,9 +385,8 @@ def mapped_ram_bound(cap: Capture, prefix_len: int | None = None,
             if s.kind == "START":
                 pos += 8
                 for b in w.blocks:
-                    bmo = pos + _entry_head_len(b.name, w.ignore_shared) + \
-                        M.MAPPED_RAM_HEADER_SIZE
-                    pos = M.pages_offset_for(bmo, b.used_length // w.page_size) + b.used_length
+                    pos = M.place_ramblock(pos, _entry_size(b, w.ignore_shared), b.used_length,
+                                           w.page_size).end
             pos += 8 + (5 if s.footer else 0)
         elif s.kind == "VMDESCRIPTION" and update_vmdesc and (desc := vmdescription_bytes(
                 cap.source.buf, s, output_capabilities(cap, MAPPED_RAM))) is not None:
@@ -414,6 +414,7 @@ class _Converter:
         self.reader = cap.reader
         self.buf = cap.source.buf
         self.pages = PageCopier(cap)
+        self.trust = cap.bitmap_trust
         self.ram = _ram_ids(cap)
         self.total_data = sum(m.count(PAGE_DATA) for m in self.maps.values()) * self.ps
         self.done = 0
@@ -475,45 +476,21 @@ class _Converter:
             entry: dict[str, Any] = dict(idstr=b.name, used_length=b.used_length,
                                          page_size=None, mr_addr=b.mr_addr, mapped_ram=None)
             if self.to == MAPPED_RAM:
-                npages = b.used_length // self.ps
-                bmo = out.pos + _entry_head_len(b.name, w.ignore_shared) + \
-                    M.MAPPED_RAM_HEADER_SIZE
-                pgo = M.pages_offset_for(bmo, npages)
+                at = M.place_ramblock(out.pos, _entry_size(b, w.ignore_shared), b.used_length,
+                                      self.ps)
                 entry["mapped_ram"] = dict(version=M.MAPPED_RAM_HDR_VERSION, page_size=self.ps,
-                                           bitmap_offset=bmo, pages_offset=pgo)
+                                           bitmap_offset=at.bitmap_offset,
+                                           pages_offset=at.pages_offset)
                 out.write(R.ramblock_entry.build(entry, **params))
-                assert out.pos == bmo
+                assert out.pos == at.bitmap_offset
                 bm = self.maps[b.name]
                 out.write(bitmap_bytes(bm.state == PAGE_DATA))
                 out.flush()
-                self.mapped_pages(bm, pgo)
-                self.layout[b.name] = (bmo, pgo)
-                out.seek(pgo + b.used_length)
+                self.pages.copy_block(bm, out.fd, at.pages_offset, progress=self.tick)
+                self.layout[b.name] = (at.bitmap_offset, at.pages_offset)
+                out.seek(at.end)
             else:
                 out.write(R.ramblock_entry.build(entry, **params))
-
-    def mapped_pages(self, bm: BlockMap, pages_offset: int) -> None:
-        """Copy the block's data pages into its region. Runs read into user space are
-        written by a second thread while the next run is read (two buffers, `slot`)."""
-        fd, ps = self.out.fd, self.ps
-        pending: Future | None = None
-        slot = 0
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            try:
-                for run in self.pages.runs(bm):
-                    dst = pages_offset + run.first * ps
-                    if self.pages.in_kernel(run) or run.data is not None:
-                        self.pages.copy_to(run, fd, dst)
-                    else:
-                        pages = self.pages.read(run, slot)
-                        job = writer.submit(write_pages, pages, fd, dst)
-                        if pending is not None:
-                            pending.result()  # the other slot's buffer is free again
-                        pending, slot = job, slot ^ 1
-                    self.tick(run.n * ps)
-            finally:
-                if pending is not None:
-                    pending.result()
 
     # -- legacy page records --------------------------------------------------------
     def legacy_records(self) -> None:
@@ -565,167 +542,6 @@ class _Converter:
                 zero_run(len(zeros), first, z)
 
 
-@dataclass
-class PageRun:
-    """`n` data pages of a block from page `first` on, whose final copies sit in the
-    input at `offset`, `offset + stride`, ...; or one replayed page held in `data`."""
-
-    first: int
-    n: int
-    offset: int
-    stride: int
-    data: bytes | None = None
-
-
-class PageCopier:
-    """Final page contents, a run of consecutive pages at a time, read with pread /
-    copy_file_range from the file behind the input's buffer (reading through the mmap
-    costs a page fault per page: ~4x slower). Pages whose final content is a delta
-    (XBZRLE) come from `PageReader`'s replay, one at a time."""
-
-    #: a strided run is read as one span when its records are at most this far apart
-    MAX_SPAN_STRIDE = 2
-
-    def __init__(self, cap: Capture, max_bytes: int = RUN_BYTES) -> None:
-        self.reader = cap.reader
-        self.buf = cap.source.buf
-        self.fd = cap.source.fd
-        self.ps = cap.page_size
-        self.per = max(1, max_bytes // self.ps)
-        self.spans = [bytearray(), bytearray()]  # one per slot (see `read`)
-        self.copy_range = hasattr(os, "copy_file_range")
-        self._iovs: dict[tuple[int, int, int], tuple[list[memoryview], np.ndarray]] = {}
-
-    def runs(self, bm: BlockMap) -> Iterator[PageRun]:
-        """The data pages of `bm` in page order, in runs of at most `max_bytes`."""
-        ps = self.ps
-        idx = np.flatnonzero(bm.state == PAGE_DATA)
-        if not len(idx):
-            return
-        offs = bm.offset[idx]
-        replay = np.zeros(len(idx), bool)
-        replayed: dict[int, bytes] = {}
-        if bm.replay_pages is not None and len(bm.replay_pages):
-            replayed = self.reader.replay_all(bm)
-            replay = np.isin(idx, bm.replay_pages)
-        # a run breaks before k when: pages not consecutive, a replayed page on either
-        # side, or the stride between the input copies changes
-        brk = np.ones(len(idx), bool)
-        if len(idx) > 1:
-            d_off = np.diff(offs)
-            brk[1:] = (np.diff(idx) != 1) | replay[1:] | replay[:-1]
-            brk[2:] |= d_off[1:] != d_off[:-1]
-        starts = np.flatnonzero(brk).tolist() + [len(idx)]
-        idx_l = idx.tolist()
-        offs_l = offs.tolist()
-        for a, e in zip(starts[:-1], starts[1:], strict=True):
-            if replay[a]:
-                yield PageRun(idx_l[a], 1, -1, ps, replayed[idx_l[a]])
-                continue
-            stride = offs_l[a + 1] - offs_l[a] if e - a > 1 else ps
-            for c in range(a, e, self.per):
-                yield PageRun(idx_l[c], min(self.per, e - c), offs_l[c], stride)
-
-    def _pread(self, off: int, length: int, slot: int = 0) -> memoryview:
-        if len(self.spans[slot]) < length:
-            self.spans[slot] = bytearray(length)
-        mv = memoryview(self.spans[slot])[:length]
-        if self.fd is None:
-            mv[:] = self.buf[off : off + length]
-            return mv
-        got = 0
-        while got < length:
-            n = os.preadv(self.fd, [mv[got:]], off + got)
-            if n <= 0:
-                raise TruncatedError(f"the input ends inside page data ({length - got} bytes "
-                                     "missing)", off + got, "ram")
-            got += n
-        return mv
-
-    def _scatter(self, run: PageRun, slot: int = 0) -> np.ndarray | None:
-        """One preadv of the run's span whose vectors put the pages side by side and the
-        bytes between them (record headers) into a scratch buffer. The vectors are built
-        once per (count, stride)."""
-        if self.fd is None:
-            return None
-        key = (slot, run.n, run.stride)
-        hit = self._iovs.get(key)
-        if hit is None:
-            ps, gap = self.ps, run.stride - self.ps
-            pages = np.empty((run.n, ps), np.uint8)
-            junk = memoryview(bytearray(gap))
-            iov: list[memoryview] = []
-            for k in range(run.n):
-                if k:
-                    iov.append(junk)
-                iov.append(memoryview(pages[k]))
-            if len(self._iovs) >= 8:  # bounded: a few (count, stride) shapes recur
-                for k in [k for k in self._iovs if k[0] == slot]:
-                    del self._iovs[k]
-            hit = self._iovs[key] = (iov, pages)
-        want = (run.n - 1) * run.stride + self.ps
-        if os.preadv(self.fd, hit[0], run.offset) != want:
-            return None
-        return hit[1]
-
-    def read(self, run: PageRun, slot: int = 0) -> np.ndarray:
-        """The run's pages as an (n, page size) uint8 array, valid until the next read
-        with the same `slot` (0 or 1: two buffers, so one can be written while the other
-        is filled)."""
-        ps = self.ps
-        if run.data is not None:
-            return np.frombuffer(run.data, np.uint8).reshape(1, ps)
-        if run.stride == ps or run.n == 1:
-            return np.frombuffer(self._pread(run.offset, run.n * ps, slot), np.uint8).reshape(
-                run.n, ps)
-        if ps < run.stride <= self.MAX_SPAN_STRIDE * ps:
-            got = self._scatter(run, slot)
-            if got is not None:
-                return got
-            span = np.frombuffer(self._pread(run.offset, (run.n - 1) * run.stride + ps, slot),
-                                 np.uint8)
-            return np.lib.stride_tricks.as_strided(span, shape=(run.n, ps),
-                                                   strides=(run.stride, 1), writeable=False)
-        out = np.empty((run.n, ps), np.uint8)
-        for k in range(run.n):
-            out[k] = np.frombuffer(self._pread(run.offset + k * run.stride, ps), np.uint8)
-        return out
-
-    def in_kernel(self, run: PageRun) -> bool:
-        """Whether `copy_to` copies this run file to file without reading it."""
-        return run.data is None and (run.stride == self.ps or run.n == 1) and \
-            self.copy_range and self.fd is not None
-
-    def copy_to(self, run: PageRun, out_fd: int, dst: int) -> None:
-        """Write the run's pages contiguously at `dst` of `out_fd`."""
-        ps = self.ps
-        if run.data is not None:
-            _pwrite_all(out_fd, run.data, dst)
-            return
-        if self.in_kernel(run):
-            length, src, to = run.n * ps, run.offset, dst
-            try:
-                while length:
-                    n = os.copy_file_range(self.fd, out_fd, length, src, to)
-                    if n <= 0:
-                        raise TruncatedError("the input ends inside page data", src, "ram")
-                    length, src, to = length - n, src + n, to + n
-                return
-            except OSError:  # not supported between these files: read and write instead
-                self.copy_range = False
-        write_pages(self.read(run), out_fd, dst)
-
-
-def write_pages(pages: np.ndarray, out_fd: int, dst: int) -> None:
-    """Write an (n, page size) array of pages contiguously at `dst`."""
-    if pages.flags.c_contiguous:
-        _pwrite_all(out_fd, pages, dst)
-        return
-    parts = [memoryview(pages[k]) for k in range(len(pages))]
-    if os.pwritev(out_fd, parts, dst) != pages.size:
-        _pwrite_all(out_fd, np.ascontiguousarray(pages), dst)
-
-
 def bitmap_bytes(bits: np.ndarray) -> bytes:
     """A mapped-ram bitmap as a 64-bit little-endian host writes it (page i = bit i%8 of
     byte i/8), padded to whole 8-byte words."""
@@ -750,16 +566,8 @@ def _container(cap: Capture) -> dict[str, Any]:
 
 
 def _check_paths(in_path: str, out_path: str, force: bool) -> None:
-    if os.path.isdir(out_path):
-        raise UsageError(f"{out_path} is a folder; give the output file's name")
-    if os.path.lexists(out_path):
-        if os.path.exists(out_path) and os.path.samefile(in_path, out_path):
-            raise UsageError(f"{out_path} is the input file; the input is never modified")
-        if not force:
-            raise UsageError(f"{out_path} exists; use --force to replace it")
-    d = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(d):
-        raise UsageError(f"output folder {d} does not exist")
+    """Refuse an output that may not be written (before the input is read)."""
+    check_output_file(out_path, force, protect=in_path)
 
 
 def convert(
@@ -787,28 +595,10 @@ def convert(
     with open_capture(in_path, progress=read_progress, strict=True) as cap:
         _check_convertible(cap, to)
         prefix = libvirt_prefix(cap, to)
-        outdir = os.path.dirname(os.path.abspath(out_path))
-        fd, tmp = tempfile.mkstemp(dir=outdir, prefix="." + os.path.basename(out_path) + ".",
-                                   suffix=".part")
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-            conv = _Converter(cap, to, _Output(fd), prefix, progress, update_vmdesc)
+        with AtomicFile(out_path, force, protect=in_path) as out:
+            conv = _Converter(cap, to, _Output(out.fd), prefix, progress, update_vmdesc)
             conv.run()
-            if sync:
-                os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, out_path)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+            out.commit(sync)
         report = _report(cap, conv, in_path, out_path, to, prefix, t0)
     if verify:
         report.verify = verify_conversion(in_path, out_path, to)
@@ -820,16 +610,18 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
             prefix: LibvirtPrefix | None, t0: float) -> ConvertReport:
     w = cap.walk
     blocks = []
+    notices = [f"{n.severity}: {n.message}" for n in w.notices]
     for b in w.blocks:
         bm = conv.maps[b.name]
         bmo, pgo = conv.layout.get(b.name, (None, None))
+        chk = cap.bitmap_trust.check(b.name)
         blocks.append(BlockConversion(
             b.name, b.used_length, bm.pages, bm.count(PAGE_DATA), bm.count(PAGE_ZERO),
-            bm.count(PAGE_ABSENT), int(bm.sends.sum()), bmo, pgo))
-    notices = [f"{n.severity}: {n.message}" for n in w.notices]
-    for b in w.blocks:
-        if conv.maps[b.name].bitmap_untrusted:
-            notices.append(f"warning: {b.name}: {conv.maps[b.name].bitmap_untrusted}")
+            bm.count(PAGE_NEVER_SENT), int(bm.sends.sum()), bmo, pgo,
+            chk.layout if chk else None, chk.verdict if chk else None,
+            chk.untrusted if chk else None))
+        if chk is not None and chk.untrusted:
+            notices.append(f"warning: {b.name}: {chk.untrusted}")
     plen = len(prefix) if prefix is not None else 0
     bound, alloc, source = _bound(cap, plen)
     out_cont: dict[str, Any] = {"kind": "libvirt" if prefix else "none", "compression": None}
@@ -852,19 +644,14 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
 
 
 def _bound(cap: Capture, prefix_len: int) -> tuple[int, int | None, str]:
-    """The size audit's mapped-ram bounds when that module is there, else our own."""
-    try:
-        from .size import size_report
-    except ImportError:
-        size_report = None
-    if size_report is not None:
-        r = size_report(cap)
-        if r.mapped_ram_bound:
-            # an inflated libvirt image: the audit measures the stream without the header
-            extra = prefix_len if cap.source.container.libvirt is not None and \
-                cap.source.base == 0 else 0
-            return (r.mapped_ram_bound + extra, r.mapped_ram_allocated_bound + extra,
-                    "size audit (inspector.size)")
+    """The size audit's mapped-ram bounds (apparent and allocated), else the converter's
+    own apparent bound (a stream the audit cannot lay out)."""
+    b = mapped_ram_bounds(cap)
+    if b.bound:
+        # an inflated libvirt image: the audit measures the stream without the header
+        extra = prefix_len if cap.source.container.libvirt is not None and \
+            cap.source.base == 0 else 0
+        return b.bound + extra, b.allocated + extra, "size audit (inspector.size)"
     return mapped_ram_bound(cap, prefix_len), None, "format-spec §4.3 layout (inspector.convert)"
 
 
@@ -874,7 +661,7 @@ def _bound(cap: Capture, prefix_len: int) -> tuple[int, int | None, str]:
 
 def _expected_state(state: np.ndarray, to: str) -> np.ndarray:
     if to == MAPPED_RAM:  # a mapped-ram file cannot tell never-sent from zero
-        return np.where(state == PAGE_ABSENT, PAGE_ZERO, state).astype(np.uint8)
+        return np.where(state == PAGE_NEVER_SENT, PAGE_ZERO, state).astype(np.uint8)
     return state
 
 
@@ -922,8 +709,8 @@ def verify_conversion(in_path: str, out_path: str, to: str) -> VerifyResult:
             if len(bad):
                 problems.append(f"{blk.name}: {len(bad)} page contents differ (first page "
                                 f"{int(bad[0])})")
-            if mb.bitmap_untrusted:
-                problems.append(f"{blk.name}: {mb.bitmap_untrusted}")
+            if b.bitmap_trust.untrusted(blk.name):
+                problems.append(f"{blk.name}: {b.bitmap_trust.untrusted(blk.name)}")
             pages += ma.pages
             data += mb.count(PAGE_DATA)
         da, db = _device_digests(a), _device_digests(b)

@@ -32,7 +32,7 @@ from ..errors import MigError, UnsupportedError, UsageError
 from .capture import Capture, open_capture
 from .content import zero_hash
 from .devices import DeviceState, decode_devices
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
+from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, STATE_WORDS
 from .physical import DEFAULT_RAM_BLOCK, FOUR_GIB, below_4g_size
 
 # Per-page difference codes (BlockDiff.kind).
@@ -44,8 +44,7 @@ KIND_NAMES = {EQUAL: "equal", CHANGED: "changed", ONLY_A: "only_a", ONLY_B: "onl
 
 # Page states beside pagemap's: the block does not exist / the page lies past its end.
 STATE_MISSING = 9
-_STATE_LABELS = {PAGE_ABSENT: "never sent", PAGE_ZERO: "zero", PAGE_DATA: "data",
-                 STATE_MISSING: "missing"}
+_STATE_LABELS = {**STATE_WORDS, STATE_MISSING: "missing"}
 
 Progress = Callable[[int, int], None]
 
@@ -237,6 +236,10 @@ class DiffReport:
     blocks: list[BlockDiff]
     devices: DevicesDiff | None
     notices: list[str] = field(default_factory=list)
+    bitmap_layout_a: str | None = None  # mapped-ram sides: the layout the bitmaps were read with
+    bitmap_layout_b: str | None = None
+    bitmap_untrusted_a: dict[str, str] = field(default_factory=dict)  # block -> why
+    bitmap_untrusted_b: dict[str, str] = field(default_factory=dict)
 
     @property
     def ram_identical(self) -> bool:
@@ -256,8 +259,12 @@ class DiffReport:
 
     def to_json(self, pages: bool = False) -> dict[str, Any]:
         return {
-            "a": {"path": self.path_a, "format": self.format_a, "machine_type": self.machine_a},
-            "b": {"path": self.path_b, "format": self.format_b, "machine_type": self.machine_b},
+            "a": {"path": self.path_a, "format": self.format_a, "machine_type": self.machine_a,
+                  "bitmap_layout": self.bitmap_layout_a,
+                  "bitmap_untrusted": dict(self.bitmap_untrusted_a)},
+            "b": {"path": self.path_b, "format": self.format_b, "machine_type": self.machine_b,
+                  "bitmap_layout": self.bitmap_layout_b,
+                  "bitmap_untrusted": dict(self.bitmap_untrusted_b)},
             "identical": self.identical,
             "ram_identical": self.ram_identical,
             "devices_identical": self.devices_identical,
@@ -293,6 +300,8 @@ class Side:
     walk_error: str | None = None
     devices: list[DeviceState] | None = None
     devices_error: str | None = None
+    bitmap_layout: str | None = None  # mapped-ram: the layout its bitmaps were read with
+    bitmap_untrusted: dict[str, str] = field(default_factory=dict)  # block -> why
 
     def block(self, name: str) -> SideBlock | None:
         return next((b for b in self.blocks if b.name == name), None)
@@ -313,8 +322,12 @@ def summarize(cap: Capture, progress: Progress | None = None, devices: bool = Tr
         blocks.append(SideBlock(b.name, b.used_length, bm.state, cap.hashes(b.name, tick)))
         done[0] += bm.pages
         tick(0)
+    trust = cap.bitmap_trust
     side = Side(cap.path, cap.format, cap.walk.machine_type, cap.page_size, blocks,
-                cap.walk.error.oneline() if cap.walk.error is not None else None)
+                cap.walk.error.oneline() if cap.walk.error is not None else None,
+                bitmap_layout=cap.bitmap_layout,
+                bitmap_untrusted={n: c.untrusted for n, c in trust.blocks.items()
+                                  if c.untrusted})
     if devices:
         try:
             side.devices = decode_devices(cap).devices
@@ -394,8 +407,8 @@ def diff_block(a: Side, b: Side, name: str) -> BlockDiff:
     kind[~same & (hb == zh)] = ONLY_A
     kind[~same & (ha == zh)] = ONLY_B
     counts = np.bincount(kind, minlength=4)
-    za = (sa == PAGE_ZERO) | (sa == PAGE_ABSENT) | (sa == STATE_MISSING)
-    zb = (sb == PAGE_ZERO) | (sb == PAGE_ABSENT) | (sb == STATE_MISSING)
+    za = (sa == PAGE_ZERO) | (sa == PAGE_NEVER_SENT) | (sa == STATE_MISSING)
+    zb = (sb == PAGE_ZERO) | (sb == PAGE_NEVER_SENT) | (sb == STATE_MISSING)
     trans: dict[str, int] = {}
     moved = sa != sb
     if moved.any():
@@ -494,6 +507,9 @@ def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
         if s.walk_error is not None:
             notices.append(f"{tag}: the walk stopped early ({s.walk_error}); pages after "
                            "that point count as never sent")
+        for block, why in s.bitmap_untrusted.items():
+            notices.append(f"{tag}: {block}: bitmap untrusted ({why}); pages were taken from "
+                           f"the {s.bitmap_layout} reading")
     blocks = diff_ram(a, b)
     dd = None
     if devices:
@@ -505,7 +521,8 @@ def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
     if a.machine_type != b.machine_type:
         notices.append(f"machine types differ: {a.machine_type} vs {b.machine_type}")
     return DiffReport(a.path, b.path, a.format, b.format, a.machine_type, b.machine_type,
-                      a.page_size, blocks, dd, notices)
+                      a.page_size, blocks, dd, notices, a.bitmap_layout, b.bitmap_layout,
+                      a.bitmap_untrusted, b.bitmap_untrusted)
 
 
 def diff_captures(a: Capture, b: Capture, progress: Progress | None = None,

@@ -3,40 +3,40 @@
 Rules, decided here and tested:
 
 * Every output file is created inside the output folder the user named, under a
-  name made safe from the RAMBlock idstr (which holds `/` and `:`); the path is
-  resolved and checked to lie in that folder, symlinks are never followed, and
-  an existing file is replaced only with `force`. Every target is checked
-  before anything is written.
+  name made safe from the RAMBlock idstr (which holds `/` and `:`), through
+  `outfile.OutputDir`: relative to the folder's descriptor, symlinks never
+  followed (an output folder that is a symlink is refused), only regular files
+  created or replaced, an existing file only with `force`. Every target is
+  checked before anything is written.
 * Only data pages are written; zero and never-sent pages are skipped over, so
   they become holes (the file is truncated to its full length at the end).
   mapped-ram: the bitmap wins, stale bytes under a clear bit are not copied.
   Legacy: the last record wins, XBZRLE/COMPRESS_PAGE pages are replayed.
-* Pages are copied in runs: consecutive pages whose copies lie at a constant
-  stride in the input (one run per pages region in mapped-ram, one per batch
-  of CONTINUE records in a legacy stream) go out in one write.
+* Pages are copied by the shared engine (`copier.PageCopier`, also convert's):
+  runs of consecutive pages, copy_file_range where the input holds them
+  contiguously, preallocated destination runs.
+* mapped-ram: the bitmaps are read with the layout the capture found
+  (`Capture.bitmap_trust`); a bitmap that is not in the little-endian layout, or
+  damaged, is named in the notes and in each file's `bitmap_*` fields.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..errors import UsageError
 from ..formats import elfcore as E
+from ..outfile import OutputDir
 from .capture import Capture
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
+from .copier import PageCopier, pwrite_all
+from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, BlockMap
 from .physical import PhysicalLayout, x86_layout
 
 MANIFEST = "miginspect-extract.json"
 PHYSICAL_MANIFEST = "miginspect-physical.json"
-_MAX_WRITE = 16 << 20
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
 Progress = Callable[[int, int], None]
@@ -70,6 +70,9 @@ class ExtractedFile:
     zero_pages: int | None = None
     absent_pages: int | None = None
     mr_addr: int | None = None
+    bitmap_layout: str | None = None  # mapped-ram: the layout the bitmap was read with
+    bitmap_verdict: str | None = None  # mapped-ram: mapped_ram.VERDICT_*
+    bitmap_untrusted: str | None = None
 
 
 @dataclass
@@ -85,166 +88,12 @@ class ExtractReport:
         return asdict(self)
 
 
-# -- output folder ---------------------------------------------------------------
-class OutputDir:
-    """The one folder extract writes into; every path is checked against it."""
-
-    def __init__(self, path: str | os.PathLike[str], force: bool,
-                 protect: str | os.PathLike[str] | None = None) -> None:
-        p = Path(path)
-        try:
-            p.mkdir(exist_ok=True)
-        except FileNotFoundError as e:
-            raise UsageError(f"cannot create output folder {str(p)!r}: its parent does not "
-                             "exist") from e
-        except FileExistsError as e:
-            raise UsageError(f"{str(p)!r} exists and is not a folder") from e
-        if not p.is_dir():
-            raise UsageError(f"{str(p)!r} is not a folder")
-        self.root = p.resolve()
-        self.force = force
-        self.protect = Path(protect) if protect is not None else None  # the input file
-
-    def target(self, name: str) -> Path:
-        """`name` inside the folder; a bare file name only, never a path."""
-        t = self.root / name
-        if name in ("", ".", "..") or os.sep in name or "/" in name or t.parent != self.root:
-            raise UsageError(f"refusing to write {name!r}: it would land outside "
-                             f"{str(self.root)!r}")
-        return t
-
-    def check(self, names: list[str]) -> None:
-        """Refuse (before anything is written) what would overwrite without force."""
-        for n in names:
-            t = self.root / n
-            if t.is_symlink():
-                raise UsageError(f"refusing to write through the symlink {str(t)!r}")
-            if t.exists():
-                if not self.force:
-                    raise UsageError(f"{str(t)!r} exists; use --force to overwrite")
-                if not t.is_file():
-                    raise UsageError(f"{str(t)!r} exists and is not a regular file")
-                if self.protect is not None and self.protect.exists() and \
-                        os.path.samefile(t, self.protect):
-                    raise UsageError(f"refusing to overwrite the input file {str(t)!r}")
-            self.target(n)
-
-    def open(self, name: str) -> int:
-        """Create `name` afresh. With force an existing file is unlinked first, never
-        truncated in place: its other hard links and any reader's mapping stay intact."""
-        t = self.target(name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        if self.force and t.is_file() and not t.is_symlink():
-            t.unlink()
-        try:
-            return os.open(t, flags, 0o644)
-        except FileExistsError as e:
-            raise UsageError(f"{str(t)!r} exists; use --force to overwrite") from e
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise UsageError(f"refusing to write through the symlink {str(t)!r}") from e
-            raise
-
-
 # -- page copying ------------------------------------------------------------------
-def _pwrite_all(fd: int, data: Any, off: int) -> None:
-    mv = memoryview(data).cast("B")
-    while len(mv):
-        n = os.pwrite(fd, mv, off)
-        mv = mv[n:]
-        off += n
-
-
-_COPY_RANGE = [hasattr(os, "copy_file_range")]
-
-
-def _copy_range(src_fd: int, dst_fd: int, src: int, dst: int, n: int) -> bool:
-    """Copy file bytes in the kernel (no pass through this process); False when the
-    kernel or file system cannot, so the caller falls back to a plain write."""
-    try:
-        while n:
-            k = os.copy_file_range(src_fd, dst_fd, n, src, dst)
-            if k <= 0:
-                return False
-            src, dst, n = src + k, dst + k, n - k
-    except OSError:
-        _COPY_RANGE[0] = False
-        return False
-    return True
-
-
-def _const_stride_runs(idx: np.ndarray, offs: np.ndarray) -> list[tuple[int, int]]:
-    """[(i, j)] slices of (idx, offs) where pages are consecutive and the source offsets
-    advance by one constant stride."""
-    n = len(idx)
-    if n == 0:
-        return []
-    dp = np.diff(idx)
-    do = np.diff(offs)
-    # a pair (k, k+1) may join a run if the pages are consecutive
-    ok = dp == 1
-    out = []
-    brk = np.flatnonzero(~ok)  # pair indices that must split
-    # walk the stretches between forced splits; inside a stretch, split where stride changes
-    starts = np.concatenate(([0], brk + 1))
-    ends = np.concatenate((brk + 1, [n]))
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        if e - s <= 1:
-            out.append((s, e))
-            continue
-        seg = do[s : e - 1]
-        cut = np.flatnonzero(seg[1:] != seg[:-1]) + 1  # stride changes between pairs
-        i = s
-        for c in (cut + s).tolist():
-            out.append((i, c + 1))  # pair c-1 ended at element c
-            i = c + 1
-        if i < e:
-            out.append((i, e))
-    return out
-
-
 def write_pages(cap: Capture, bm: BlockMap, fd: int, dest: int, first: int, count: int,
                 progress: Callable[[int], None] | None = None) -> int:
     """Write the data pages [first, first+count) of `bm` to `fd`, page i at
-    dest + (i - first) * page_size. Returns the bytes written."""
-    ps = bm.block.page_size
-    buf = cap.source.buf
-    arr = np.frombuffer(buf, np.uint8) if len(buf) else np.zeros(0, np.uint8)
-    sel = np.flatnonzero(bm.state[first : first + count] == PAGE_DATA) + first
-    replayed: dict[int, bytes] = {}
-    if bm.replay_pages is not None and len(bm.replay_pages):
-        want = np.intersect1d(bm.replay_pages, sel)
-        if len(want):
-            replayed = cap.reader.replay_all(bm)
-            sel = np.setdiff1d(sel, want, assume_unique=True)
-            for p in want.tolist():
-                _pwrite_all(fd, replayed[p], dest + (p - first) * ps)
-    offs = bm.offset[sel]
-    written = len(replayed) * ps
-    release = cap.source.release
-    copy_fd = cap.source.fd if _COPY_RANGE[0] else None  # the file behind buf
-    for i, j in _const_stride_runs(sel, offs):
-        k = j - i
-        o0 = int(offs[i])
-        stride = int(offs[i + 1] - offs[i]) if k > 1 else ps
-        p0 = int(sel[i])
-        step = max(1, _MAX_WRITE // max(ps, stride))
-        for a in range(0, k, step):
-            m = min(step, k - a)
-            src = o0 + a * stride
-            to = dest + (p0 + a - first) * ps
-            if stride == ps:
-                if not (copy_fd is not None and _copy_range(copy_fd, fd, src, to, m * ps)):
-                    _pwrite_all(fd, arr[src : src + m * ps], to)
-            else:
-                data = np.lib.stride_tricks.as_strided(
-                    arr[src:], shape=(m, ps), strides=(stride, 1), writeable=False)
-                _pwrite_all(fd, np.ascontiguousarray(data), to)
-            release(min(src, src + (m - 1) * stride), max(src, src + (m - 1) * stride) + ps)
-            written += m * ps
-            if progress:
-                progress(m * ps)
-    return written
+    dest + (i - first) * page_size, with the shared copier. Returns the bytes written."""
+    return PageCopier(cap).copy_block(bm, fd, dest, first, count, progress)
 
 
 # -- extract -------------------------------------------------------------------------
@@ -258,44 +107,59 @@ def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = F
                    blocks: list[str] | None = None, progress: Progress | None = None,
                    manifest: bool = True) -> ExtractReport:
     """One sparse raw file per RAMBlock in `outdir` (plus a JSON manifest)."""
-    out = OutputDir(outdir, force, cap.path)
     chosen = [cap.block(n) for n in blocks] if blocks else list(cap.blocks)
     taken: set[str] = {MANIFEST.lower()}
     names = [safe_name(b.name, taken) for b in chosen]
-    out.check(names + ([MANIFEST] if manifest else []))
-    rep = ExtractReport(cap.path, cap.format, str(out.root))
-    _stopped_note(cap, rep)
-    maps = cap.maps
-    total = sum(maps[b.name].count(PAGE_DATA) * b.page_size for b in chosen)
-    done = [0]
+    with OutputDir(outdir, force, cap.path) as out:
+        out.check(names + ([MANIFEST] if manifest else []))
+        rep = ExtractReport(cap.path, cap.format, str(out.root))
+        _stopped_note(cap, rep)
+        maps = cap.maps
+        total = sum(maps[b.name].count(PAGE_DATA) * b.page_size for b in chosen)
+        done = [0]
 
-    def tick(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress(done[0], total)
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
 
-    for b, fname in zip(chosen, names, strict=True):
-        bm = maps[b.name]
-        fd = out.open(fname)
-        try:
-            nbytes = write_pages(cap, bm, fd, 0, 0, bm.pages, tick)
-            os.ftruncate(fd, b.used_length)
-        finally:
-            os.close(fd)
-        rep.files.append(ExtractedFile(
-            file=fname, kind="block", size=b.used_length, data_bytes=nbytes, block=b.name,
-            used_length=b.used_length, pages=bm.pages, data_pages=bm.count(PAGE_DATA),
-            zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_ABSENT),
-            mr_addr=b.mr_addr))
-        if b.mapped_ram is not None and b.mapped_ram.skipped:
-            rep.notes.append(f"{b.name}: skipped by x-ignore-shared (its memory is shared with "
-                             "the destination, not in the file): written as zeros")
-        if bm.bitmap_untrusted:
-            rep.notes.append(f"{b.name}: bitmap untrusted ({bm.bitmap_untrusted}); pages were "
-                             f"taken from the {cap.bitmap_layout} reading")
-    if manifest:
-        _write_manifest(out, rep)
+        copier = PageCopier(cap)
+        for b, fname in zip(chosen, names, strict=True):
+            bm = maps[b.name]
+            fd = out.open(fname)
+            try:
+                nbytes = copier.copy_block(bm, fd, 0, 0, bm.pages, tick)
+                os.ftruncate(fd, b.used_length)
+            finally:
+                os.close(fd)
+            rep.files.append(_block_file(cap, bm, fname, nbytes))
+            _block_notes(cap, bm, rep)
+        if manifest:
+            _write_manifest(out, rep)
     return rep
+
+
+def _block_file(cap: Capture, bm: BlockMap, fname: str, nbytes: int) -> ExtractedFile:
+    b = bm.block
+    chk = cap.bitmap_trust.check(b.name)
+    return ExtractedFile(
+        file=fname, kind="block", size=b.used_length, data_bytes=nbytes, block=b.name,
+        used_length=b.used_length, pages=bm.pages, data_pages=bm.count(PAGE_DATA),
+        zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_NEVER_SENT),
+        mr_addr=b.mr_addr, bitmap_layout=chk.layout if chk else None,
+        bitmap_verdict=chk.verdict if chk else None,
+        bitmap_untrusted=chk.untrusted if chk else None)
+
+
+def _block_notes(cap: Capture, bm: BlockMap, rep: ExtractReport) -> None:
+    b = bm.block
+    if b.mapped_ram is not None and b.mapped_ram.skipped:
+        rep.notes.append(f"{b.name}: skipped by x-ignore-shared (its memory is shared with "
+                         "the destination, not in the file): written as zeros")
+    why = cap.bitmap_trust.untrusted(b.name)
+    if why:
+        rep.notes.append(f"{b.name}: bitmap untrusted ({why}); pages were taken from the "
+                         f"{cap.bitmap_layout} reading")
 
 
 def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
@@ -311,7 +175,16 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
     out = OutputDir(outdir, force, cap.path)
     files = {"raw": "physical.raw", "elf": "physical.elf"}
     names = [files[f] for f in formats]
-    out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))
+    try:
+        out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))
+        return _physical(cap, out, lay, blk, name, formats, files, progress, manifest)
+    finally:
+        out.close()
+
+
+def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any, name: str,
+              formats: tuple[str, ...], files: dict[str, str], progress: Progress | None,
+              manifest: bool) -> ExtractReport:
     rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay.to_json())
     _stopped_note(cap, rep)
     bm = cap.maps[name]
@@ -337,7 +210,7 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
                 size = lay.end
             else:
                 offsets = elf_offsets(lay, blk.page_size)
-                _pwrite_all(fd, elf_header(lay, offsets), 0)
+                pwrite_all(fd, elf_header(lay, offsets), 0)
                 nbytes = _write_ranges(cap, bm, lay, fd, offsets.__getitem__, tick)
                 size = max((offsets[r.gpa] + r.length for r in lay.ranges),
                            default=E.EHDR_SIZE)

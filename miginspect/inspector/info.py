@@ -11,8 +11,7 @@ from ..formats import ram as R
 from ..formats.stream import MIG_CMD_NAMES
 from .capture import Capture
 from .libvirt_image import container_report
-from .mapped_ram import check_bitmaps
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
+from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
 
 
 @dataclass
@@ -83,7 +82,7 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
         mr = None
         if b.mapped_ram is not None:
             m = b.mapped_ram
-            chk = check_bitmaps(cap)[b.name]
+            chk = cap.bitmap_trust.blocks[b.name]
             counts[R.RAM_SAVE_FLAG_PAGE] = data
             mr = {
                 "header_offset": m.header_offset,
@@ -94,8 +93,9 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
                 "pages_offset": m.pages_offset,
                 "pages_end": m.pages_offset + b.used_length if not m.skipped else 0,
                 "skipped": m.skipped,
-                "bitmap_untrusted": bm.bitmap_untrusted,
+                "bitmap_untrusted": chk.untrusted,
                 "bitmap_layout": chk.layout,
+                "bitmap_verdict": chk.verdict,
                 "stale_pages": chk.stale_pages,
                 "hole_pages": chk.hole_pages,
                 "set_bits_over_holes": chk.set_bits_over_holes,
@@ -107,7 +107,7 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
                 pages=bm.pages,
                 data_pages=data,
                 zero_pages=bm.count(PAGE_ZERO),
-                absent_pages=bm.count(PAGE_ABSENT),
+                absent_pages=bm.count(PAGE_NEVER_SENT),
                 page_records=counts[R.RAM_SAVE_FLAG_PAGE],
                 zero_records=counts[R.RAM_SAVE_FLAG_ZERO],
                 xbzrle_records=counts[R.RAM_SAVE_FLAG_XBZRLE],

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .capture import Capture
-from .pagemap import PAGE_ABSENT
+from .pagemap import PAGE_NEVER_SENT
 from .source import Container
 
 #: libvirt's memory units, in bytes (docs: formatdomain "Memory Allocation").
@@ -98,7 +98,7 @@ def stream_extent(cap: Capture) -> dict[str, Any]:
     pages = absent = 0
     for bm in cap.maps.values():
         pages += bm.pages
-        absent += bm.count(PAGE_ABSENT)
+        absent += bm.count(PAGE_NEVER_SENT)
     inf = src.container.inflation
     return {
         # the walk reached the EOF record without a fatal problem

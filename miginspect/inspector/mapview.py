@@ -18,13 +18,23 @@ from typing import Any
 import numpy as np
 
 from .capture import Capture
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
+from .mapped_ram import BitmapCheck
+from .pagemap import (
+    PAGE_DATA,
+    PAGE_NEVER_SENT,
+    PAGE_ZERO,
+    RESENT_KEY,
+    STATE_KEYS,
+    BlockMap,
+)
 
-CLASS_ABSENT = 0
-CLASS_ZERO = 1
-CLASS_DATA = 2
+# Cell classes: the page states, plus re-sent (sent >= 2 times, whatever the final state).
+CLASS_NEVER_SENT = PAGE_NEVER_SENT
+CLASS_ZERO = PAGE_ZERO
+CLASS_DATA = PAGE_DATA
 CLASS_RESENT = 3
-_STATE_TO_CLASS = {PAGE_ABSENT: CLASS_ABSENT, PAGE_ZERO: CLASS_ZERO, PAGE_DATA: CLASS_DATA}
+#: the former name, for render/map.py until it uses CLASS_NEVER_SENT
+CLASS_ABSENT = CLASS_NEVER_SENT
 
 
 @dataclass
@@ -33,11 +43,13 @@ class BlockView:
     used_length: int
     page_size: int
     pages: int
-    counts: dict[str, int]  # pages per state: never_sent, zero, data; resent = sent >= 2
+    counts: dict[str, int]  # pages per state (STATE_KEYS); "resent" = sent >= 2 times
     max_sends: int
     resent_histogram: dict[int, int]  # k -> pages sent exactly k times (k >= 2)
     mr_addr: int | None = None
     bitmap_untrusted: str | None = None
+    bitmap_layout: str | None = None  # mapped-ram: the layout the bitmap was read with
+    bitmap_verdict: str | None = None  # mapped-ram: mapped_ram.VERDICT_*
     state: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint8))
     sends: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint32))
 
@@ -45,7 +57,7 @@ class BlockView:
         """state -> [[first_page, end_page), ...] run-length ranges."""
         starts, ends, vals = runs(self.state)
         out = {}
-        for st, key in ((PAGE_ABSENT, "never_sent"), (PAGE_ZERO, "zero"), (PAGE_DATA, "data")):
+        for st, key in STATE_KEYS.items():
             sel = vals == st
             out[key] = np.stack((starts[sel], ends[sel]), axis=1).tolist()
         return out
@@ -70,6 +82,8 @@ class BlockView:
             "resent_ranges": self.resent_ranges(),
             "mr_addr": self.mr_addr,
             "bitmap_untrusted": self.bitmap_untrusted,
+            "bitmap_layout": self.bitmap_layout,
+            "bitmap_verdict": self.bitmap_verdict,
         }
 
 
@@ -105,12 +119,13 @@ def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, ends, values[starts]
 
 
-def block_view(bm: BlockMap) -> BlockView:
+def block_view(bm: BlockMap, bitmap: BitmapCheck | None = None) -> BlockView:
+    """The view of one block's map (`bitmap`: the capture's verdict on its bitmap)."""
     state, sends = bm.state, bm.sends
-    counts = {"never_sent": bm.count(PAGE_ABSENT), "zero": bm.count(PAGE_ZERO),
-              "data": bm.count(PAGE_DATA), "resent": int(np.count_nonzero(sends >= 2))}
+    counts = {key: bm.count(st) for st, key in STATE_KEYS.items()}
+    counts[RESENT_KEY] = int(np.count_nonzero(sends >= 2))
     hist: dict[int, int] = {}
-    if counts["resent"]:
+    if counts[RESENT_KEY]:
         ks, cs = np.unique(sends[sends >= 2], return_counts=True)
         hist = {int(k): int(c) for k, c in zip(ks, cs, strict=True)}
     return BlockView(
@@ -122,7 +137,9 @@ def block_view(bm: BlockMap) -> BlockView:
         max_sends=int(sends.max()) if len(sends) else 0,
         resent_histogram=hist,
         mr_addr=bm.block.mr_addr,
-        bitmap_untrusted=bm.bitmap_untrusted,
+        bitmap_untrusted=bitmap.untrusted if bitmap is not None else None,
+        bitmap_layout=bitmap.layout if bitmap is not None else None,
+        bitmap_verdict=bitmap.verdict if bitmap is not None else None,
         state=state,
         sends=sends,
     )
@@ -132,8 +149,10 @@ def page_map(cap: Capture, blocks: list[str] | None = None) -> MapReport:
     """The map report of `cap`, limited to the named blocks if given."""
     names = [cap.block(n).name for n in blocks] if blocks else [b.name for b in cap.blocks]
     maps = cap.maps
+    trust = cap.bitmap_trust
     err = cap.walk.error
-    return MapReport(cap.path, cap.format, cap.page_size, [block_view(maps[n]) for n in names],
+    return MapReport(cap.path, cap.format, cap.page_size,
+                     [block_view(maps[n], trust.check(n)) for n in names],
                      err.oneline() if err is not None else None)
 
 
@@ -151,7 +170,7 @@ class Cells:
         """Class shown per cell: re-sent if any page was re-sent, else the class with most
         pages (ties go to data, then zero)."""
         c = self.counts
-        order = c[:, [CLASS_ABSENT, CLASS_ZERO, CLASS_DATA]]
+        order = c[:, [CLASS_NEVER_SENT, CLASS_ZERO, CLASS_DATA]]
         # argmax picks the first maximum: reverse so data wins ties
         dom = 2 - np.argmax(order[:, ::-1], axis=1)
         return np.where(c[:, CLASS_RESENT] > 0, CLASS_RESENT, dom)
@@ -167,7 +186,7 @@ def cells(view: BlockView, per_cell: int) -> Cells:
     """Bin a block's pages into cells of `per_cell` pages."""
     per_cell = max(1, int(per_cell))
     n = view.pages
-    cls = np.array([_STATE_TO_CLASS[s] for s in range(3)], np.uint8)[view.state]
+    cls = view.state.astype(np.uint8)  # CLASS_* equal PAGE_* for the three states
     resent = view.sends >= 2
     cls = np.where(resent, CLASS_RESENT, cls)
     ncells = (n + per_cell - 1) // per_cell

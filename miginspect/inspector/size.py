@@ -14,7 +14,20 @@ Accounting (every byte of the QEMU stream lands in exactly one bucket):
   per-block headers, bitmaps, 1 MiB alignment padding and the region bytes of zero
   pages), broken down in ``overhead``.
 
-Bounds, from QEMU's layout rules (format-spec §3, §4.3):
+The page records split two ways (legacy):
+
+* ``resent_bytes``: every record of a page after its first one: the cost of the
+  guest re-dirtying pages while it ran (redirty amplification);
+* ``framing_bytes``: the bytes of the records that are not page content: be64
+  words, idstrs, ZERO fill bytes, XBZRLE and COMPRESS_PAGE length headers. A
+  paused VM's stream has framing but no re-sends.
+
+``amplification`` = ram_bytes_written / data_bytes (both of the above in it);
+``resend_amplification`` = ram_bytes_written / (ram_bytes_written - resent_bytes),
+exactly 1 when no page was sent twice.
+
+Bounds, from QEMU's layout rules (format-spec §3, §4.3; the placement of a block is
+`formats.mapped_ram.place_ramblock`, the converter's rule too):
 
 * ``mapped_ram_bound``: the apparent size this VM state takes as a mapped-ram file:
   the same stream around the RAM (header, configuration plus the capabilities
@@ -28,8 +41,10 @@ Bounds, from QEMU's layout rules (format-spec §3, §4.3):
 * ``legacy_minimum``: this stream with every page sent once (data pages as PAGE, zero
   pages as ZERO, one idstr per block), the rest of the stream unchanged.
 
-Amplification (legacy) = ``ram_bytes_written / data_bytes``: the RAM bytes written
-per byte of final page data.
+The verdict (`SizeVerdict`) compares like with like: apparent sizes with apparent
+sizes, allocated with allocated (for a compressed file: its size on disk with what
+the mapped-ram file would take on disk), and names re-sends, never framing, as
+amplification. `verdict_line` words it from those numbers only.
 """
 
 from __future__ import annotations
@@ -42,8 +57,9 @@ import numpy as np
 from ..formats import mapped_ram as M
 from ..formats import ram as R
 from .capture import Capture
-from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
+from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, BlockMap
 from .ramscan import RecordTable
+from .recindex import RecordIndex
 from .rounds import find_rounds
 from .stream import RamBlock, Section, StreamWalk
 
@@ -56,6 +72,24 @@ CAPS_NAME_MAPPED_RAM = 1 + len("mapped-ram")
 #: a ram PART/END section holding only EOS: type, be32 id, be64 EOS (+ 5-byte footer)
 EOS_ONLY_SECTION = 1 + 4 + 8
 FOOTER = 5
+#: bytes of each record kind's payload that are not page content (fill byte, length headers)
+_PAYLOAD_FRAMING = {R.RAM_SAVE_FLAG_PAGE: 0, R.RAM_SAVE_FLAG_ZERO: 1,
+                    R.RAM_SAVE_FLAG_XBZRLE: 3, R.RAM_SAVE_FLAG_COMPRESS_PAGE: 4}
+#: advise another layout only when it saves at least this share of the disk space
+_WORTH_SAVING = 0.05
+
+# verdict kinds (SizeVerdict.kind)
+V_INCOMPLETE = "incomplete"  # nothing of the RAM was read
+V_MAPPED_LAYOUT_MISMATCH = "mapped-ram-layout-mismatch"  # headers break QEMU's rules
+V_MAPPED_OFF_BOUND = "mapped-ram-off-bound"  # file size != layout bound
+V_MAPPED_AT_BOUND = "mapped-ram-at-bound"
+V_AMPLIFIED = "redirty-amplified"  # legacy with re-sent pages
+V_SENT_ONCE = "sent-once"  # legacy, every page sent once
+V_NO_BOUND = "no-bound"  # legacy without a ram START section: nothing to compare with
+# advice (SizeVerdict.advice)
+A_PAUSE = "pause-before-saving"  # re-sends cost bytes: stop the VM first
+A_SAVE_MAPPED_RAM = "save-as-mapped-ram"  # it takes less disk (allocated vs allocated)
+A_COPY_SPARSE = "copy-sparse-aware"  # holes are zero pages: keep them holes when copying
 
 
 @dataclass
@@ -65,7 +99,7 @@ class BlockSize:
     pages: int
     data_pages: int
     zero_pages: int
-    absent_pages: int
+    absent_pages: int  # never sent (the published key)
     data_bytes: int
     records: int
     page_records: int
@@ -83,6 +117,12 @@ class BlockSize:
     xbzrle_saved_bytes: int = 0
     #: extra sends (beyond the first) per 1/HEAT_CELLS of the block: where the hot pages are
     resend_heat: list[int] = field(default_factory=list)
+    resent_bytes: int = 0  # records after a page's first one
+    framing_bytes: int = 0  # record bytes that are not page content
+    resend_amplification: float | None = None  # written / written without re-sends
+    bitmap_layout: str | None = None  # mapped-ram: the layout the bitmap was read with
+    bitmap_verdict: str | None = None  # mapped-ram: mapped_ram.VERDICT_*
+    bitmap_untrusted: str | None = None
 
 
 @dataclass
@@ -122,6 +162,49 @@ class MappedRamLayout:
     end: int  # pages_offset + used_length
     actual_bitmap_offset: int | None = None  # from the file's header, for mapped-ram files
     actual_pages_offset: int | None = None
+
+
+@dataclass
+class HotSummary:
+    """Where the re-sent pages of the block with most of them are."""
+
+    block: str
+    pages: int  # re-sent pages of that block
+    min_sends: int
+    max_sends: int
+    spans: list[list[int]]  # [start, end) block offsets of the ranges holding most of them
+    share: float  # of the block's re-sent pages inside `spans`
+    more_ranges: int  # further ranges not in `spans`
+    other_blocks_pages: int  # re-sent pages in other blocks
+
+
+@dataclass
+class SizeVerdict:
+    """What the verdict says and every number it rests on; each comparison is like with
+    like (the ratios are the ones the bounds table shows)."""
+
+    kind: str  # V_*
+    advice: list[str]  # A_*
+    stopped: bool  # figures cover what was read of a cut or damaged file
+    compressed: bool  # the file is compressed: its on-disk size is the compressed size
+    apparent_size: int  # this file's QEMU stream with its container (inflated if compressed)
+    allocated_size: int  # this file on disk
+    mapped_ram_bound: int  # apparent
+    mapped_ram_allocated_bound: int  # on disk
+    apparent_ratio: float | None  # apparent_size / mapped_ram_bound
+    allocated_ratio: float | None  # allocated_size / mapped_ram_allocated_bound
+    legacy_minimum: int | None  # apparent, every page sent once
+    above_legacy_minimum: int | None  # apparent_size - legacy_minimum
+    resent_pages: int
+    resent_bytes: int
+    framing_bytes: int
+    ram_bytes_written: int
+    resend_amplification: float | None
+    zero_share: float | None  # of the RAM regions that are zero pages (mapped-ram)
+    mismatched_blocks: list[str] = field(default_factory=list)
+    bound_difference: int = 0  # mapped-ram: file size - bound
+    hot: HotSummary | None = None
+    stopped_reason: str | None = None
 
 
 @dataclass
@@ -167,6 +250,10 @@ class SizeReport:
     verdict: str
     notices: list[str] = field(default_factory=list)
     stopped: str | None = None
+    resent_bytes: int = 0
+    framing_bytes: int = 0
+    resend_amplification: float | None = None
+    verdict_basis: SizeVerdict | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,27 +315,15 @@ def _round_up(x: int, a: int) -> int:
 
 def mapped_ram_layout(blocks: list[RamBlock], start: int, ignore_shared: bool = False,
                       host_long_bytes: int = 8) -> list[MappedRamLayout]:
-    """Lay the blocks out as QEMU's mapped-ram writer does, from `start`, the absolute
-    file offset of the first MEM_SIZE list entry (right after the be64 MEM_SIZE word)."""
-    out = []
-    cur = start
-    for b in blocks:
-        entry = 1 + len(b.name.encode("latin-1")) + 8 + (8 if ignore_shared else 0)
-        entry += 8 if b.host_page_size is not None else 0
-        hdr = cur + entry
-        if b.mapped_ram is not None and b.mapped_ram.skipped:
-            # x-ignore-shared block: zero offsets, no bitmap, no region, no seek
-            out.append(MappedRamLayout(b.name, cur, hdr, 0, 0, 0,
-                                       hdr + M.MAPPED_RAM_HEADER_SIZE))
-            cur = hdr + M.MAPPED_RAM_HEADER_SIZE
-            continue
-        bmo = hdr + M.MAPPED_RAM_HEADER_SIZE
-        npages = b.used_length // b.page_size
-        bmb = M.bitmap_size(npages, host_long_bytes)
-        po = M.pages_offset_for(bmo, npages, host_long_bytes)
-        out.append(MappedRamLayout(b.name, cur, hdr, bmo, bmb, po, po + b.used_length))
-        cur = po + b.used_length
-    return out
+    """Lay the blocks out as QEMU's mapped-ram writer does (`M.layout_ramblocks`), from
+    `start`, the absolute file offset of the first MEM_SIZE list entry (right after the
+    be64 MEM_SIZE word)."""
+    spec = [(M.ramblock_entry_size(len(b.name.encode("latin-1")), b.host_page_size is not None,
+                                   ignore_shared),
+             b.used_length, b.page_size, b.mapped_ram is not None and b.mapped_ram.skipped)
+            for b in blocks]
+    return [MappedRamLayout(b.name, *p) for b, p in
+            zip(blocks, M.layout_ramblocks(start, spec, host_long_bytes), strict=True)]
 
 
 def _allocated(layout: list[MappedRamLayout], prefix_start: int, tail: int,
@@ -318,7 +393,30 @@ def hot_ranges(maps: dict[str, BlockMap], per_page_bytes: dict[str, np.ndarray],
 
 
 # ----------------------------------------------------------------------------------------
-# the report
+# phase: sections
+
+
+@dataclass
+class _Sections:
+    """The walk's top-level records by bucket."""
+
+    read: list[Section]  # the walk's sections, a damaged one cut at the damage
+    ram: list[Section]  # ram START/PART/END
+    ram_bytes: int
+    device: int
+    vmdesc: int
+    commands: int
+    eof: int
+    header_cfg: int  # file header and configuration record
+    walked_end: int  # where the walk's knowledge of the stream ends
+    unwalked: int  # bytes after that
+
+    def counts(self) -> dict[str, int]:
+        return {k: sum(1 for s in self.ram if s.kind == k) for k in ("START", "PART", "END")}
+
+    @property
+    def start(self) -> Section | None:
+        return next((s for s in self.ram if s.kind == "START"), None)
 
 
 def _read_sections(w: StreamWalk) -> list[Section]:
@@ -333,269 +431,130 @@ def _read_sections(w: StreamWalk) -> list[Section]:
     return out
 
 
-def _stream_end(w: StreamWalk, secs: list[Section]) -> int:
-    return max([s.end for s in secs] + [w.walked_to])
-
-
-def size_report(cap: Capture, top: int = 10) -> SizeReport:
-    """Compute the size audit of an opened capture (`top`: hottest ranges to keep).
-
-    The walk and the page maps are the capture's; everything here is numpy over the
-    RecordTable columns, so it takes a fraction of the walk's time."""
-    w = cap.walk
-    if w.error is not None and not w.blocks:
-        raise w.error  # nothing of the RAM was read: there is nothing to size
-    src = cap.source
-    buf = src.buf
-    ps = cap.page_size
-    legacy = not w.mapped_ram
-    rt = w.records
-    maps = cap.maps
-    stream_bytes = len(buf) - src.base
-    notices: list[str] = []
-
-    # -- per record sizes (legacy) ------------------------------------------------
-    if legacy and rt is not None and len(rt):
-        rs = record_sizes(buf, rt, ps)
-        rec_total = rs.total
-    else:
-        rs = None
-        rec_total = np.zeros(0, np.int64)
-
-    # -- sections -------------------------------------------------------------------
+def _sections(cap: Capture) -> _Sections:
+    w, src = cap.walk, cap.source
     secs = _read_sections(w)
-    ram_sections = [s for s in secs if s.idstr == R.RAM_SECTION_IDSTR
-                    and s.kind in ("START", "PART", "END")]
-    ram_section_bytes = sum(s.length for s in ram_sections)
-    device = sum(s.length for s in secs
-                 if s.kind in ("START", "PART", "END", "FULL") and s.idstr != R.RAM_SECTION_IDSTR)
-    vmdesc = sum(s.length for s in secs if s.kind == "VMDESCRIPTION")
-    commands = sum(s.length for s in secs if s.kind == "COMMAND")
-    eof = sum(s.length for s in secs if s.kind == "EOF")
-    first_sec = secs[0].offset if secs else w.walked_to
-    header_cfg = first_sec - src.base
-    walked_end = _stream_end(w, secs)
-    unwalked = len(buf) - walked_end
+    ram = [s for s in secs if s.idstr == R.RAM_SECTION_IDSTR and s.kind in ("START", "PART",
+                                                                             "END")]
+    first = secs[0].offset if secs else w.walked_to
+    walked_end = max([s.end for s in secs] + [w.walked_to])
+    return _Sections(
+        read=secs, ram=ram, ram_bytes=sum(s.length for s in ram),
+        device=sum(s.length for s in secs if s.kind in ("START", "PART", "END", "FULL")
+                   and s.idstr != R.RAM_SECTION_IDSTR),
+        vmdesc=sum(s.length for s in secs if s.kind == "VMDESCRIPTION"),
+        commands=sum(s.length for s in secs if s.kind == "COMMAND"),
+        eof=sum(s.length for s in secs if s.kind == "EOF"),
+        header_cfg=first - src.base, walked_end=walked_end, unwalked=len(src.buf) - walked_end)
 
-    # -- blocks ---------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------
+# phase: blocks
+
+
+def _legacy_block(b: RamBlock, bm: BlockMap, cap: Capture, rs: RecordSizes,
+                  out: BlockSize) -> np.ndarray:
+    """Fill `out` from the block's page records; returns the bytes of every re-send per
+    page (every record of a page after its first)."""
+    rt, ps = cap.records, cap.page_size
+    rows = cap.record_index.rows(b.index)  # the block's records by page, stream order kept
+    counts = rt.kind_counts(rows)
+    tot = rs.total[rows]
+    out.records = len(rows)
+    out.page_records = counts[R.RAM_SAVE_FLAG_PAGE]
+    out.zero_records = counts[R.RAM_SAVE_FLAG_ZERO]
+    out.xbzrle_records = counts[R.RAM_SAVE_FLAG_XBZRLE]
+    out.compress_records = counts[R.RAM_SAVE_FLAG_COMPRESS_PAGE]
+    out.ram_bytes_written = int(tot.sum())
+    out.record_header_bytes = int(rs.header[rows].sum())
+    out.page_payload_bytes = out.page_records * ps
+    out.framing_bytes = out.record_header_bytes + sum(
+        counts[k] * v for k, v in _PAYLOAD_FRAMING.items())
+    xs = rows[rt.kind[rows] == R.RAM_SAVE_FLAG_XBZRLE]
+    out.xbzrle_saved_bytes = int((ps - 3 - rs.xbzrle_len[xs]).sum()) if len(xs) else 0
+    pages = rt.page[rows]
+    rep = ~RecordIndex.first_of_page(pages)
+    extra = np.bincount(pages[rep], weights=tot[rep],
+                        minlength=bm.pages)[:bm.pages].astype(np.int64)
+    out.resent_bytes = int(tot[rep].sum())
+    once = out.ram_bytes_written - out.resent_bytes
+    out.resend_amplification = out.ram_bytes_written / once if once else None
+    data_bytes = out.data_pages * ps
+    out.amplification = out.ram_bytes_written / data_bytes if data_bytes else None
+    return extra
+
+
+def _blocks(cap: Capture, rs: RecordSizes | None) -> tuple[list[BlockSize],
+                                                           dict[str, np.ndarray]]:
+    """Per-block sizes, and per legacy block the bytes of re-sends per page."""
+    ps, maps = cap.page_size, cap.maps
     blocks: list[BlockSize] = []
-    per_page_extra: dict[str, np.ndarray] = {}
-    xb_saved_total = 0
-    for b in w.blocks:
+    extra: dict[str, np.ndarray] = {}
+    for b in cap.blocks:
         bm = maps[b.name]
         data = bm.count(PAGE_DATA)
-        counts = dict.fromkeys(R.PAGE_RECORD_FLAGS, 0)
-        written = hdr_bytes = page_payload = xb_saved = 0
-        nrec = 0
-        if rs is not None and rt is not None:
-            sel = np.flatnonzero(rt.block == b.index)
-            nrec = len(sel)
-            kinds = rt.kind[sel]
-            counts = rt.kind_counts(sel)
-            written = int(rec_total[sel].sum())
-            hdr_bytes = int(rs.header[sel].sum())
-            page_payload = counts[R.RAM_SAVE_FLAG_PAGE] * ps
-            xs = sel[kinds == R.RAM_SAVE_FLAG_XBZRLE]
-            xb_saved = int((ps - 3 - rs.xbzrle_len[xs]).sum()) if len(xs) else 0
-            # bytes of every record but the first of each page: the cost of re-sending
-            pages = rt.page[sel].astype(np.int64)
-            order = np.argsort(pages, kind="stable")
-            sp = pages[order]
-            first = np.ones(len(sp), bool)
-            first[1:] = sp[1:] != sp[:-1]
-            rep = ~first
-            extra = np.bincount(sp[rep], weights=rec_total[sel[order[rep]]],
-                                minlength=bm.pages)[:bm.pages].astype(np.int64)
-            per_page_extra[b.name] = extra
-        elif not legacy:
-            counts[R.RAM_SAVE_FLAG_PAGE] = data
-            written = data * ps
-        xb_saved_total += xb_saved
-        blocks.append(BlockSize(
+        chk = cap.bitmap_trust.check(b.name)
+        bs = BlockSize(
             name=b.name, used_length=b.used_length, pages=bm.pages, data_pages=data,
-            zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_ABSENT),
-            data_bytes=data * ps, records=nrec,
-            page_records=counts[R.RAM_SAVE_FLAG_PAGE], zero_records=counts[R.RAM_SAVE_FLAG_ZERO],
-            xbzrle_records=counts[R.RAM_SAVE_FLAG_XBZRLE],
-            compress_records=counts[R.RAM_SAVE_FLAG_COMPRESS_PAGE],
-            ram_bytes_written=written, record_header_bytes=hdr_bytes,
-            page_payload_bytes=page_payload,
-            amplification=(written / (data * ps)) if legacy and data else None,
+            zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_NEVER_SENT),
+            data_bytes=data * ps, records=0, page_records=0, zero_records=0,
+            xbzrle_records=0, compress_records=0, ram_bytes_written=0, record_header_bytes=0,
+            page_payload_bytes=0, amplification=None,
             resent_pages=int(np.count_nonzero(bm.sends > 1)),
             max_sends=int(bm.sends.max()) if bm.pages else 0,
             send_histogram=send_histogram(bm.sends), mapped_ram_bytes=0,
-            xbzrle_saved_bytes=xb_saved, resend_heat=resend_heat(bm.sends),
-        ))
+            resend_heat=resend_heat(bm.sends),
+            bitmap_layout=chk.layout if chk else None, bitmap_verdict=chk.verdict if chk else None,
+            bitmap_untrusted=chk.untrusted if chk else None)
+        if rs is not None:
+            extra[b.name] = _legacy_block(b, bm, cap, rs, bs)
+        elif cap.walk.mapped_ram:
+            bs.page_records = data
+            bs.ram_bytes_written = data * ps
+        blocks.append(bs)
+    return blocks, extra
 
-    all_sends = np.concatenate([maps[b.name].sends for b in w.blocks]) if w.blocks else \
-        np.zeros(0, np.uint32)
-    ram_written = sum(b.ram_bytes_written for b in blocks)
-    data_pages = sum(b.data_pages for b in blocks)
-    data_bytes = data_pages * ps
 
-    # -- overhead breakdown ------------------------------------------------------------
+# ----------------------------------------------------------------------------------------
+# phase: overhead
+
+
+def _overhead(cap: Capture, secs: _Sections, ram_written: int) -> dict[str, int]:
+    w, src = cap.walk, cap.source
     overhead: dict[str, int] = {
         "container": src.base,
-        "header_and_configuration": header_cfg,
-        "commands": commands,
-        "eof": eof,
+        "header_and_configuration": secs.header_cfg,
+        "commands": secs.commands,
+        "eof": secs.eof,
     }
-    layout: list[MappedRamLayout] = []
-    mr_check = None
-    start_sec = next((s for s in ram_sections if s.kind == "START"), None)
-    if legacy:
-        overhead["ram_framing"] = ram_section_bytes - ram_written
+    if not w.mapped_ram:
+        overhead["ram_framing"] = secs.ram_bytes - ram_written
     else:
-        bitmaps = sum(b.mapped_ram.bitmap_bytes for b in w.blocks
-                      if b.mapped_ram and not b.mapped_ram.skipped)
-        regions = sum(b.used_length for b in w.blocks
-                      if b.mapped_ram and not b.mapped_ram.skipped)
-        padding = 0
-        for b in w.blocks:
-            m = b.mapped_ram
-            if m and not m.skipped:
-                padding += m.pages_offset - (m.bitmap_offset + m.bitmap_bytes)
+        mr = [(b, b.mapped_ram) for b in w.blocks if b.mapped_ram and not b.mapped_ram.skipped]
+        bitmaps = sum(m.bitmap_bytes for _, m in mr)
+        regions = sum(b.used_length for b, _ in mr)
+        padding = sum(m.pages_offset - (m.bitmap_offset + m.bitmap_bytes) for _, m in mr)
         overhead["mapped_ram_bitmaps"] = bitmaps
         overhead["mapped_ram_alignment_padding"] = padding
         overhead["mapped_ram_zero_page_bytes"] = regions - ram_written
-        overhead["ram_framing"] = ram_section_bytes - bitmaps - padding - regions
-    overhead["unwalked_or_trailing"] = unwalked
-    other = stream_bytes - ram_written - device - vmdesc + src.base
-    # other == sum(overhead.values()) holds when the walk covered the stream
+        overhead["ram_framing"] = secs.ram_bytes - bitmaps - padding - regions
+    overhead["unwalked_or_trailing"] = secs.unwalked
+    return overhead
 
-    # -- mapped-ram bound ----------------------------------------------------------------
-    mr_bound = mr_alloc = 0
-    start_whole = start_sec is not None and start_sec in w.sections
-    if start_whole and start_sec.payload_offset is not None and w.blocks:
-        mem_size_word = start_sec.payload_offset + 8
-        # everything of the stream that is not ram START's list/regions
-        start_tail = start_sec.end - _list_end(w)  # EOS (+ footer) after the list
-        after_start = walked_end - start_sec.end
-        if legacy:
-            extra_cfg = (CAPS_NAME_MAPPED_RAM if w.capabilities else CAPS_SUBSECTION_MAPPED_RAM)
-            footer = FOOTER if w.footers else 0
-            later_ram = [s for s in ram_sections if s.kind != "START"]
-            shrink = sum(s.length - (EOS_ONLY_SECTION + footer) for s in later_ram)
-            start_at = mem_size_word + extra_cfg
-            layout = mapped_ram_layout(w.blocks, start_at, w.ignore_shared)
-            tail = (8 + footer) + after_start - shrink
-        else:
-            layout = mapped_ram_layout(w.blocks, mem_size_word, w.ignore_shared)
-            tail = start_tail + after_start
-            for lay, b in zip(layout, w.blocks, strict=True):
-                if b.mapped_ram is not None:
-                    lay.actual_bitmap_offset = b.mapped_ram.bitmap_offset
-                    lay.actual_pages_offset = b.mapped_ram.pages_offset
-        mr_bound = (layout[-1].end if layout else mem_size_word) + tail
-        dp = [b.data_pages for b in blocks]
-        mr_alloc = _allocated(layout, 0, tail, dp, ps)
-        for lay, bs in zip(layout, blocks, strict=True):
-            bs.mapped_ram_bytes = lay.end - lay.entry_offset
-        if not legacy:
-            mismatches = [lay.name for lay in layout
-                          if (lay.actual_bitmap_offset, lay.actual_pages_offset)
-                          != (lay.bitmap_offset, lay.pages_offset)]
-            real = len(buf)
-            mr_check = {
-                "layout_matches_headers": not mismatches,
-                "mismatched_blocks": mismatches,
-                "bound": mr_bound,
-                "stream_end": real,
-                "difference": real - mr_bound,
-                "allocated_size": src.allocated_size,
-                "allocated_bound": mr_alloc,
-            }
-            notices.append("mapped-ram rewrites pages in place: the file does not record how "
-                           "often a page was written (QEMU's ram.normal counts every write)")
-            if src.decompressed:
-                notices.append("the input was decompressed: holes of the mapped-ram file were "
-                               "inflated to zeros, so its allocated size says nothing")
-    elif w.blocks:
-        notices.append("no ram START section: bounds not computed")
 
-    # -- legacy minimum -------------------------------------------------------------------
-    legacy_min = None
-    if legacy and w.blocks:
-        min_ram = 0
-        for b, bs in zip(w.blocks, blocks, strict=True):
-            sent = bs.data_pages + bs.zero_pages
-            min_ram += sent * 8 + bs.data_pages * ps + bs.zero_pages
-            if sent:
-                min_ram += 1 + len(b.name.encode("latin-1"))
-        legacy_min = src.base + stream_bytes - ram_written + min_ram
+# ----------------------------------------------------------------------------------------
+# phase: bounds
 
-    # -- rounds ----------------------------------------------------------------------------
-    rounds: list[RoundInfo] = []
-    if legacy and rt is not None:
-        end_sec = next((s for s in ram_sections if s.kind == "END"), None)
-        spans = find_rounds(rt, end_sec.offset if end_sec else None)
-        if len(rt):
-            cum = np.concatenate([[0], np.cumsum(rec_total)])
-            kz = rt.kind == R.RAM_SAVE_FLAG_ZERO
-            kx = rt.kind == R.RAM_SAVE_FLAG_XBZRLE
-            cz = np.concatenate([[0], np.cumsum(kz)])
-            cx = np.concatenate([[0], np.cumsum(kx)])
-        for i, (a, z, k) in enumerate(zip(spans.start.tolist(), spans.stop.tolist(), spans.kind,
-                                          strict=True)):
-            npg = z - a
-            if npg and len(rt):
-                nb = int(cum[z] - cum[a])
-                zr = int(cz[z] - cz[a])
-                xr = int(cx[z] - cx[a])
-                so = int(rt.rec_off[a])
-                eo = int(rt.rec_off[z - 1] + rec_total[z - 1])
-            else:
-                nb = zr = xr = 0
-                so = eo = None
-            rounds.append(RoundInfo(i + 1, k, npg, nb, npg - zr - xr, zr, xr, so, eo))
-        if spans.wraps_in_final:
-            notices.append(f"the stop-and-copy round wraps around the block list "
-                           f"{spans.wraps_in_final} time(s) (no sync behind it)")
 
-    # -- xbzrle ------------------------------------------------------------------------------
-    xb = None
-    if rs is not None and rt is not None:
-        x = np.flatnonzero(rt.kind == R.RAM_SAVE_FLAG_XBZRLE)
-        if len(x):
-            idstr = rs.header[x] - 8
-            xb = {
-                "records": len(x),
-                "encoded_bytes": int((3 + rs.xbzrle_len[x]).sum()),
-                "cache_bytes": int((3 + rs.xbzrle_len[x] + idstr).sum()),
-                "record_bytes": int(rs.total[x].sum()),
-                "saved_bytes": xb_saved_total,
-                "final_pages": int(sum(int(np.count_nonzero(
-                    maps[b.name].final_kind == R.RAM_SAVE_FLAG_XBZRLE)) for b in w.blocks)),
-            }
+@dataclass
+class MappedRamBounds:
+    """This state laid out as a mapped-ram file (see the module docstring)."""
 
-    hot = hot_ranges(maps, per_page_extra, ps, top=top) if legacy else []
-    amp = (ram_written / data_bytes) if legacy and data_bytes else None
-    rep = SizeReport(
-        path=cap.path, format=cap.format, file_size=src.file_size,
-        allocated_size=src.allocated_size, stream_offset=src.base, stream_bytes=stream_bytes,
-        compression=src.container.compression, page_size=ps,
-        ram_total=w.ram_total or 0, pages=sum(b.pages for b in blocks), data_pages=data_pages,
-        zero_pages=sum(b.zero_pages for b in blocks),
-        absent_pages=sum(b.absent_pages for b in blocks), data_bytes=data_bytes,
-        ram_bytes_written=ram_written, page_records=sum(b.page_records for b in blocks),
-        zero_records=sum(b.zero_records for b in blocks),
-        xbzrle_records=sum(b.xbzrle_records for b in blocks),
-        compress_records=sum(b.compress_records for b in blocks),
-        page_payload_bytes=sum(b.page_payload_bytes for b in blocks),
-        record_header_bytes=sum(b.record_header_bytes for b in blocks),
-        device_state_bytes=device, vmdescription_bytes=vmdesc, other_overhead=other,
-        overhead=overhead,
-        ram_sections={k: sum(1 for s in ram_sections if s.kind == k)
-                      for k in ("START", "PART", "END")},
-        amplification=amp, send_histogram=send_histogram(all_sends),
-        resent_pages=int(np.count_nonzero(all_sends > 1)), rounds=rounds, hot_ranges=hot,
-        mapped_ram_bound=mr_bound, mapped_ram_allocated_bound=mr_alloc,
-        legacy_minimum=legacy_min, mapped_ram_layout=layout, mapped_ram_check=mr_check,
-        xbzrle=xb, blocks=blocks, verdict="", notices=notices,
-        stopped=w.error.oneline() if w.error is not None else None,
-    )
-    rep.verdict = verdict(rep, maps)
-    return rep
+    bound: int = 0
+    allocated: int = 0
+    layout: list[MappedRamLayout] = field(default_factory=list)
+    check: dict[str, Any] | None = None  # mapped-ram input: the layout against its headers
+    notices: list[str] = field(default_factory=list)
 
 
 def _list_end(w: StreamWalk) -> int:
@@ -606,87 +565,354 @@ def _list_end(w: StreamWalk) -> int:
         if m.skipped:
             return m.header_offset + M.MAPPED_RAM_HEADER_SIZE
         return m.pages_offset + last.used_length
-    n = 1 + len(last.name.encode("latin-1")) + 8
-    n += 8 if last.mr_addr is not None else 0
-    n += 8 if last.host_page_size is not None else 0
+    n = M.ramblock_entry_size(len(last.name.encode("latin-1")),
+                              last.host_page_size is not None, last.mr_addr is not None)
     return last.entry_offset + n
+
+
+def _bound_layout(cap: Capture, secs: _Sections,
+                  start_sec: Section) -> tuple[list[MappedRamLayout], int]:
+    """The blocks' mapped-ram layout and the bytes of the stream after the last region."""
+    w = cap.walk
+    mem_size_word = start_sec.payload_offset + 8
+    after_start = secs.walked_end - start_sec.end
+    if w.mapped_ram:
+        layout = mapped_ram_layout(w.blocks, mem_size_word, w.ignore_shared)
+        for lay, b in zip(layout, w.blocks, strict=True):
+            if b.mapped_ram is not None:
+                lay.actual_bitmap_offset = b.mapped_ram.bitmap_offset
+                lay.actual_pages_offset = b.mapped_ram.pages_offset
+        return layout, (start_sec.end - _list_end(w)) + after_start
+    extra_cfg = CAPS_NAME_MAPPED_RAM if w.capabilities else CAPS_SUBSECTION_MAPPED_RAM
+    footer = FOOTER if w.footers else 0
+    shrink = sum(s.length - (EOS_ONLY_SECTION + footer) for s in secs.ram if s.kind != "START")
+    layout = mapped_ram_layout(w.blocks, mem_size_word + extra_cfg, w.ignore_shared)
+    return layout, (8 + footer) + after_start - shrink
+
+
+def _bounds(cap: Capture, secs: _Sections, data_pages: list[int]) -> MappedRamBounds:
+    w, src = cap.walk, cap.source
+    out = MappedRamBounds()
+    start_sec = secs.start
+    if start_sec is None or start_sec not in w.sections or start_sec.payload_offset is None \
+            or not w.blocks:
+        if w.blocks:
+            out.notices.append("no ram START section: bounds not computed")
+        return out
+    out.layout, tail = _bound_layout(cap, secs, start_sec)
+    out.bound = out.layout[-1].end + tail
+    out.allocated = _allocated(out.layout, 0, tail, data_pages, cap.page_size)
+    if w.mapped_ram:
+        mismatches = [lay.name for lay in out.layout
+                      if (lay.actual_bitmap_offset, lay.actual_pages_offset)
+                      != (lay.bitmap_offset, lay.pages_offset)]
+        out.check = {
+            "layout_matches_headers": not mismatches,
+            "mismatched_blocks": mismatches,
+            "bound": out.bound,
+            "stream_end": len(src.buf),
+            "difference": len(src.buf) - out.bound,
+            "allocated_size": src.allocated_size,
+            "allocated_bound": out.allocated,
+        }
+        out.notices.append("mapped-ram rewrites pages in place: the file does not record how "
+                           "often a page was written (QEMU's ram.normal counts every write)")
+        if src.decompressed:
+            out.notices.append("the input was decompressed: holes of the mapped-ram file were "
+                               "inflated to zeros, so its allocated size says nothing")
+    return out
+
+
+def mapped_ram_bounds(cap: Capture) -> MappedRamBounds:
+    """The mapped-ram bound of a capture alone (what `convert` reports)."""
+    maps = cap.maps
+    return _bounds(cap, _sections(cap), [maps[b.name].count(PAGE_DATA) for b in cap.blocks])
+
+
+def _legacy_minimum(cap: Capture, blocks: list[BlockSize], ram_written: int) -> int | None:
+    """This stream with every page sent once (legacy only)."""
+    if cap.walk.mapped_ram or not blocks:
+        return None
+    ps = cap.page_size
+    min_ram = 0
+    for bs in blocks:
+        sent = bs.data_pages + bs.zero_pages
+        min_ram += sent * 8 + bs.data_pages * ps + bs.zero_pages
+        if sent:
+            min_ram += 1 + len(bs.name.encode("latin-1"))
+    return len(cap.source.buf) - ram_written + min_ram
+
+
+# ----------------------------------------------------------------------------------------
+# phase: rounds, xbzrle
+
+
+def _rounds(cap: Capture, secs: _Sections, rs: RecordSizes | None,
+            notices: list[str]) -> list[RoundInfo]:
+    rt = cap.walk.records
+    if cap.walk.mapped_ram or rt is None:
+        return []
+    end_sec = next((s for s in secs.ram if s.kind == "END"), None)
+    spans = find_rounds(rt, end_sec.offset if end_sec else None)
+    out: list[RoundInfo] = []
+    if len(rt):
+        assert rs is not None
+        rec_total = rs.total
+        cum = np.concatenate([[0], np.cumsum(rec_total)])
+        cz = np.concatenate([[0], np.cumsum(rt.kind == R.RAM_SAVE_FLAG_ZERO)])
+        cx = np.concatenate([[0], np.cumsum(rt.kind == R.RAM_SAVE_FLAG_XBZRLE)])
+    for i, (a, z, k) in enumerate(zip(spans.start.tolist(), spans.stop.tolist(), spans.kind,
+                                      strict=True)):
+        npg = z - a
+        if npg and len(rt):
+            nb, zr, xr = int(cum[z] - cum[a]), int(cz[z] - cz[a]), int(cx[z] - cx[a])
+            so, eo = int(rt.rec_off[a]), int(rt.rec_off[z - 1] + rec_total[z - 1])
+        else:
+            nb = zr = xr = 0
+            so = eo = None
+        out.append(RoundInfo(i + 1, k, npg, nb, npg - zr - xr, zr, xr, so, eo))
+    if spans.wraps_in_final:
+        notices.append(f"the stop-and-copy round wraps around the block list "
+                       f"{spans.wraps_in_final} time(s) (no sync behind it)")
+    return out
+
+
+def _xbzrle(cap: Capture, rs: RecordSizes | None, blocks: list[BlockSize]) -> dict[str, int] | None:
+    rt = cap.walk.records
+    if rs is None or rt is None:
+        return None
+    x = np.flatnonzero(rt.kind == R.RAM_SAVE_FLAG_XBZRLE)
+    if not len(x):
+        return None
+    idstr = rs.header[x] - 8
+    return {
+        "records": len(x),
+        "encoded_bytes": int((3 + rs.xbzrle_len[x]).sum()),
+        "cache_bytes": int((3 + rs.xbzrle_len[x] + idstr).sum()),
+        "record_bytes": int(rs.total[x].sum()),
+        "saved_bytes": sum(b.xbzrle_saved_bytes for b in blocks),
+        "final_pages": int(sum(int(np.count_nonzero(m.final_kind == R.RAM_SAVE_FLAG_XBZRLE))
+                               for m in cap.maps.values())),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# the report
+
+
+def size_report(cap: Capture, top: int = 10) -> SizeReport:
+    """Compute the size audit of an opened capture (`top`: hottest ranges to keep).
+
+    The walk and the page maps are the capture's; everything here is numpy over the
+    RecordTable columns, so it takes a fraction of the walk's time."""
+    w, src = cap.walk, cap.source
+    if w.error is not None and not w.blocks:
+        raise w.error  # nothing of the RAM was read: there is nothing to size
+    legacy = not w.mapped_ram
+    rs = record_sizes(src.buf, w.records, cap.page_size) \
+        if legacy and w.records is not None and len(w.records) else None
+    secs = _sections(cap)
+    blocks, per_page_extra = _blocks(cap, rs)
+    ram_written = sum(b.ram_bytes_written for b in blocks)
+    bounds = _bounds(cap, secs, [b.data_pages for b in blocks])
+    for lay, bs in zip(bounds.layout, blocks, strict=False):
+        bs.mapped_ram_bytes = lay.end - lay.entry_offset
+    notices = list(bounds.notices)
+    rounds = _rounds(cap, secs, rs, notices)
+    rep = _assemble(cap, secs, blocks, ram_written, bounds, rounds, notices)
+    rep.xbzrle = _xbzrle(cap, rs, blocks)
+    rep.hot_ranges = hot_ranges(cap.maps, per_page_extra, cap.page_size, top=top) \
+        if legacy else []
+    rep.verdict_basis = size_verdict(rep, cap.maps)
+    rep.verdict = verdict_line(rep.verdict_basis)
+    return rep
+
+
+def _assemble(cap: Capture, secs: _Sections, blocks: list[BlockSize], ram_written: int,
+              bounds: MappedRamBounds, rounds: list[RoundInfo],
+              notices: list[str]) -> SizeReport:
+    w, src, ps = cap.walk, cap.source, cap.page_size
+    legacy = not w.mapped_ram
+    stream_bytes = len(src.buf) - src.base
+    all_sends = np.concatenate([cap.maps[b.name].sends for b in w.blocks]) if w.blocks else \
+        np.zeros(0, np.uint32)
+    data_bytes = sum(b.data_pages for b in blocks) * ps
+    resent = sum(b.resent_bytes for b in blocks)
+    once = ram_written - resent
+
+    def total(k: str) -> int:
+        return sum(getattr(b, k) for b in blocks)
+
+    return SizeReport(
+        path=cap.path, format=cap.format, file_size=src.file_size,
+        allocated_size=src.allocated_size, stream_offset=src.base, stream_bytes=stream_bytes,
+        compression=src.container.compression, page_size=ps, ram_total=w.ram_total or 0,
+        pages=total("pages"), data_pages=total("data_pages"), zero_pages=total("zero_pages"),
+        absent_pages=total("absent_pages"), data_bytes=data_bytes,
+        ram_bytes_written=ram_written, page_records=total("page_records"),
+        zero_records=total("zero_records"), xbzrle_records=total("xbzrle_records"),
+        compress_records=total("compress_records"),
+        page_payload_bytes=total("page_payload_bytes"),
+        record_header_bytes=total("record_header_bytes"), device_state_bytes=secs.device,
+        vmdescription_bytes=secs.vmdesc,
+        other_overhead=stream_bytes - ram_written - secs.device - secs.vmdesc + src.base,
+        overhead=_overhead(cap, secs, ram_written), ram_sections=secs.counts(),
+        amplification=(ram_written / data_bytes) if legacy and data_bytes else None,
+        send_histogram=send_histogram(all_sends),
+        resent_pages=int(np.count_nonzero(all_sends > 1)), rounds=rounds, hot_ranges=[],
+        mapped_ram_bound=bounds.bound, mapped_ram_allocated_bound=bounds.allocated,
+        legacy_minimum=_legacy_minimum(cap, blocks, ram_written),
+        mapped_ram_layout=bounds.layout, mapped_ram_check=bounds.check, xbzrle=None,
+        blocks=blocks, verdict="", notices=notices,
+        stopped=w.error.oneline() if w.error is not None else None,
+        resent_bytes=resent, framing_bytes=total("framing_bytes"),
+        resend_amplification=(ram_written / once) if legacy and once else None)
 
 
 # ----------------------------------------------------------------------------------------
 # the verdict
 
 
-def _hot_summary(r: SizeReport, maps: dict[str, BlockMap]) -> str:
-    """'9,753 pc.ram pages sent 2-5 times, 96% of them in 0x0-0x800000'"""
+def hot_summary(r: SizeReport, maps: dict[str, BlockMap]) -> HotSummary | None:
+    """The block with most re-sent pages and the few ranges holding most of them."""
+    if not r.resent_pages or not r.blocks:
+        return None
     best = max(r.blocks, key=lambda b: b.resent_pages)
     bm = maps[best.name]
     hot = np.flatnonzero(bm.sends > 1)
-    lo, hi = int(bm.sends[hot].min()), int(bm.sends[hot].max())
-    times = f"{lo} times" if lo == hi else f"{lo}-{hi} times"
     ranges = hot_ranges({best.name: bm}, {}, r.page_size, top=0)
     ranges.sort(key=lambda h: -h.pages)
-    text = f"{len(hot):,} {best.name} pages sent {times}"
-    if ranges:
-        picked, acc = [], 0
-        for h in ranges[:3]:
-            picked.append(h)
-            acc += h.pages
-            if acc >= 0.8 * len(hot):
-                break
-        share = acc / len(hot)
-        spans = ", ".join(f"0x{h.start:x}-0x{h.end:x}" for h in sorted(picked,
-                                                                         key=lambda h: h.start))
-        text += f", {share:.0%} of them in {spans}"
-        if len(ranges) > len(picked):
-            text += f" (the rest in {len(ranges) - len(picked)} more ranges)"
-    others = r.resent_pages - len(hot)
-    if others:
-        text += f"; {others:,} more in other blocks"
+    picked, acc = [], 0
+    for h in ranges[:3]:
+        picked.append(h)
+        acc += h.pages
+        if acc >= 0.8 * len(hot):
+            break
+    return HotSummary(
+        block=best.name, pages=len(hot), min_sends=int(bm.sends[hot].min()),
+        max_sends=int(bm.sends[hot].max()),
+        spans=[[h.start, h.end] for h in sorted(picked, key=lambda h: h.start)],
+        share=acc / len(hot) if len(hot) else 0.0, more_ranges=len(ranges) - len(picked),
+        other_blocks_pages=r.resent_pages - len(hot))
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def size_verdict(r: SizeReport, maps: dict[str, BlockMap]) -> SizeVerdict:
+    """The verdict's kind, advice and the numbers it rests on."""
+    apparent = r.stream_bytes + r.stream_offset
+    c = r.mapped_ram_check or {}
+    v = SizeVerdict(
+        kind=V_SENT_ONCE, advice=[], stopped=r.stopped is not None,
+        compressed=r.compression is not None, apparent_size=apparent,
+        allocated_size=r.allocated_size, mapped_ram_bound=r.mapped_ram_bound,
+        mapped_ram_allocated_bound=r.mapped_ram_allocated_bound,
+        apparent_ratio=_ratio(apparent, r.mapped_ram_bound),
+        allocated_ratio=_ratio(r.allocated_size, r.mapped_ram_allocated_bound),
+        legacy_minimum=r.legacy_minimum,
+        above_legacy_minimum=apparent - r.legacy_minimum if r.legacy_minimum else None,
+        resent_pages=r.resent_pages, resent_bytes=r.resent_bytes,
+        framing_bytes=r.framing_bytes, ram_bytes_written=r.ram_bytes_written,
+        resend_amplification=r.resend_amplification,
+        zero_share=(1 - r.data_bytes / r.ram_total) if r.ram_total else None,
+        mismatched_blocks=list(c.get("mismatched_blocks", [])),
+        bound_difference=c.get("difference", 0), hot=hot_summary(r, maps),
+        stopped_reason=r.stopped)
+    smaller_on_disk = (r.mapped_ram_allocated_bound > 0 and r.allocated_size > 0 and
+                       r.mapped_ram_allocated_bound < (1 - _WORTH_SAVING) * r.allocated_size)
+    if r.stopped and not r.blocks:
+        v.kind = V_INCOMPLETE
+    elif r.format == "mapped-ram":
+        v.kind = (V_MAPPED_LAYOUT_MISMATCH if v.mismatched_blocks else
+                  V_MAPPED_OFF_BOUND if v.bound_difference else V_MAPPED_AT_BOUND)
+        if v.kind == V_MAPPED_AT_BOUND and not v.compressed:
+            v.advice.append(A_COPY_SPARSE)
+    else:
+        v.kind = V_AMPLIFIED if r.resent_pages else \
+            (V_SENT_ONCE if r.mapped_ram_bound else V_NO_BOUND)
+        if r.resent_pages:
+            v.advice.append(A_PAUSE)
+        if smaller_on_disk:
+            v.advice.append(A_SAVE_MAPPED_RAM)
+    return v
+
+
+def _hot_text(h: HotSummary) -> str:
+    """'9,753 pc.ram pages sent 2-5 times, 96% of them in 0x0-0x800000'"""
+    times = f"{h.min_sends} times" if h.min_sends == h.max_sends else \
+        f"{h.min_sends}-{h.max_sends} times"
+    text = f"{h.pages:,} {h.block} pages sent {times}"
+    if h.spans:
+        spans = ", ".join(f"0x{a:x}-0x{b:x}" for a, b in h.spans)
+        text += f", {h.share:.0%} of them in {spans}"
+        if h.more_ranges:
+            text += f" (the rest in {h.more_ranges} more ranges)"
+    if h.other_blocks_pages:
+        text += f"; {h.other_blocks_pages:,} more in other blocks"
     return text
 
 
-def verdict(r: SizeReport, maps: dict[str, BlockMap]) -> str:
-    """One line a person can act on."""
-    if r.stopped and not r.blocks:
-        return f"incomplete: {r.stopped}"
-    cut = " (stream cut short: figures cover what was read)" if r.stopped else ""
-    if r.format == "mapped-ram":
-        c = r.mapped_ram_check or {}
-        if not c.get("layout_matches_headers", True):
-            return ("mapped-ram headers disagree with QEMU's layout rules for "
-                    f"{', '.join(c.get('mismatched_blocks', []))}: the file was not written by "
-                    "QEMU's mapped-ram writer or was edited" + cut)
-        diff = c.get("difference", 0)
-        holes = 1 - r.data_bytes / r.ram_total if r.ram_total else 0.0
-        if diff:
-            return (f"mapped-ram file is {diff:+,} bytes off its layout bound "
-                    f"({r.mapped_ram_bound:,} B): extra data after the stream or a cut-short "
-                    "file" + cut)
-        return (f"mapped-ram file matches its layout bound exactly ({r.mapped_ram_bound:,} B); "
-                f"{holes:.0%} of the RAM regions are zero pages (holes): copy it sparse-aware "
-                "(cp --sparse=always, rsync -S), it needs about "
-                f"{r.mapped_ram_allocated_bound:,} B on disk" + cut)
-    size = r.stream_bytes + r.stream_offset
-    bound, alloc = r.mapped_ram_bound, r.mapped_ram_allocated_bound
-    what = "the inflated stream is " if r.compression else ""
-    if not bound:
-        rel = "no mapped-ram bound"
-    elif size > bound:
-        rel = f"{what}{size / bound:.2f}x its mapped-ram equivalent ({bound:,} B)"
-    else:
-        rel = (f"{what}{size / alloc:.2f}x the disk space of its mapped-ram equivalent "
-               f"({alloc:,} B allocated, {bound:,} B apparent)") if alloc else ""
-    if r.resent_pages:
-        amp = f"{r.amplification:.2f}x amplification" if r.amplification else "amplified"
-        save = ""
-        if r.legacy_minimum:
-            save = f", {size - r.legacy_minimum:,} B more than sending every page once"
-        return (f"{rel}, {amp}{save}: {_hot_summary(r, maps)}. Pause the VM before saving, "
-                "or save as mapped-ram, to write each page once" + cut)
-    return (f"{rel}: every page sent once, no redirty amplification; as mapped-ram it would "
-            f"take {bound:,} B apparent, {alloc:,} B allocated" + cut)
+def _versus_mapped_ram(v: SizeVerdict) -> str:
+    """This file against its mapped-ram equivalent, apparent with apparent and on disk
+    with on disk (a compressed file: its compressed size on disk)."""
+    if not v.mapped_ram_bound:
+        return "no mapped-ram bound"
+    disk = ""
+    if v.allocated_ratio is not None:
+        what = "compressed, on disk" if v.compressed else "on disk"
+        disk = (f"; {what} it takes {v.allocated_size:,} B, {v.allocated_ratio:.2f}x the "
+                f"{v.mapped_ram_allocated_bound:,} B a sparse mapped-ram file would take")
+    stream = "its inflated stream is" if v.compressed else "it is"
+    return (f"{stream} {v.apparent_ratio:.2f}x its mapped-ram equivalent in apparent size "
+            f"({v.apparent_size:,} vs {v.mapped_ram_bound:,} B){disk}")
+
+
+def _advice_text(v: SizeVerdict) -> str:
+    parts = []
+    if A_PAUSE in v.advice:
+        parts.append("pause the VM before saving, so each page is written once")
+    if A_SAVE_MAPPED_RAM in v.advice:
+        parts.append("save as mapped-ram to take less disk space")
+    if not parts:
+        return ""
+    text = " and ".join(parts)
+    return ". " + text[0].upper() + text[1:]
+
+
+def verdict_line(v: SizeVerdict) -> str:
+    """One line a person can act on, from the verdict's numbers only."""
+    cut = " (stream cut short: figures cover what was read)" if v.stopped else ""
+    if v.kind == V_INCOMPLETE:
+        return f"incomplete: {v.stopped_reason}"
+    if v.kind == V_MAPPED_LAYOUT_MISMATCH:
+        return ("mapped-ram headers disagree with QEMU's layout rules for "
+                f"{', '.join(v.mismatched_blocks)}: the file was not written by QEMU's "
+                "mapped-ram writer or was edited" + cut)
+    if v.kind == V_MAPPED_OFF_BOUND:
+        return (f"mapped-ram file is {v.bound_difference:+,} bytes off its layout bound "
+                f"({v.mapped_ram_bound:,} B): extra data after the stream or a cut-short "
+                "file" + cut)
+    if v.kind == V_MAPPED_AT_BOUND:
+        disk = (f"compressed, it takes {v.allocated_size:,} B on disk; decompressed as a "
+                "sparse file it needs about" if v.compressed else
+                "copy it sparse-aware (cp --sparse=always, rsync -S), it needs about")
+        return (f"mapped-ram file matches its layout bound exactly ({v.mapped_ram_bound:,} B "
+                f"apparent); {v.zero_share or 0:.0%} of the RAM regions are zero pages "
+                f"(holes): {disk} {v.mapped_ram_allocated_bound:,} B on disk" + cut)
+    versus = _versus_mapped_ram(v)
+    if v.kind == V_AMPLIFIED:
+        amp = f"{v.resend_amplification:.2f}x" if v.resend_amplification else "some"
+        hot = f"; {_hot_text(v.hot)}" if v.hot is not None else ""
+        return (f"{amp} redirty amplification: {v.resent_bytes:,} B of the "
+                f"{v.ram_bytes_written:,} B of page records re-send pages already sent{hot}; "
+                f"{versus}{_advice_text(v)}" + cut)
+    return (f"every page sent once, no redirty amplification (record framing "
+            f"{v.framing_bytes:,} B); {versus}{_advice_text(v)}" + cut)
 
 
 __all__ = ["SizeReport", "BlockSize", "RoundInfo", "HotRange", "MappedRamLayout",
-           "size_report", "record_sizes", "mapped_ram_layout", "send_histogram", "hot_ranges",
-           "verdict"]
+           "MappedRamBounds", "SizeVerdict", "HotSummary", "size_report", "record_sizes",
+           "mapped_ram_layout", "mapped_ram_bounds", "send_histogram", "hot_ranges",
+           "size_verdict", "verdict_line", "hot_summary"]
