@@ -109,6 +109,7 @@ def _export_kind(path: str) -> str:
 
 
 _FONT_FACE = re.compile(r"@font-face \{\{.*?\}\}\s*", re.S)
+_COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
 
 
 def render_export(kind: str, render: Render, width: int, title: str) -> str:
@@ -123,7 +124,7 @@ def render_export(kind: str, render: Render, width: int, title: str) -> str:
     safe = html.escape(title).replace("{", "{{").replace("}", "}}")
     if kind == "svg":
         # no web fonts: the SVG must not fetch anything
-        fmt = _FONT_FACE.sub("", CONSOLE_SVG_FORMAT)
+        fmt = _COMMENT.sub("", _FONT_FACE.sub("", CONSOLE_SVG_FORMAT))
         return con.export_svg(title=title, code_format=fmt)
     fmt = CONSOLE_HTML_FORMAT.replace("<head>\n", f"<head>\n<title>{safe}</title>\n", 1)
     return con.export_html(code_format=fmt, inline_styles=False)

@@ -65,11 +65,7 @@ def _size_table(r: ConvertReport) -> Grid:
     g.add_row("before (input)", *_sizes(r.input_size))
     g.add_row("after (output)", *_sizes(r.output_size))
     bound, alloc = r.mapped_ram_bound, r.mapped_ram_allocated_bound
-    label = line("mapped-ram bound")
-    if r.to_format == "mapped-ram":
-        ok = r.output_size.apparent <= bound + r.vmdescription_growth
-        label += line(" ", ("(output within it)", V.GOOD) if ok else ("(EXCEEDED)", V.BAD))
-    g.add_row(label, f"{size(bound)} = {num(bound)} B",
+    g.add_row("mapped-ram bound", f"{size(bound)} = {num(bound)} B",
               "-" if alloc is None else f"{size(alloc)} = {num(alloc)} B")
     if r.vmdescription_growth:
         g.add_row("  + vmdescription update", f"{num(r.vmdescription_growth)} B", "")
@@ -98,6 +94,11 @@ def render_convert(r: ConvertReport, console: Console) -> None:
     console.print(_summary(r))
     console.print()
     console.print(_size_table(r))
+    if r.to_format == "mapped-ram":
+        if r.output_size.apparent <= r.mapped_ram_bound + r.vmdescription_growth:
+            say(console, ("the output is within the mapped-ram bound", V.GOOD))
+        else:
+            say(console, ("the output EXCEEDS the mapped-ram bound", V.BAD))
     console.print()
     console.print(_blocks(r))
     for n in r.notices:

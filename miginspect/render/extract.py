@@ -26,15 +26,16 @@ def verdict(r: ExtractReport) -> Text:
 def render_extract(r: ExtractReport, console: Console) -> None:
     say(console, verdict(r))
     say(console, "from: ", r.input, f" ({r.format})")
-    g = Grid([Col("file", "left", flex="name"), Col("RAMBlock", "left", flex=None),
+    g = Grid([Col("file (RAMBlock when the name differs)", "left", flex="name"),
               Col("size"), Col(V.DATA.word, style=V.DATA.style),
               Col(f"{V.ZERO.word} pages", style=V.ZERO.style),
               Col(V.NEVER_SENT.word, style=V.NEVER_SENT.style)])
     for f in r.files:
-        block = f.block if f.block and f.kind == "block" and safe_differs(f.block, f.file) \
-            else ""
-        g.add_row(line(f.file), line(block), short_size(f.size), short_size(f.data_bytes),
-                  num(f.zero_pages), num(f.absent_pages))
+        label = line(f.file)
+        if f.block and f.kind == "block" and safe_differs(f.block, f.file):
+            label += line((f" ({f.block})", "dim"))
+        g.add_row(label, short_size(f.size), short_size(f.data_bytes), num(f.zero_pages),
+                  num(f.absent_pages))
     console.print()
     console.print(g)
     p = r.physical

@@ -190,9 +190,9 @@ def render_info(r: InfoReport, console: Console, show_sections: bool = True) -> 
     if notes or r.stopped:
         console.print()
     for n, style in notes:
+        at = f" at {hexoff(n['offset'])}" if n["offset"] is not None else ""
         where = f" ({n['where']})" if n["where"] else ""
-        say(console, (n["severity"], style), f" at {hexoff(n['offset'])}{where}: ",
-            n["message"])
+        say(console, (n["severity"], style), f"{at}{where}: ", n["message"])
     for b in r.ramblocks:
         m = b.mapped_ram or {}
         if m.get("stale_pages"):

@@ -152,7 +152,10 @@ class Grid:
         flex = self._flex()
         if width is None or sum(w) + gaps <= width:
             out += self._inline(w, None)
-        elif flex is not None and width - (sum(w) - w[flex] + gaps) >= min(MIN_FLEX, w[flex]):
+        elif flex is not None and self.cols[flex].flex == "text" and \
+                width - (sum(w) - w[flex] + gaps) >= min(MIN_FLEX, w[flex]):
+            # prose wraps in place; a name column that does not fit is stacked instead, so
+            # every name stays whole on its own line (grep) as long as it fits the width
             w = list(w)
             w[flex] = width - (sum(w) - w[flex] + gaps)
             out += self._inline(w, width)
