@@ -517,3 +517,50 @@ def test_notice_where_and_error_lines_are_escaped(capsys, monkeypatch):
     rc, _, err = run(["info", "whatever"], capsys)
     assert rc == 1 and "\x00" not in err and "\x1b" not in err
     assert "\\x00\\x1b[2J[/x]" in err and "[[/rom@etc]]" in err
+
+
+# -- every command at 80 columns on every bundled file --------------------------------------
+
+def _bundled() -> list[str]:
+    files = sorted(SAMPLES.glob("*.mig.zst")) + sorted((SAMPLES / "damaged").glob("*.mig.zst"))
+    files += sorted(p for p in (SAMPLES / "libvirt").glob("*.img*"))
+    return [str(p.relative_to(ROOT)) for p in files]
+
+
+#: commands whose text names every RAMBlock with its page count
+NAMES_AND_PAGES = {"info", "map", "diff"}
+NAMES_ONLY = {"size", "convert", "extract"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", _bundled())
+def test_every_command_at_80_columns_on_every_bundled_file(path, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rc, js, _ = run(["info", path, "--json"], capsys)
+    blocks = json.loads(js).get("ramblocks", []) if rc == 0 else []
+    cmds = ["info", "map", "size", "devices", "check", "diff", "extract"]
+    if "libvirt" in path:
+        cmds.append("xml")
+    if path.endswith(("q10-paused-legacy.mig.zst", "q10-paused-mapped-ram.mig.zst",
+                      "save-sparse.img.zst")):
+        cmds.append("convert")
+    for cmd in cmds:
+        argv = {"diff": ["diff", path, path, "--jobs", "1"],
+                "extract": ["extract", path, "-o", str(tmp_path / "x"), "--force"],
+                "convert": ["convert", path, str(tmp_path / "c.mig"), "--to", "legacy",
+                            "--force"]}.get(cmd, [cmd, path])
+        rc, out, err = run(argv + ["--width", "80"], capsys)
+        assert rc in (0, 1, 2) and "Traceback" not in err, (cmd, err)
+        assert "…" not in out + err, (cmd, path)
+        if rc != 0:
+            assert len(err.splitlines()) == 1 or cmd in ("check", "info"), (cmd, err)
+            continue
+        for b in blocks if cmd in NAMES_AND_PAGES | NAMES_ONLY else []:
+            name = b["name"]
+            if cmd == "extract":  # the file, named after the block, or the block beside it
+                assert f"{name}.raw" in out or f"({name})" in out, (cmd, name)
+                continue
+            assert re.search(rf"^\s*{re.escape(name)}(\s|$)", out, re.M), (cmd, name)
+            if cmd in NAMES_AND_PAGES:
+                assert f"{b['pages']:,}" in out, (cmd, name, b["pages"])
