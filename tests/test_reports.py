@@ -564,3 +564,47 @@ def test_every_command_at_80_columns_on_every_bundled_file(path, tmp_path, capsy
             assert re.search(rf"^\s*{re.escape(name)}(\s|$)", out, re.M), (cmd, name)
             if cmd in NAMES_AND_PAGES:
                 assert f"{b['pages']:,}" in out, (cmd, name, b["pages"])
+
+
+# -- one report contract ------------------------------------------------------------------
+
+def test_one_json_serializer_for_every_report() -> None:
+    from dataclasses import dataclass
+
+    from miginspect.ui import dumps, jsonable
+
+    @dataclass
+    class Inner:
+        raw: bytes
+        n: np.int64
+
+    @dataclass
+    class Report:
+        path: str
+        inner: Inner
+        arr: np.ndarray
+        f: np.float32
+        flag: np.bool_
+
+    r = Report("p", Inner(b"\x00\xff", np.int64(7)), np.arange(3, dtype=np.uint64),
+               np.float32(0.5), np.bool_(True))
+    assert jsonable(r) == {"path": "p", "inner": {"raw": "00ff", "n": 7}, "arr": [0, 1, 2],
+                           "f": 0.5, "flag": True}
+    assert json.loads(dumps(r)) == jsonable(r)
+    with pytest.raises(TypeError):
+        jsonable(object())
+
+
+def test_every_command_goes_through_emit_and_maps_no_errors() -> None:
+    """A command parses, calls its analysis and hands the report to `emit`; only cli.main
+    turns errors into messages and exit codes."""
+    import miginspect.commands as pkg
+
+    for name in cli.COMMANDS:
+        src = (Path(pkg.__file__).parent / f"{name}.py").read_text()
+        assert "emit(" in src and "common_options(" in src, name
+        assert "print_json" not in src and "ui.console(" not in src, name
+        assert "except MigError" not in src and "sys.exit" not in src, name
+        # notices go to stderr through ui.err_console(); reports through emit
+        assert "print(" not in src.replace("console.print(", "").replace(
+            "err_console().print(", ""), name

@@ -223,7 +223,7 @@ class Grid:
             for i, c in enumerate(self.cols):
                 if i == key:
                     continue
-                item = Text(f"{c.header}: ", style="bold") + r[i]
+                item = Text.assemble((f"{c.header}: ", "bold"), r[i])
                 if cur.cell_len > 2 and cur.cell_len + 3 + item.cell_len > width:
                     out.append(cur)
                     cur = Text("  ")

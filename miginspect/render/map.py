@@ -65,7 +65,8 @@ def _grid(v: BlockView, width: int, rows: int, per_cell: int | None) -> tuple[li
     glyphs = cell_glyphs(v, n)
     out = []
     for row0 in range(0, len(glyphs), across):
-        t = Text(f"{row0 * n * v.page_size:#0{label}x}  ", style="dim")
+        t = Text()
+        t.append(f"{row0 * n * v.page_size:#0{label}x}  ", style="dim")
         for g in glyphs[row0 : row0 + across]:
             if isinstance(g, V.Mark):
                 t.append(g.glyph, style=g.style)
