@@ -13,7 +13,6 @@ import argparse
 import html
 import io
 import re
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from rich.console import Console
 
 from .. import ui
 from ..errors import UsageError
+from ..render.text import printable
 from ..safeout import check_output_path, write_file_atomic
 
 #: the suffixes --export knows
@@ -93,12 +93,15 @@ def emit(args: argparse.Namespace, report: Any, render: Render, data: Any = None
     if export:
         export_report(export, render, getattr(args, "width", None),
                       getattr(args, "force", False), title=_title(args))
-        ui.err_console().print(f"report written to {export}", markup=False)
+        ui.err_console().print(f"report written to {printable(export)}", markup=False,
+                               soft_wrap=True)
 
 
 def _title(args: argparse.Namespace) -> str:
-    words = [a for a in sys.argv[1:] if not a.startswith("--export")] if sys.argv else []
-    return "miginspect " + " ".join(words) if words else f"miginspect {args.command}"
+    """'miginspect info FILE' (the command and its inputs) for the exported document."""
+    words = [str(args.command)] + [str(getattr(args, k)) for k in ("file", "a", "b", "input")
+                                   if getattr(args, k, None)]
+    return printable("miginspect " + " ".join(words))
 
 
 def _export_kind(path: str) -> str:
