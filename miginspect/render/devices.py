@@ -60,7 +60,9 @@ def as_bytes(v: Any, typ: str | None = None) -> bytes | None:
 def padded_text(b: bytes) -> str | None:
     """The text of a NUL-padded C string buffer ('paused\\0\\0...'), else None."""
     text, nul, rest = b.partition(b"\0")
-    if not text or not nul or rest.strip(b"\0"):
+    # at least two characters (one printable byte before zeros is more likely a number);
+    # the rest all NUL, so the text says every byte
+    if len(text) < 2 or not nul or rest.strip(b"\0"):
         return None
     try:
         s = text.decode("ascii")
