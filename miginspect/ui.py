@@ -1,49 +1,108 @@
-"""Terminal plumbing shared by the commands: consoles, throttled progress, JSON out."""
+"""Terminal plumbing shared by the commands: consoles and their width, throttled
+progress, and the one JSON serializer.
+
+Width: `--width N` wins; on a terminal, COLUMNS if set, else the terminal's width; in a
+pipe, COLUMNS if set, else no limit (`natural`: every table row on one line, messages
+never wrapped). NO_COLOR, FORCE_COLOR and TERM=dumb are honoured by rich itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
+
+from .render.fmt import size
+
+#: console width when there is no limit (a pipe without COLUMNS): wide enough that no
+#: table row or message is ever folded; renderers size pictures on their own
+NATURAL_WIDTH = 1000
+#: a forced width below this is raised to it
+MIN_WIDTH = 20
 
 
-def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+class ReportConsole(Console):
+    """A rich Console that knows whether its width is a real limit."""
+
+    natural: bool = False
+
+
+def _env_columns() -> int | None:
+    c = os.environ.get("COLUMNS", "")
+    return int(c) if c.isdigit() and int(c) > 0 else None
+
+
+def output_width(stream: IO[str] | None = None, forced: int | None = None) -> int | None:
+    """The width to lay reports out in; None = no limit (see the module doc)."""
+    if forced:
+        return max(MIN_WIDTH, forced)
+    stream = stream or sys.stdout
+    cols = _env_columns()
+    if cols:
+        return max(MIN_WIDTH, cols)
+    try:
+        if stream.isatty():
+            return max(MIN_WIDTH, os.get_terminal_size(stream.fileno()).columns)
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def console(width: int | None = None, file: IO[str] | None = None, record: bool = False,
+            force_terminal: bool | None = None, no_color: bool | None = None) -> ReportConsole:
+    """The console reports print to (stdout unless `file`); `width` forces a width."""
+    w = output_width(file, width)
+    c = ReportConsole(file=file, width=w or NATURAL_WIDTH, highlight=False, soft_wrap=False,
+                      record=record, force_terminal=force_terminal, no_color=no_color,
+                      emoji=False, markup=True)
+    c.natural = w is None
+    return c
 
 
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
+
+
+class _IECDownload(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        done = size(int(task.completed))
+        return Text(f"{done} of {size(int(task.total))}" if task.total else done)
+
+
+class _IECSpeed(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{size(int(speed))}/s")
+
+
+class _Remaining(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        rem = task.time_remaining
+        if rem is None or not math.isfinite(rem):
+            return Text("")
+        m, s = divmod(int(rem), 60)
+        return Text(f"{m}:{s:02d} left")
 
 
 @contextmanager
 def progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A transient byte-progress bar on stderr (only on a terminal), updated at most
-    ten times a second. Yields the callback (done, total)."""
+    ten times a second, in IEC units. Yields the callback (done, total)."""
     if not enabled or not sys.stderr.isatty():
         yield lambda done, total: None
         return
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console(),
-        transient=True,
-    )
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), _IECDownload(),
+                   _IECSpeed(), _Remaining(), console=err_console(), transient=True)
     task = bar.add_task(label, total=None)
     last = [0.0]
 
@@ -51,26 +110,48 @@ def progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], 
         now = time.monotonic()
         if now - last[0] >= 0.1:
             last[0] = now
-            bar.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total or None)
 
     with bar:
         yield cb
 
 
-def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=_default)
-    sys.stdout.write("\n")
+# -- JSON ----------------------------------------------------------------------------------
 
-
-def _default(o: Any) -> Any:
+def jsonable(o: Any) -> Any:
+    """`o` as plain JSON data: dataclasses (through their `to_json` when they have one),
+    numpy scalars and arrays, bytes (hex), sets and tuples."""
     import numpy as np
 
+    if o is None or isinstance(o, (bool, int, float, str)):
+        return o
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in o]
+    to_json = getattr(o, "to_json", None)
+    if callable(to_json):
+        return jsonable(to_json())
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return {f.name: jsonable(getattr(o, f.name)) for f in dataclasses.fields(o)}
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
         return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, bytes):
-        return o.hex()
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return bytes(o).hex()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(jsonable(data), indent=2)
+
+
+def print_json(data: Any, file: IO[str] | None = None) -> None:
+    out = file or sys.stdout
+    out.write(dumps(data))
+    out.write("\n")

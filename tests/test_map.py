@@ -99,7 +99,7 @@ def test_live_legacy_shows_resent_pages(capsys) -> None:  # noqa: ANN001
     assert meta["query-migrate"]["ram"]["normal"] > b["counts"]["data"]
     assert main(["map", str(sample_path(live[0])), "--block", "pc.ram"]) == 0
     out = capsys.readouterr().out
-    assert "re-sent" in out and "×2" in out
+    assert "re-sent" in out and "x2" in out
 
 
 def test_map_ignores_mapped_ram_region_bytes(tmp_path, capsys) -> None:  # noqa: ANN001

@@ -8,26 +8,23 @@ from .. import ui
 from ..inspector.check import check_file
 from ..inspector.target import load_target
 from ..render.check import render_check
+from .common import INPUT_HELP, common_options, emit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check", help="will this file restore? (problems with offsets, causes and fixes)",
+        parents=[common_options()],
         description="Walk the whole file and report every problem with its byte offset, "
         "section or RAMBlock, a plain cause, QEMU's own message for it and a fix. Exit 0: "
         "loadable as far as the file can tell; 1: will not load; 2: could not tell or usage "
         "error.")
-    p.add_argument("file", help="migration stream, mapped-ram file or libvirt save image "
-                   "(.gz/.xz/.zst read transparently)")
+    p.add_argument("file", help=INPUT_HELP)
     p.add_argument("--target", metavar="T",
                    help="compare with the destination: another snapshot from it, a saved "
                    "`info ramblock` text, or a JSON description (see the docs of "
                    "miginspect.inspector.target)")
-    p.add_argument("--json", action="store_true",
-                   help="print {loadable, problems: [{severity, offset, where, cause, fix}], ...}")
     p.add_argument("-v", "--verbose", action="store_true", help="also show info notes")
-    p.add_argument("--page-size", type=int, default=None,
-                   help="target page size when the file does not record it")
     p.set_defaults(func=run)
 
 
@@ -35,8 +32,5 @@ def run(args: argparse.Namespace) -> int:
     target = load_target(args.target) if args.target else None
     with ui.progress("checking") as cb:
         report = check_file(args.file, cb, args.page_size, target)
-    if args.json:
-        ui.print_json(report.to_json())
-    else:
-        render_check(report, ui.console(), show_info=args.verbose)
+    emit(args, report, lambda con: render_check(report, con, show_info=args.verbose))
     return report.exit_code

@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 
 from .. import ui
-from ..errors import FormatError
+from ..errors import FormatError, UsageError
 from ..inspector.convert import TARGETS, convert
+from ..inspector.spool import is_stream_input
 from ..render.convert import render_convert
+from .common import common_options, emit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert", help="legacy stream <-> mapped-ram file",
+        parents=[common_options(page_size=False)],
         description="Write OUT holding the final state of every page of IN in the chosen RAM "
         "layout: mapped-ram (bounded by the RAM size, sparse, zero pages as holes; restore with "
         "the mapped-ram capability on) or legacy (every page once; restore on any QEMU). "
@@ -23,7 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "save image (.gz/.xz/.zst read transparently)")
     p.add_argument("output", metavar="OUT", help="file to write")
     p.add_argument("--to", required=True, choices=TARGETS, help="RAM layout of OUT")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--verify", action="store_true",
                    help="read OUT back and prove its page maps and contents equal IN's")
     p.add_argument("--update-vmdesc", action="store_true",
@@ -33,21 +35,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "JSON is copied byte for byte")
     p.add_argument("--sync", action="store_true",
                    help="fsync OUT before renaming it into place (waits for the disk)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_stream_input(args.input):
+        raise UsageError(f"convert reads IN more than once: save the stream from {args.input} "
+                         "to a file first")
     # one bar (rich allows one live display): bytes read while walking IN, then page
     # bytes written to OUT
     with ui.progress("converting") as cb:
         report = convert(args.input, args.output, args.to, force=args.force,
                          verify=args.verify, progress=cb, read_progress=cb,
                          update_vmdesc=args.update_vmdesc, sync=args.sync)
-    if args.json:
-        ui.print_json(report.to_json())
-    else:
-        render_convert(report, ui.console())
+    data = report.to_json()
+    data = {"path": data.pop("input"), **data}  # the input is `path` in every report
+    emit(args, report, lambda con: render_convert(report, con), data)
     if report.verify is not None and not report.verify.ok:
         raise FormatError("verification failed: " + "; ".join(report.verify.problems[:3]),
                           None, args.output)

@@ -9,21 +9,25 @@ from ..errors import UsageError
 from ..inspector.capture import open_capture
 from ..inspector.devices import decode_devices
 from ..render.devices import render_devices
+from .common import INPUT_HELP, common_options, emit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "devices", help="decode device state (VMState sections) into a tree",
+        parents=[common_options()],
         description="Decode every device (FULL) section with the file's vmdescription JSON: "
-        "fields, arrays, nested structs and subsections. Integers are decoded by their "
-        "VMState type, other fields are shown as hex. Needs the vmdescription trailer.")
-    p.add_argument("file", help="migration stream, mapped-ram file or libvirt save image")
+        "fields, arrays, nested structs and subsections, every value in full. Integers are "
+        "decoded by their VMState type (shown in decimal and hex), byte buffers as hex and "
+        "ASCII (NUL-padded text such as globalstate's runstate as text). Needs the "
+        "vmdescription trailer.")
+    p.add_argument("file", help=INPUT_HELP)
     p.add_argument("--device", metavar="NAME",
                    help="only this device: section idstr (e.g. mc146818rtc, "
                    "0000:00:01.1/ide), idstr#instance, or vmsd name; a part of one matches too")
-    p.add_argument("--json", action="store_true", help="print the tree as JSON")
-    p.add_argument("--page-size", type=int, default=None,
-                   help="target page size when the file does not record it")
+    p.add_argument("--flat", action="store_true",
+                   help="print one 'device.field.path = value' line per value (for grep and "
+                   "diff) instead of trees")
     p.set_defaults(func=run)
 
 
@@ -34,8 +38,5 @@ def run(args: argparse.Namespace) -> int:
         report = decode_devices(cap, only=args.device)
     if args.device is not None and not report.devices:
         raise UsageError(f"no device section matches {args.device!r}")
-    if args.json:
-        ui.print_json(report.to_json())
-    else:
-        render_devices(report, ui.console())
+    emit(args, report, lambda con: render_devices(report, con, flat=args.flat))
     return 0

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 
 from .. import ui
-from ..errors import MigError
+from ..errors import UsageError
 from ..inspector.capture import open_capture
 from ..inspector.diff import (
     diff_sides,
@@ -26,6 +25,7 @@ from ..inspector.diff import (
     summarize_path,
 )
 from ..render.diff import render_diff, render_page_hexdiff
+from .common import common_options, emit
 
 EXIT_SAME = 0
 EXIT_DIFFERENT = 1
@@ -44,12 +44,12 @@ Exit status: 0 identical, 1 different, 2 error."""
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "diff", help="compare two captures page by page and field by field",
+        parents=[common_options()],
         description="Compare the RAM (per RAMBlock, page by page) and the device state of\n"
         "two captures, across layouts (legacy / mapped-ram) and QEMU versions.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("a", help="first capture (A)")
+    p.add_argument("a", help="first capture (A); - reads it from standard input")
     p.add_argument("b", help="second capture (B)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--pages", action="store_true",
                    help="list every differing page with both hashes")
     p.add_argument("--page", metavar="BLOCK:OFFSET",
@@ -58,31 +58,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="do not compare device state (exit status from RAM only)")
     p.add_argument("--partial", action="store_true",
                    help="compare what can be read of damaged files instead of failing")
-    p.add_argument("--page-size", type=int, default=None,
-                   help="target page size when the files do not record it")
     p.add_argument("--jobs", type=int, choices=(1, 2), default=2 if (os.cpu_count() or 1) > 1
                    else 1, help="processes: 2 reads A and B at the same time (default when "
                    "there is more than one CPU)")
-    p.set_defaults(func=run)
+    # like cmp(1): any error is exit status 2 (cli.main maps it)
+    p.set_defaults(func=run, error_exit=EXIT_TROUBLE)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except MigError as e:
-        if getattr(args, "traceback", False):
-            raise
-        print(f"miginspect: {e.oneline()}", file=sys.stderr)
-        return EXIT_TROUBLE
-    except OSError as e:
-        if getattr(args, "traceback", False):
-            raise
-        what = f"{e.filename}: {e.strerror}" if e.filename else str(e)
-        print(f"miginspect: {what}", file=sys.stderr)
-        return EXIT_TROUBLE
-
-
-def _run(args: argparse.Namespace) -> int:
+    if args.a == "-" and args.b == "-":
+        raise UsageError("standard input (-) can be only one of A and B")
     if args.page is not None:
         return _run_page(args)
     strict = not args.partial
@@ -110,10 +95,8 @@ def _run(args: argparse.Namespace) -> int:
                                                          page_size=args.page_size))
             side_a = summarize(cap_a, None, devices)
         report = diff_sides(side_a, side_b, devices)
-    if args.json:
-        ui.print_json(report.to_json(pages=args.pages))
-    else:
-        render_diff(report, ui.console(), pages=args.pages)
+    emit(args, report, lambda con: render_diff(report, con, pages=args.pages),
+         report.to_json(pages=args.pages))
     return EXIT_SAME if report.identical else EXIT_DIFFERENT
 
 
@@ -126,8 +109,5 @@ def _run_page(args: argparse.Namespace) -> int:
                 caps.append(stack.enter_context(open_capture(
                     path, progress=cb, strict=not args.partial, page_size=args.page_size)))
         h = page_hexdiff(caps[0], caps[1], block, offset)
-    if args.json:
-        ui.print_json(h.to_json())
-    else:
-        render_page_hexdiff(h, ui.console())
+    emit(args, h, lambda con: render_page_hexdiff(h, con))
     return EXIT_SAME if not h.rows else EXIT_DIFFERENT

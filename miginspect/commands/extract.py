@@ -9,6 +9,7 @@ from ..errors import UsageError
 from ..inspector.capture import open_capture
 from ..inspector.extract import extract_blocks, extract_physical
 from ..render.extract import render_extract
+from .common import INPUT_HELP, common_options, emit
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -27,6 +28,7 @@ def parse_size(text: str) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "extract", help="write RAMBlocks (or guest-physical memory) as sparse raw files",
+        parents=[common_options()],
         description="Write one raw file per RAMBlock into DIR (names made safe from the "
         "RAMBlock idstr; zero and never-sent pages left as holes) plus "
         "miginspect-extract.json describing them. With --physical, write the guest-physical "
@@ -34,11 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and physical.elf (ELF64 core with one PT_LOAD per RAM range; Volatility 3 opens it), "
         "described in miginspect-physical.json. "
         "Nothing is written outside DIR; existing files are kept unless --force.")
-    p.add_argument("file", help="migration stream, mapped-ram file or libvirt save image "
-                   "(.gz/.xz/.zst read transparently)")
+    p.add_argument("file", help=INPUT_HELP)
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="output folder (created if missing; its parent must exist)")
-    p.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
     p.add_argument("--block", action="append", metavar="NAME",
                    help="only this RAMBlock (repeatable; not with --physical)")
     p.add_argument("--physical", action="store_true",
@@ -51,9 +51,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-ram-below-4g", type=parse_size, default=None, metavar="SIZE",
                    help="the machine's max-ram-below-4g property, if it was set (the file "
                    "does not record it)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--page-size", type=int, default=None,
-                   help="target page size when the file does not record it")
     p.set_defaults(func=run)
 
 
@@ -69,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
                                       args.max_ram_below_4g, wcb)
         else:
             report = extract_blocks(cap, args.output, args.force, args.block, wcb)
-    if args.json:
-        ui.print_json(report.to_json())
-    else:
-        render_extract(report, ui.console())
+    data = report.to_json()
+    data = {"path": data.pop("input"), **data}  # the input is `path` in every report
+    emit(args, report, lambda con: render_extract(report, con), data)
     return 0

@@ -9,18 +9,16 @@ from ..errors import FormatError
 from ..inspector.capture import open_capture
 from ..inspector.info import info
 from ..render.info import render_info
+from .common import INPUT_HELP, common_options, emit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="what a migration file holds",
+                       parents=[common_options()],
                        description="Show format, machine type, page size, capabilities, the "
                        "section table and the RAMBlock table of a migration file.")
-    p.add_argument("file", help="migration stream, mapped-ram file or libvirt save image "
-                   "(.gz/.xz/.zst read transparently)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("file", help=INPUT_HELP)
     p.add_argument("--no-sections", action="store_true", help="omit the section table")
-    p.add_argument("--page-size", type=int, default=None,
-                   help="target page size when the file does not record it")
     p.set_defaults(func=run)
 
 
@@ -34,10 +32,8 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(err, FormatError) and not partial:
             raise cap.source.explain(err)
         report = info(cap)
-    if args.json:
-        ui.print_json(report.to_json())
-    else:
-        render_info(report, ui.console(), show_sections=not args.no_sections)
+    emit(args, report, lambda con: render_info(report, con,
+                                               show_sections=not args.no_sections))
     # an incomplete libvirt save is reported in full; exit 1 when its stream is cut
     # or the compressed data around it is damaged
     inf = cap.source.container.inflation

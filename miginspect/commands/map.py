@@ -9,27 +9,25 @@ from ..errors import UsageError
 from ..inspector.capture import open_capture
 from ..inspector.mapview import page_map
 from ..render.map import render_map
+from .common import INPUT_HELP, common_options, emit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "map", help="picture of each RAMBlock's pages (never sent / zero / data / re-sent)",
+        "map", help="picture of each RAMBlock's pages (data / zero / never sent / re-sent)",
+        parents=[common_options()],
         description="Draw each RAMBlock as a grid of cells of N pages, scaled to the terminal "
-        "width, coloured by the final page state: never sent, zero, data, or re-sent k times "
-        "(legacy streams). For mapped-ram files only the bitmaps are read. --json gives "
-        "run-length page ranges per state.")
-    p.add_argument("file", help="migration stream, mapped-ram file or libvirt save image "
-                   "(.gz/.xz/.zst read transparently)")
+        "width, one glyph per cell for the final page state (data, zero, never sent) or the "
+        "times a page was re-sent (legacy streams); colour only repeats the glyph. For "
+        "mapped-ram files only the bitmaps are read. --json gives run-length page ranges per "
+        "state.")
+    p.add_argument("file", help=INPUT_HELP)
     p.add_argument("--block", action="append", metavar="NAME",
                    help="only this RAMBlock (repeatable)")
-    p.add_argument("--json", action="store_true",
-                   help="print counts and run-length ranges per state as JSON")
     p.add_argument("--rows", type=int, default=8,
                    help="lines per block at most (default 8; sets the cell size)")
     p.add_argument("--pages-per-cell", type=int, default=None, metavar="N",
                    help="fixed cell size instead of fitting --rows")
-    p.add_argument("--page-size", type=int, default=None,
-                   help="target page size when the file does not record it")
     p.set_defaults(func=run)
 
 
@@ -40,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
         cap = open_capture(args.file, progress=cb, page_size=args.page_size)
     with cap:
         report = page_map(cap, args.block)
-        if args.json:
-            ui.print_json(report.to_json())
-        else:
-            render_map(report, ui.console(), rows=args.rows, per_cell=args.pages_per_cell)
+        emit(args, report, lambda con: render_map(report, con, rows=args.rows,
+                                                  per_cell=args.pages_per_cell))
     return 0

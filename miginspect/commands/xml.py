@@ -5,41 +5,59 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rich.console import Console
+
 from .. import ui
 from ..errors import FormatError
-from ..inspector.source import read_container
+from ..inspector.source import Container, open_source, read_container
+from ..inspector.spool import is_stream_input
+from ..render.text import printable
+from .common import common_options, emit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("xml", help="print the domain XML of a libvirt save image",
+                       parents=[common_options(page_size=False)],
                        description="Print the domain XML that `virsh save` / `managedsave` "
                        "stored in the image header (what `virsh save-image-dumpxml` shows). "
                        "Reads only the header: the QEMU data is not decompressed.")
     p.add_argument("file", help="libvirt save image (any format; also one compressed as a "
-                   "whole, e.g. save.img.zst)")
+                   "whole, e.g. save.img.zst); - reads it from standard input")
     p.add_argument("--cookie", action="store_true",
                    help="print the save cookie (libvirt's migration cookie XML) instead")
-    p.add_argument("--json", action="store_true",
-                   help="print {xml, cookie, header fields, domain} as JSON")
     p.set_defaults(func=run)
+
+
+def _container(path: str) -> Container:
+    if not is_stream_input(path):
+        return read_container(path)
+    with open_source(path) as src:  # spooled: a pipe cannot be read twice
+        return src.container
+
+
+def _show(text: str, console: Console) -> None:
+    """The XML as stored; on a terminal, control characters are shown as escapes."""
+    if console.is_terminal:
+        text = "\n".join(printable(ln) for ln in text.split("\n"))
+    if console.file is sys.stdout and not console.record:
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        return
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..inspector.libvirt_image import image_summary
 
-    c = read_container(args.file)
+    c = _container(args.file)
     h = c.libvirt
     if h is None:
         raise FormatError("not a libvirt save image (no LibvirtQemudSave/LibvirtQemudPart "
                           "header), so there is no domain XML in it", 0, "libvirt")
-    if args.json:
-        ui.print_json(image_summary(c))
-        return 0
     text = h.cookie if args.cookie else h.xml
-    if text is None:
+    if text is None and not args.json:
         raise FormatError("this image has no save cookie (cookieOffset is 0)", 32, "libvirt")
-    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    emit(args, c, lambda con: _show(text or "", con), image_summary(c))
     if not h.complete:
-        ui.err_console().print("[yellow]note: incomplete save image (LibvirtQemudPart): "
-                               "libvirt never finished writing it[/]")
+        ui.err_console().print("note: incomplete save image (LibvirtQemudPart): libvirt never "
+                               "finished writing it", markup=False)
     return 0

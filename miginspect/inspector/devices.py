@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,8 @@ from .capture import Capture
 from .parsing import parse_at
 from .vmdesc import device_index
 
-#: Opaque values longer than this are kept as a prefix plus a digest.
-MAX_HEX_BYTES = 4096
+#: Opaque values longer than this are kept as a prefix plus a digest (`Opaque`).
+MAX_HEX_BYTES = 64 << 10
 #: Scalar arrays longer than this are kept as hex like opaque data.
 MAX_LIST_ITEMS = 1024
 #: Nesting deeper than this in a description is refused (a hostile JSON).
@@ -45,6 +45,25 @@ def _dtype(fmt: str) -> np.dtype:
 _DTYPES: dict[str, np.dtype] = {name: _dtype(ff.fmtstr) for name, ff in V.VMSTATE_SCALARS.items()}
 
 
+@dataclass(frozen=True)
+class Opaque:
+    """An opaque value longer than MAX_HEX_BYTES: its first bytes and a digest of all of
+    them (two values are equal when their sizes and digests are)."""
+
+    head: str  # hex of the first MAX_HEX_BYTES bytes
+    size: int  # bytes in the value
+    xxh3: str  # xxh3-64 of the whole value, hex
+
+
+@dataclass
+class DeviceNotice:
+    """Something about the device sections that is not one device's decoding error."""
+
+    message: str
+    offset: int | None = None
+    where: str = ""
+
+
 @dataclass
 class StateNode:
     """One field, array element, struct or subsection of a device's state."""
@@ -53,7 +72,9 @@ class StateNode:
     type: str  # the JSON type, or "array" / "subsection"
     offset: int  # file offset of its first byte
     size: int  # bytes it occupies in the stream
-    value: Any = None  # int / float for numbers, hex str for opaque bytes, list for arrays
+    #: int / float / bool for numbers, None for a NULL pointer, a hex str for opaque bytes
+    #: (an `Opaque` past MAX_HEX_BYTES), a list for arrays of numbers
+    value: Any = None
     children: list[StateNode] = field(default_factory=list)
     version: int | None = None  # subsections and structs: the version written
 
@@ -80,6 +101,7 @@ class DeviceState:
     payload_end: int
     fields: list[StateNode] = field(default_factory=list)
     error: str | None = None  # why decoding stopped early, if it did
+    error_offset: int | None = None  # where it stopped
 
     @property
     def key(self) -> str:
@@ -99,6 +121,7 @@ class DeviceState:
             "payload_offset": self.payload_offset,
             "payload_end": self.payload_end,
             "error": self.error,
+            "error_offset": self.error_offset,
             "fields": [f.to_json() for f in self.fields],
         }
 
@@ -107,11 +130,11 @@ class DeviceState:
 class DevicesReport:
     path: str
     devices: list[DeviceState]
-    notices: list[str] = field(default_factory=list)
+    notices: list[DeviceNotice] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "devices": [d.to_json() for d in self.devices],
-                "notices": list(self.notices)}
+                "notices": [asdict(n) for n in self.notices]}
 
 
 def _leaves(nodes: list[StateNode], prefix: str) -> Iterator[tuple[str, StateNode]]:
@@ -227,12 +250,11 @@ class _Decoder:
         return StateNode(name, typ if count is None else f"{typ}[{count}]", pos, total,
                          val), pos + total
 
-    def _hex(self, pos: int, n: int) -> str:
+    def _hex(self, pos: int, n: int) -> str | Opaque:
         raw = bytes(self.buf[pos : pos + min(n, MAX_HEX_BYTES)])
         if n <= MAX_HEX_BYTES:
             return raw.hex()
-        digest = xxhash.xxh3_64_hexdigest(self.buf[pos : pos + n])
-        return f"{raw.hex()}...({n} bytes, xxh3 {digest})"
+        return Opaque(raw.hex(), n, xxhash.xxh3_64_hexdigest(self.buf[pos : pos + n]))
 
 
 def _list(v: Any) -> list[Any]:
@@ -255,8 +277,8 @@ def decode_devices(cap: Capture, only: str | None = None) -> DevicesReport:
             continue
         descs = index.get((sec.idstr or "", sec.instance_id or 0))
         if not descs:
-            report.notices.append(f"section {sec.idstr!r} at 0x{sec.offset:x} is not in the "
-                                  "vmdescription; not decoded")
+            report.notices.append(DeviceNotice("the section is not in the vmdescription; not "
+                                               "decoded", sec.offset, sec.idstr or ""))
             continue
         desc = descs.pop(0)
         end = sec.payload_end if sec.payload_end is not None else sec.payload_offset
@@ -270,15 +292,18 @@ def decode_devices(cap: Capture, only: str | None = None) -> DevicesReport:
             if p != end:
                 dev.error = (f"the vmdescription accounts for {p - sec.payload_offset} bytes, "
                              f"the section holds {end - sec.payload_offset}")
+                dev.error_offset = p
         except MigError as e:
-            dev.error = e.oneline()
+            dev.error, dev.error_offset = e.message, e.offset
         except (ValueError, TypeError, KeyError) as e:
             dev.error = f"malformed vmdescription entry ({type(e).__name__}: {e})"
+            dev.error_offset = sec.payload_offset
         report.devices.append(dev)
     if only is not None and any(_matches(d, only, exact=True) for d in report.devices):
         report.devices = [d for d in report.devices if _matches(d, only, exact=True)]
     if w.error is not None:
-        report.notices.append(f"the walk stopped early: {w.error.oneline()}")
+        report.notices.append(DeviceNotice(f"the walk stopped early: {w.error.message}",
+                                           w.error.offset, w.error.where))
     return report
 
 
@@ -287,4 +312,5 @@ def _matches(dev: DeviceState, only: str, exact: bool) -> bool:
     return only in names if exact else any(only in n for n in names)
 
 
-__all__ = ["decode_devices", "DevicesReport", "DeviceState", "StateNode"]
+__all__ = ["decode_devices", "DevicesReport", "DeviceState", "StateNode", "Opaque",
+           "DeviceNotice"]

@@ -35,6 +35,7 @@ from ..errors import (
 from ..formats import libvirt as lv
 from .inflate import Inflation, Progress, inflate_head, inflate_to_tempfile
 from .parsing import parse_at
+from .spool import is_stream_input, open_stream_input
 
 COMPRESSION_MAGICS = (
     (b"\x1f\x8b", "gzip"),
@@ -247,7 +248,8 @@ def _inflate_into(src: Source, f: Any, kind: str, start: int, progress: Progress
 
 def open_source(path: str, progress: Progress | None = None) -> Source:
     """Open `path` read-only and find the QEMU stream in it."""
-    f = open(path, "rb")  # noqa: SIM115 - kept open as long as the Source
+    # stdin (`-`), FIFOs and devices are spooled into a temporary file first
+    f = open_stream_input(path, progress) if is_stream_input(path) else open(path, "rb")  # noqa: SIM115
     try:
         st = os.fstat(f.fileno())
         size = st.st_size

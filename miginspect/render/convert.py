@@ -1,16 +1,21 @@
-"""Terminal rendering of `ConvertReport`."""
+"""Terminal rendering of `ConvertReport`: the verdict (what was written, verified or not),
+then the summary, sizes and per-RAMBlock table."""
 
 from __future__ import annotations
 
-from rich.console import Console, Group
-from rich.panel import Panel
-from rich.table import Table
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
 
 from ..inspector.convert import ConvertReport, FileSizes
-from .fmt import hexoff, name, num, size
+from . import vocab as V
+from .fmt import hexoff, num, size
+from .layout import KV, Col, Grid, say
+from .text import line
 
 
-def _container(c: dict, fmt: str) -> str:
+def _container(c: dict[str, Any], fmt: str) -> str:
     if c.get("kind") == "libvirt":
         return f"{fmt} inside a libvirt save image ({c.get('libvirt_format')})"
     if c.get("compression"):
@@ -18,84 +23,93 @@ def _container(c: dict, fmt: str) -> str:
     return fmt
 
 
-def _sizes(label: str, s: FileSizes) -> tuple[str, str, str]:
-    return label, f"{size(s.apparent)} ({num(s.apparent)} B)", \
-        f"{size(s.allocated)} ({num(s.allocated)} B)"
+def _sizes(s: FileSizes) -> tuple[str, str]:
+    return (f"{size(s.apparent)} = {num(s.apparent)} B",
+            f"{size(s.allocated)} = {num(s.allocated)} B")
 
 
-def _summary(r: ConvertReport) -> Table:
-    t = Table.grid(padding=(0, 2))
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("input", f"{name(r.input)}: {_container(r.input_container, r.from_format)}")
-    t.add_row("output", f"{name(r.output)}: {_container(r.output_container, r.to_format)}")
-    t.add_row("machine type", name(r.machine_type))
-    t.add_row("capabilities", f"{name(', '.join(r.capabilities_in)) or 'none'} -> "
-              f"{name(', '.join(r.capabilities_out)) or 'none'}")
-    t.add_row("RAM", f"{size(r.ram_total)} in {len(r.blocks)} RAMBlocks, "
-              f"{size(r.data_bytes)} of page data written")
-    t.add_row("records", f"{r.sections_copied} non-RAM records copied byte for byte, "
-              f"{r.ram_sections} ram sections rewritten"
-              + ("; vmdescription \"configuration\" updated"
-                 if r.vmdescription_configuration_updated else ""))
-    t.add_row("time", f"{r.seconds:.2f} s")
-    return t
+def verdict(r: ConvertReport) -> Text:
+    t = line(("convert: ", "bold"), f"wrote {r.to_format} ", r.output,
+             f" ({size(r.output_size.apparent)}, {size(r.output_size.allocated)} on disk) from "
+             f"{r.from_format} ", r.input, f": {len(r.blocks)} RAMBlocks, "
+             f"{num(sum(b.pages for b in r.blocks))} pages")
+    v = r.verify
+    if v is None:
+        return t + line(" (not verified; --verify reads it back)")
+    if v.ok:
+        return t + line("; ", ("verified", V.GOOD), ": page maps and contents equal the input's")
+    return t + line("; ", ("verification FAILED", V.BAD))
 
 
-def _size_table(r: ConvertReport) -> Table:
-    t = Table(title="Sizes", title_justify="left", title_style="bold")
-    t.add_column("file")
-    t.add_column("apparent", justify="right")
-    t.add_column("allocated", justify="right")
-    t.add_row(*_sizes("before (input)", r.input_size))
-    t.add_row(*_sizes("after (output)", r.output_size))
-    bound = r.mapped_ram_bound
-    alloc = r.mapped_ram_allocated_bound
-    limit = bound + r.vmdescription_growth
-    ok = r.output_size.apparent <= limit if r.to_format == "mapped-ram" else None
-    mark = "" if ok is None else (" [green](output within it)[/]" if ok else " [red](EXCEEDED)[/]")
-    t.add_row(f"mapped-ram bound{mark}", f"{size(bound)} ({num(bound)} B)",
-              "-" if alloc is None else f"{size(alloc)} ({num(alloc)} B)")
+def _summary(r: ConvertReport) -> KV:
+    caps_in = ", ".join(r.capabilities_in) or "none"
+    caps_out = ", ".join(r.capabilities_out) or "none"
+    rows: list[tuple[str, Text | str]] = [
+        ("input", line(r.input, f": {_container(r.input_container, r.from_format)}")),
+        ("output", line(r.output, f": {_container(r.output_container, r.to_format)}")),
+        ("machine type", line(r.machine_type or "-")),
+        ("capabilities", line(f"{caps_in} -> {caps_out}")),
+        ("RAM", f"{size(r.ram_total)} in {len(r.blocks)} RAMBlocks, {size(r.data_bytes)} of "
+                "page data written"),
+        ("records", f"{r.sections_copied} non-RAM records copied byte for byte, "
+                    f"{r.ram_sections} ram sections rewritten"
+                    + ("; vmdescription \"configuration\" updated"
+                       if r.vmdescription_configuration_updated else "")),
+    ]
+    return KV(rows)
+
+
+def _size_table(r: ConvertReport) -> Grid:
+    g = Grid([Col("file", "left", flex="text"), Col("apparent"), Col("allocated")], "Sizes",
+             f"bound from the {r.mapped_ram_bound_source}")
+    g.add_row("before (input)", *_sizes(r.input_size))
+    g.add_row("after (output)", *_sizes(r.output_size))
+    bound, alloc = r.mapped_ram_bound, r.mapped_ram_allocated_bound
+    g.add_row("mapped-ram bound", f"{size(bound)} = {num(bound)} B",
+              "-" if alloc is None else f"{size(alloc)} = {num(alloc)} B")
     if r.vmdescription_growth:
-        t.add_row("  + vmdescription update", f"{num(r.vmdescription_growth)} B", "")
-    t.caption = f"bound from the {r.mapped_ram_bound_source}"
-    return t
+        g.add_row("  + vmdescription update", f"{num(r.vmdescription_growth)} B", "")
+    return g
 
 
-def _blocks(r: ConvertReport) -> Table:
-    t = Table(title="RAMBlocks", title_justify="left", title_style="bold")
-    t.add_column("name", overflow="fold")
-    t.add_column("used length", justify="right")
-    t.add_column("pages", justify="right")
-    t.add_column("data", justify="right", style="green")
-    t.add_column("zero", justify="right", style="cyan")
-    t.add_column("never sent", justify="right", style="dim")
-    t.add_column("sent in input", justify="right", style="yellow")
+def _blocks(r: ConvertReport) -> Grid:
     mapped = r.to_format == "mapped-ram"
+    cols = [Col("name", "left", flex="name"), Col("used length"), Col("pages"),
+            Col(V.DATA.word, style=V.DATA.style), Col(V.ZERO.word, style=V.ZERO.style),
+            Col(V.NEVER_SENT.word, style=V.NEVER_SENT.style), Col("sent in input")]
     if mapped:
-        t.add_column("pages at", justify="right", no_wrap=True)
+        cols.append(Col("pages at"))
+    g = Grid(cols, "RAMBlocks")
     for b in r.blocks:
-        row = [name(b.name), size(b.used_length), num(b.pages), num(b.data_pages),
+        row = [line(b.name), size(b.used_length), num(b.pages), num(b.data_pages),
                num(b.zero_pages), num(b.absent_pages), num(b.input_sends)]
         if mapped:
-            row += [hexoff(b.pages_offset)]
-        t.add_row(*row)
-    return t
+            row.append(hexoff(b.pages_offset))
+        g.add_row(*row)
+    return g
 
 
 def render_convert(r: ConvertReport, console: Console) -> None:
-    console.print(Panel(Group(_summary(r)), title="miginspect convert", title_align="left"))
+    say(console, verdict(r))
+    console.print(_summary(r))
+    console.print()
     console.print(_size_table(r))
+    if r.to_format == "mapped-ram":
+        if r.output_size.apparent <= r.mapped_ram_bound + r.vmdescription_growth:
+            say(console, ("the output is within the mapped-ram bound", V.GOOD))
+        else:
+            say(console, ("the output EXCEEDS the mapped-ram bound", V.BAD))
+    console.print()
     console.print(_blocks(r))
     for n in r.notices:
-        console.print(f"[yellow]{name(n)}[/]")
+        say(console, ("note: ", V.ORANGE), n)
     v = r.verify
     if v is not None:
         if v.ok:
-            console.print(f"[green]verified[/]: {num(v.pages)} pages in {v.blocks} RAMBlocks "
-                          f"({num(v.data_pages)} data) have the input's state and content; "
-                          f"{v.sections} non-RAM records identical")
+            say(console, ("verified", V.GOOD), f": {num(v.pages)} pages in {v.blocks} "
+                f"RAMBlocks ({num(v.data_pages)} data) have the input's state and content; "
+                f"{v.sections} non-RAM records identical")
         else:
-            console.print("[red]verification FAILED[/]:")
+            say(console, ("verification FAILED", V.BAD), ":")
             for p in v.problems:
-                console.print(f"  [red]{name(p)}[/]")
+                say(console, "  ", (p, V.BAD))

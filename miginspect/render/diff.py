@@ -1,192 +1,211 @@
-"""Terminal rendering of `DiffReport` and `PageHexDiff`."""
+"""Terminal rendering of `DiffReport` and `PageHexDiff`: the verdict first (identical, or
+what differs), the RAM table, a picture of where each differing block differs (glyphs from
+`vocab`: · equal, X changed, A only A, B only B), the device fields that differ with both
+values in full, and notices."""
 
 from __future__ import annotations
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from ..inspector.devices import StateNode
 from ..inspector.diff import CHANGED, EQUAL, ONLY_A, ONLY_B, BlockDiff, DiffReport, PageHexDiff
-from .devices import value_text
-from .fmt import hexoff, name, num, size
+from . import vocab as V
+from .devices import value_lines
+from .fmt import hexoff, num, size
+from .layout import Col, Grid, layout_width, say
+from .text import line
 
-#: Cells of the change picture per block row.
+#: Cells of the change picture per block row at most.
 PICTURE_CELLS = 64
-_CELL = {EQUAL: "[dim]·[/]", CHANGED: "[yellow]█[/]", ONLY_A: "[red]▌[/]",
-         ONLY_B: "[green]▐[/]"}
-#: Ranges listed per block before "… and N more".
+_MARK = {EQUAL: V.EQUAL, CHANGED: V.CHANGED, ONLY_A: V.ONLY_A, ONLY_B: V.ONLY_B}
+#: Ranges listed per block before "the N largest of M".
 MAX_RANGES = 12
 
 
-def _blocks(r: DiffReport, wide: bool) -> Table:
-    t = Table(title="RAM", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-              pad_edge=False)
-    t.add_column("block", overflow="fold", min_width=12)
-    t.add_column("pages", justify="right")
-    t.add_column("equal", justify="right", style="dim")
-    t.add_column("changed", justify="right", style="yellow")
-    t.add_column("only A", justify="right", style="red")
-    t.add_column("only B", justify="right", style="green")
-    trans = wide and any(b.zero_to_data or b.data_to_zero for b in r.blocks)
-    if trans:
-        t.add_column("0→data", justify="right")
-        t.add_column("data→0", justify="right")
-    t.add_column("note", overflow="fold")
+def verdict(r: DiffReport) -> Text:
+    head = line(("diff: ", "bold"))
+    if r.identical:
+        dev = "" if r.devices_identical is None else " and device state"
+        return head + line(("identical", V.GOOD), f": RAM{dev} the same in A and B")
+    tot = r.totals()
+    parts = []
+    if not r.ram_identical:
+        blocks = [b.name for b in r.blocks if not b.identical]
+        parts.append(f"RAM differs in {num(tot['pages'] - tot['equal'])} of "
+                     f"{num(tot['pages'])} pages ({', '.join(blocks)})")
+    else:
+        parts.append("RAM identical")
+    if r.devices is None:
+        parts.append("devices not compared")
+    elif r.devices.identical:
+        parts.append("device state identical")
+    else:
+        parts.append(f"device state differs in {len(r.devices.devices)} of "
+                     f"{r.devices.compared} devices")
+    return head + line(("different", V.BAD), ": " + "; ".join(parts))
+
+
+def _blocks(r: DiffReport) -> Grid:
+    g = Grid([Col("block", "left", flex="name"), Col("pages"),
+              Col(V.EQUAL.word, style=V.EQUAL.style),
+              Col(V.CHANGED.word, style=V.CHANGED.style),
+              Col(V.ONLY_A.word, style=V.ONLY_A.style), Col(V.ONLY_B.word, style=V.ONLY_B.style),
+              Col("to data"), Col("to zero")], "RAM",
+             "changed: both hold different data; only A / only B: data on one side, zero on "
+             "the other; to data / to zero: pages whose state went from zero or never sent to "
+             "data, or back")
     for b in r.blocks:
-        note = ""
+        g.add_row(line(b.name), num(b.pages), num(b.equal), num(b.changed), num(b.only_a),
+                  num(b.only_b), num(b.zero_to_data), num(b.data_to_zero))
+    return g
+
+
+def _block_notes(r: DiffReport, console: Console) -> None:
+    for b in r.blocks:
         if b.missing == "a":
-            note = "[red]only in B[/]"
+            say(console, (b.name, "bold"), ": ", ("only in B", V.BAD))
         elif b.missing == "b":
-            note = "[red]only in A[/]"
+            say(console, (b.name, "bold"), ": ", ("only in A", V.BAD))
         elif b.used_length_a != b.used_length_b:
-            note = (f"[red]used_length {size(b.used_length_a)} vs "
-                    f"{size(b.used_length_b)}[/]")
-        elif b.identical:
-            note = "[green]same[/]"
-        row = [name(b.name), num(b.pages), num(b.equal), num(b.changed), num(b.only_a),
-               num(b.only_b)]
-        if trans:
-            row += [num(b.zero_to_data), num(b.data_to_zero)]
-        t.add_row(*row, note)
-    return t
+            say(console, (b.name, "bold"), ": ", (f"used length {size(b.used_length_a)} in A, "
+                                                   f"{size(b.used_length_b)} in B", V.BAD))
 
 
 def _ranges(b: BlockDiff, console: Console) -> None:
-    cells = b.picture(max(16, min(PICTURE_CELLS, console.width - 4)))
+    width = layout_width(console, PICTURE_CELLS + 2)
+    cells = b.picture(max(16, min(PICTURE_CELLS, width - 2)))
     per = -(-b.pages // max(len(cells), 1))
-    console.print(f"[bold]{name(b.name)}[/] [dim]({num(b.pages)} pages, {num(per)} per cell)[/]")
-    console.print("  " + "".join(_CELL[c] for c in cells))
+    say(console, (b.name, "bold"), f"  {num(b.pages)} pages, one cell = {num(per)} page"
+        f"{'s' if per != 1 else ''}")
+    pic = Text("  ")
+    for c in cells:
+        m = _MARK[c]
+        pic.append(m.glyph, style=m.style)
+    console.print(pic, soft_wrap=True)
     shown = b.ranges
     if len(shown) > MAX_RANGES:  # the largest runs, in address order
         big = sorted(range(len(shown)), key=lambda i: -shown[i].pages)[:MAX_RANGES]
         shown = [shown[i] for i in sorted(big)]
     for rg in shown:
-        gpa = f"  GPA {hexoff(rg.gpa)}-{hexoff(rg.gpa + rg.length - 1)}" if rg.gpa is not None \
-            else ""
-        what = ", ".join(f"{n} {k}" for k, n in (("changed", rg.changed), ("only A", rg.only_a),
-                                                  ("only B", rg.only_b)) if n)
-        console.print(f"  {hexoff(rg.offset)}-{hexoff(rg.offset + rg.length - 1)} "
-                      f"({num(rg.pages)} pages: {what}){gpa}")
+        gpa = f", GPA {hexoff(rg.gpa)}-{hexoff(rg.gpa + rg.length - 1)}" \
+            if rg.gpa is not None else ""
+        what = ", ".join(f"{num(n)} {m.word}" for m, n in ((V.CHANGED, rg.changed),
+                                                           (V.ONLY_A, rg.only_a),
+                                                           (V.ONLY_B, rg.only_b)) if n)
+        say(console, f"  {hexoff(rg.offset)}-{hexoff(rg.offset + rg.length - 1)}: "
+            f"{num(rg.pages)} page{'s' if rg.pages != 1 else ''} ({what}){gpa}")
     if len(b.ranges) > MAX_RANGES:
-        console.print(f"  [dim]… the {MAX_RANGES} largest of {len(b.ranges)} ranges "
-                      "(--json or --pages lists all)[/]")
+        say(console, (f"  the {MAX_RANGES} largest of {num(len(b.ranges))} ranges (--json or "
+                      "--pages lists all)", "dim"))
 
 
 def _pages(b: BlockDiff, console: Console) -> None:
     rows = b.changed_pages()
     gpa = any(p["gpa"] is not None and p["gpa"] != p["offset"] for p in rows)
     same = not gpa and b.gpa_low is not None
-    t = Table(title=f"differing pages of {name(b.name)}", title_justify="left",
-              box=box.SIMPLE_HEAD, pad_edge=False,
-              caption="offset = guest-physical address" if same else None,
-              caption_justify="left")
-    t.add_column("page", justify="right", no_wrap=True)
-    t.add_column("offset", justify="right", no_wrap=True)
-    if gpa:
-        t.add_column("GPA", justify="right", no_wrap=True)
-    t.add_column("kind", no_wrap=True, min_width=7)
-    t.add_column("A→B", no_wrap=True)
-    t.add_column("xxh3 A", no_wrap=True, min_width=16)
-    t.add_column("xxh3 B", no_wrap=True, min_width=16)
+    cols = [Col("page"), Col("offset")] + ([Col("GPA")] if gpa else []) + [
+        Col("kind", "left"), Col("A → B", "left"), Col("xxh3 A", "left"), Col("xxh3 B", "left")]
+    g = Grid(cols, f"differing pages of {b.name}",
+             "offset = guest-physical address" if same else None)
     for p in rows:
-        row = [num(p["page"]), hexoff(p["offset"])]
-        if gpa:
-            row.append(hexoff(p["gpa"]))
-        t.add_row(*row, p["kind"], f"{p['state_a']}→{p['state_b']}", p["hash_a"], p["hash_b"])
-    console.print(t)
+        row = [num(p["page"]), hexoff(p["offset"])] + ([hexoff(p["gpa"])] if gpa else [])
+        g.add_row(*row, p["kind"], f"{p['state_a']} → {p['state_b']}", p["hash_a"],
+                  p["hash_b"])
+    console.print(g)
 
 
-def _devices(r: DiffReport, console: Console) -> None:
-    dd = r.devices
-    if dd is None:
-        return
-    if dd.identical:
-        console.print(f"[green]device state: {dd.compared} devices, identical[/]")
-        return
-    t = Table(title=f"device state ({dd.compared} devices compared, {len(dd.devices)} differ)",
-              title_justify="left", title_style="bold")
-    t.add_column("device", overflow="fold")
-    t.add_column("field", overflow="fold")
-    t.add_column("A")
-    t.add_column("B")
-    for d in dd.devices:
-        if d.status != "changed":
-            side = "A" if d.status == "only_a" else "B"
-            t.add_row(name(d.key), f"[red]section only in {side}[/]", "", "")
-            continue
-        if d.version_a != d.version_b:
-            t.add_row(name(d.key), "[magenta](version)[/]", num(d.version_a), num(d.version_b))
-        for f in d.fields:
-            va, vb = _hex_delta(f.a, f.b)
-            if va is None:
-                va = "[dim](absent)[/]" if f.offset_a is None else value_text(f.a, f.type)
-                vb = "[dim](absent)[/]" if f.offset_b is None else value_text(f.b, f.type)
-            t.add_row(name(d.key), name(f.path), va, vb)
-        if d.error:
-            t.add_row(name(d.key), f"[red]{name(d.error)}[/]", "", "")
-    console.print(t)
+def _value(node_type: str | None, value: object, offset: int | None, room: int | None) -> \
+        list[str]:
+    if offset is None:
+        return ["(absent)"]
+    head, extra = value_lines(StateNode("", node_type or "?", offset, 0, value), room)
+    return [head] + ["    " + x for x in extra]
 
 
-def _hex_delta(a: object, b: object, most: int = 6) -> tuple[str | None, str | None]:
+def _hex_delta(a: object, b: object, most: int = 16) -> tuple[str | None, str | None]:
     """For two hex strings of one length: only the differing bytes, as `[i]=xx`."""
-    if not (isinstance(a, str) and isinstance(b, str) and len(a) == len(b) and "." not in a):
+    if not (isinstance(a, str) and isinstance(b, str) and len(a) == len(b)):
         return None, None
     try:
         xa, xb = bytes.fromhex(a), bytes.fromhex(b)
     except ValueError:
         return None, None
     idx = [i for i in range(len(xa)) if xa[i] != xb[i]]
-    more = f" +{len(idx) - most} more" if len(idx) > most else ""
-    return (" ".join(f"[{i}]={xa[i]:02x}" for i in idx[:most]) + more,
-            " ".join(f"[{i}]={xb[i]:02x}" for i in idx[:most]) + more)
+    if len(idx) > most:
+        return None, None
+    return (" ".join(f"[{i}]={xa[i]:02x}" for i in idx),
+            " ".join(f"[{i}]={xb[i]:02x}" for i in idx))
+
+
+def _devices(r: DiffReport, console: Console) -> None:
+    dd = r.devices
+    if dd is None or dd.identical:
+        return
+    console.print(Text(f"Device state ({dd.compared} devices compared, {len(dd.devices)} "
+                       "differ)", style="bold"))
+    room = None if getattr(console, "natural", False) else layout_width(console) - 8
+    for d in dd.devices:
+        if d.status != "changed":
+            side = "A" if d.status == "only_a" else "B"
+            say(console, (d.key, "bold"), ": ", (f"section only in {side}", V.BAD))
+            continue
+        say(console, (d.key, "bold"))
+        if d.version_a != d.version_b:
+            say(console, f"  version: A {num(d.version_a)}, B {num(d.version_b)}")
+        for f in d.fields:
+            da, db = _hex_delta(f.a, f.b)
+            say(console, "  ", (f.path, "bold"), (f" {f.type or ''}", "dim"),
+                " (bytes that differ)" if da is not None else "")
+            va = [da] if da is not None else _value(f.type, f.a, f.offset_a, room)
+            vb = [db] if db is not None else _value(f.type, f.b, f.offset_b, room)
+            for side, vals, st in (("A", va, V.ONLY_A.style), ("B", vb, V.ONLY_B.style)):
+                say(console, "    ", (side, st), " ", vals[0])
+                for x in vals[1:]:
+                    console.print(line("    ", x), soft_wrap=True)
+        if d.error:
+            say(console, "  ", ("decoding stopped", V.BAD), ": ", d.error)
 
 
 def render_diff(r: DiffReport, console: Console, pages: bool = False) -> None:
-    console.print(f"[bold]A[/] {name(r.path_a)} [dim]({r.format_a}, {name(r.machine_a)})[/]")
-    console.print(f"[bold]B[/] {name(r.path_b)} [dim]({r.format_b}, {name(r.machine_b)})[/]")
-    wide = console.width >= 110
-    console.print(_blocks(r, wide))
-    tot = r.totals()
-    if not wide and (tot["zero_to_data"] or tot["data_to_zero"]):
-        console.print(f"state transitions: {num(tot['zero_to_data'])} zero→data, "
-                      f"{num(tot['data_to_zero'])} data→zero (wider terminal: per block)")
+    say(console, verdict(r))
+    say(console, ("A ", "bold"), r.path_a, f" ({r.format_a}, {r.machine_a or '-'})")
+    say(console, ("B ", "bold"), r.path_b, f" ({r.format_b}, {r.machine_b or '-'})")
+    console.print()
+    console.print(_blocks(r))
+    _block_notes(r, console)
     differing = [b for b in r.blocks if not b.identical]
     if differing:
-        console.print("[bold]where[/] [dim](· equal, [yellow]█[/] changed, [red]▌[/] only A, "
-                      "[green]▐[/] only B)[/]")
+        console.print()
+        say(console, ("where: ", "bold"), V.diff_legend())
         for b in differing:
             _ranges(b, console)
             if pages and b.differing:
                 _pages(b, console)
-    _devices(r, console)
+    if r.devices is not None and not r.devices.identical:
+        console.print()
+        _devices(r, console)
+    if r.notices:
+        console.print()
     for n in r.notices:
-        console.print(f"[yellow]{name(n)}[/]")
-    if r.identical:
-        console.print("[bold green]identical[/]")
-    else:
-        ram = "RAM identical" if r.ram_identical else (
-            f"RAM differs in {num(tot['pages'] - tot['equal'])} of {num(tot['pages'])} pages")
-        dev = {None: "devices not compared", True: "devices identical",
-               False: "device state differs"}[r.devices_identical]
-        console.print(f"[bold yellow]different[/]: {ram}; {dev}")
+        say(console, ("note: ", V.ORANGE), n)
 
 
 def render_page_hexdiff(h: PageHexDiff, console: Console) -> None:
     gpa = f", GPA {hexoff(h.gpa)}" if h.gpa is not None else ""
-    console.print(f"[bold]{name(h.block)}[/] page {num(h.page)} (offset {hexoff(h.offset)}{gpa})")
-    console.print(f"  A: {h.state_a}, xxh3 {h.hash_a}")
-    console.print(f"  B: {h.state_b}, xxh3 {h.hash_b}")
+    word = "identical" if not h.rows else f"{num(h.differing_bytes)} bytes differ"
+    say(console, ("diff: ", "bold"), (h.block, "bold"), f" page {num(h.page)} (offset "
+        f"{hexoff(h.offset)}{gpa}): ", (word, V.GOOD if not h.rows else V.BAD))
+    say(console, f"  A: {h.state_a}, xxh3 {h.hash_a}")
+    say(console, f"  B: {h.state_b}, xxh3 {h.hash_b}")
     if not h.rows:
-        console.print("[green]the page is identical[/]")
         return
-    console.print(f"{num(h.differing_bytes)} bytes differ in {len(h.rows)} rows of 16")
+    say(console, f"{num(h.differing_bytes)} bytes differ in {len(h.rows)} rows of 16 "
+        "(differing bytes marked ^ below)")
     for row in h.rows:
-        a = " ".join(_hexbytes(row.a, row.b, "red"))
-        b = " ".join(_hexbytes(row.b, row.a, "green"))
-        console.print(f"  {row.offset:04x}  A {a}")
-        console.print(f"        B {b}")
-
-
-def _hexbytes(x: bytes, other: bytes, style: str) -> list[str]:
-    return [f"[{style}]{v:02x}[/]" if v != w else f"{v:02x}" for v, w in zip(x, other,
-                                                                            strict=True)]
+        a = " ".join(f"{v:02x}" for v in row.a)
+        b = " ".join(f"{v:02x}" for v in row.b)
+        marks = " ".join("^^" if v != w else "  " for v, w in zip(row.a, row.b, strict=True))
+        console.print(line(f"  {row.offset:04x}  A ", (a, V.ONLY_A.style)), soft_wrap=True)
+        console.print(line("        B ", (b, V.ONLY_B.style)), soft_wrap=True)
+        console.print(line("          ", (marks.rstrip(), V.CHANGED.style)), soft_wrap=True)

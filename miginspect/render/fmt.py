@@ -1,8 +1,7 @@
-"""Small formatting helpers shared by the renderers."""
+"""Small formatting helpers shared by the renderers (one unit system: IEC, KiB/MiB/GiB).
+Strings from files go through `render.text` instead."""
 
 from __future__ import annotations
-
-from rich.markup import escape
 
 
 def size(n: int | float | None) -> str:
@@ -35,8 +34,3 @@ def hexoff(n: int | None) -> str:
 
 def num(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
-
-
-def name(s: str | None) -> str:
-    """Untrusted names (RAMBlock, device idstrs) escaped before they reach rich markup."""
-    return "-" if s is None else escape(s)

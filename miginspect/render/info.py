@@ -1,107 +1,144 @@
-"""Terminal rendering of `InfoReport`."""
+"""Terminal rendering of `InfoReport`: a verdict line, the summary, RAMBlocks, sections."""
 
 from __future__ import annotations
 
-from rich import box
-from rich.console import Console, Group
-from rich.panel import Panel
-from rich.table import Table
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
 
 from ..inspector.info import InfoReport, SectionInfo
-from .fmt import hexoff, name, num, short_size, size
+from . import vocab as V
+from .fmt import hexoff, num, short_size, size
+from .layout import KV, Col, Grid, say
+from .text import line
 
 
-def _summary(r: InfoReport) -> Table:
-    t = Table.grid(padding=(0, 2))
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("file", name(r.path))
-    fmt = r.format
-    c = r.container or {}
+def describe_format(fmt: str, c: dict[str, Any]) -> str:
+    """'legacy stream (zstd-compressed)', 'mapped-ram file inside a libvirt save image
+    (sparse)'."""
+    what = "legacy stream" if fmt == "legacy" else f"{fmt} file"
     if c.get("kind") == "libvirt":
-        state = "complete" if c.get("complete") else "[red]INCOMPLETE (LibvirtQemudPart)[/]"
-        fmt = f"{fmt} inside a libvirt save image ({c.get('format')}, {state})"
-    elif c.get("compression"):
-        fmt = f"{fmt} ({c['compression']}-compressed)"
-    t.add_row("format", fmt)
-    for label, value in _container_rows(c):
-        t.add_row(label, value)
-    alloc = f"  (allocated {size(r.allocated_size)})" if r.allocated_size != r.file_size else ""
-    t.add_row("file size", f"{size(r.file_size)} = {num(r.file_size)} bytes{alloc}")
-    if r.decompressed_size is not None:
-        t.add_row("decompressed", f"{size(r.decompressed_size)} = {num(r.decompressed_size)} bytes")
-    if r.stream_offset:
-        t.add_row("QEMU stream at", hexoff(r.stream_offset))
-    t.add_row("machine type", name(r.machine_type))
-    t.add_row("page size", f"{r.page_size} (from {r.page_size_source})")
-    t.add_row("capabilities", name(", ".join(r.capabilities)) or "none recorded")
+        return f"{what} inside a libvirt save image ({c.get('format')})"
+    if c.get("compression"):
+        return f"{what} ({c['compression']}-compressed)"
+    return what
+
+
+def verdict(r: InfoReport) -> Text:
+    """What the file is and whether it reads whole, in one line."""
+    c = r.container or {}
+    s = c.get("stream") or {}
+    z = s.get("decompressed") or {}
+    bits = [describe_format(r.format, c)]
+    if r.machine_type:
+        bits.append(r.machine_type)
     if r.ram_total is not None:
-        t.add_row("RAM total", f"{size(r.ram_total)} in {len(r.ramblocks)} RAMBlocks")
+        bits.append(f"{size(r.ram_total)} RAM in {len(r.ramblocks)} RAMBlocks")
+    head = line(("info: ", "bold"), ", ".join(bits), ": ")
+    warnings = sum(1 for n in r.notices if n.get("severity") == "warning")
+    if c.get("kind") == "libvirt" and not c.get("complete"):
+        return head + line(("INCOMPLETE libvirt save (LibvirtQemudPart)", V.BAD),
+                           f": the QEMU stream is {_stream_state(s)}")
+    if z and not z.get("complete"):
+        return head + line((f"the {z.get('compression')} data is damaged", V.BAD),
+                           f" at file offset {hexoff(z.get('error_offset'))}; "
+                           f"the QEMU stream is {_stream_state(s)}")
+    if r.stopped or (s and not s.get("complete", True)):
+        return head + line(("does not read whole", V.BAD), f": {r.stopped or _stream_state(s)}")
+    tail = f" ({warnings} warning{'s' if warnings != 1 else ''} below)" if warnings else ""
+    return head + line(("reads whole", V.GOOD), f", up to its EOF record{tail}")
+
+
+def _stream_state(s: dict[str, Any]) -> str:
+    if s.get("complete"):
+        return f"whole ({num(s.get('bytes'))} B)"
+    text = f"cut: {num(s.get('bytes'))} B present, readable up to {hexoff(s.get('stopped_at'))}"
+    if s.get("ram_pages"):
+        text += f", {num(s.get('ram_pages_sent'))} of {num(s.get('ram_pages'))} RAM pages sent"
+    return text
+
+
+def _summary(r: InfoReport) -> KV:
+    c = r.container or {}
+    rows: list[tuple[str, Text | str]] = [("file", line(r.path)),
+                                          ("format", describe_format(r.format, c))]
+    rows += _container_rows(c)
+    alloc = f" (allocated {size(r.allocated_size)})" if r.allocated_size != r.file_size else ""
+    rows.append(("file size", f"{size(r.file_size)} = {num(r.file_size)} B{alloc}"))
+    if r.decompressed_size is not None:
+        rows.append(("decompressed", f"{size(r.decompressed_size)} = "
+                                     f"{num(r.decompressed_size)} B"))
+    if r.stream_offset:
+        rows.append(("QEMU stream at", hexoff(r.stream_offset)))
+    rows.append(("machine type", line(r.machine_type or "-")))
+    rows.append(("page size", f"{short_size(r.page_size)} ({num(r.page_size)} B, from "
+                              f"{r.page_size_source})"))
+    rows.append(("capabilities", line(", ".join(r.capabilities) or "none recorded")))
+    if r.ram_total is not None:
+        rows.append(("RAM total", f"{size(r.ram_total)} = {num(r.ram_total)} B in "
+                                  f"{len(r.ramblocks)} RAMBlocks"))
     if r.vmdescription:
         v = r.vmdescription
-        t.add_row("vmdescription", f"{size(v['length'])} JSON at {hexoff(v['offset'])}"
-                  + (f", {v['devices']} devices" if v.get("devices") is not None else ""))
-    return t
+        text = f"{size(v['length'])} JSON at {hexoff(v['offset'])}"
+        if v.get("devices") is not None:
+            text += f", {v['devices']} devices"
+        rows.append(("vmdescription", line(text, (f"; {v['error']}", V.BAD) if v.get("error")
+                                           else None)))
+    return KV(rows)
 
 
-def _container_rows(c: dict) -> list[tuple[str, str]]:
+def _container_rows(c: dict[str, Any]) -> list[tuple[str, Text | str]]:
     """libvirt header, domain and stream completeness lines of the summary."""
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, Text | str]] = []
     if c.get("kind") == "libvirt":
         state = "was running" if c.get("was_running") else "was paused"
-        rows.append(("libvirt header", f"{name(c.get('magic'))} version {c.get('version')}, "
-                     f"format {name(c.get('format'))}, {state}, {c.get('byte_order')}-endian, "
-                     f"QEMU data at {hexoff(c.get('payload_offset'))}"))
+        whole = line(("complete", V.GOOD)) if c.get("complete") else line(
+            ("INCOMPLETE (LibvirtQemudPart)", V.BAD))
+        rows.append(("libvirt header", line(f"{c.get('magic')} version {c.get('version')}, "
+                                            f"format {c.get('format')}, {state}, "
+                                            f"{c.get('byte_order')}-endian, QEMU data at "
+                                            f"{hexoff(c.get('payload_offset'))}, ", whole)))
         d = c.get("domain") or {}
         if d.get("error"):
-            rows.append(("domain", f"[yellow]{name(d['error'])}[/]"))
+            rows.append(("domain", line((d["error"], V.ORANGE))))
         else:
             mem = d.get("memory_kib")
-            rows.append(("domain", f"{name(d.get('name'))}  uuid {name(d.get('uuid'))}  "
-                         f"memory {size(mem * 1024) if mem is not None else '-'}"))
+            rows.append(("domain", line(f"{d.get('name')}, uuid {d.get('uuid')}, memory "
+                                        f"{size(mem * 1024) if mem is not None else '-'}")))
     s = c.get("stream") or {}
     z = s.get("decompressed")
     if z and not z.get("complete"):
-        rows.append((f"{z['compression']} data", f"[red]{name(z['compression'])} data "
-                     f"{name(z.get('error'))} at file offset {hexoff(z.get('error_offset'))}; "
-                     f"{num(z.get('inflated'))} bytes decompressed[/]"))
+        rows.append((f"{z['compression']} data",
+                     line((f"{z.get('error')} at file offset {hexoff(z.get('error_offset'))}",
+                           V.BAD), f"; {num(z.get('inflated'))} B decompressed")))
     elif z and z.get("trailing"):
-        rows.append((f"{z['compression']} data", f"[yellow]{num(z['trailing'])} bytes after "
-                     f"the end of the {name(z['compression'])} data, ignored[/]"))
+        rows.append((f"{z['compression']} data", line(
+            (f"{num(z['trailing'])} B after the end of the compressed data, ignored",
+             V.ORANGE))))
     if s and (c.get("kind") == "libvirt" or not s.get("complete")):
-        if s.get("complete"):
-            text = f"complete: {num(s.get('bytes'))} bytes, up to the EOF record"
-        else:
-            text = (f"[red]cut: {num(s.get('bytes'))} bytes present, readable up to "
-                    f"{hexoff(s.get('stopped_at'))}[/]")
-        pages, sent = s.get("ram_pages"), s.get("ram_pages_sent")
-        if pages:
-            text += f"; RAM pages sent {num(sent)} of {num(pages)}"
-        rows.append(("QEMU stream", text))
+        st = _stream_state(s)
+        rows.append(("QEMU stream", line((st, None if s.get("complete") else V.BAD))))
     return rows
 
 
-def _blocks(r: InfoReport) -> Table:
+def ramblock_grid(r: InfoReport) -> Grid:
     legacy = r.format == "legacy"
     caption = ("final page state: data / zero / never sent; records: PAGE / ZERO / XBZRLE, "
                "repeats included; re-sent: pages sent more than once" if legacy else
                "final page state from the bitmap: data = set bits, zero = clear bits")
-    t = Table(title="RAMBlocks", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-              caption=caption, caption_justify="left", caption_style="dim")
-    t.add_column("name", overflow="fold", min_width=12)
-    for col, style in (("size", None), ("pages", None), ("data", "green"), ("zero", "cyan"),
-                       ("unsent", "dim")):
-        t.add_column(col, justify="right", style=style, no_wrap=True)
+    cols = [Col("name", "left", flex="name"), Col("size"), Col("pages"),
+            Col(V.DATA.word, style=V.DATA.style), Col(V.ZERO.word, style=V.ZERO.style),
+            Col(V.NEVER_SENT.word, style=V.NEVER_SENT.style)]
     if legacy:
-        for col, style in (("PAGE", None), ("ZERO", None), ("XBZRLE", None),
-                           ("re-sent", "yellow")):
-            t.add_column(col, justify="right", style=style, no_wrap=True)
+        cols += [Col("PAGE"), Col("ZERO"), Col("XBZRLE"), Col(V.RESENT.word,
+                                                               style=V.RESENT.style)]
     else:
-        t.add_column("pages region", justify="right", no_wrap=True)
-        t.add_column("bitmap at", justify="right", no_wrap=True)
+        cols += [Col("pages region"), Col("bitmap at")]
+    g = Grid(cols, "RAMBlocks", caption)
     for b in r.ramblocks:
-        row = [name(b.name), short_size(b.used_length), num(b.pages), num(b.data_pages),
-               num(b.zero_pages), num(b.absent_pages)]
+        row: list[Any] = [line(b.name), short_size(b.used_length), num(b.pages),
+                          num(b.data_pages), num(b.zero_pages), num(b.absent_pages)]
         if legacy:
             row += [num(b.page_records), num(b.zero_records), num(b.xbzrle_records),
                     num(b.resent_pages)]
@@ -112,8 +149,8 @@ def _blocks(r: InfoReport) -> Table:
             else:
                 row += [f"{hexoff(m.get('pages_offset'))}-{hexoff(m.get('pages_end'))}",
                         hexoff(m.get("bitmap_offset"))]
-        t.add_row(*row)
-    return t
+        g.add_row(*row)
+    return g
 
 
 def _collapse(sections: list[SectionInfo]) -> list[tuple[SectionInfo, int, int]]:
@@ -128,41 +165,40 @@ def _collapse(sections: list[SectionInfo]) -> list[tuple[SectionInfo, int, int]]
     return out
 
 
-def _sections(r: InfoReport) -> Table:
-    t = Table(title="Sections", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
-    t.add_column("type")
-    t.add_column("idstr")
-    t.add_column("inst", justify="right")
-    t.add_column("ver", justify="right")
-    t.add_column("id", justify="right")
-    t.add_column("offset", justify="right")
-    t.add_column("length", justify="right")
+def section_grid(r: InfoReport) -> Grid:
+    g = Grid([Col("type", "left"), Col("idstr", "left", flex="name"), Col("inst"),
+              Col("ver"), Col("id"), Col("offset"), Col("length")], "Sections",
+             "offset: of the record's type byte; length: incl. the footer; PART xN: N "
+             "consecutive PART sections, their total length")
     for s, n, total in _collapse(r.sections):
-        typ = s.type if n == 1 else f"PART ×{n}"
-        ident = name(s.idstr) if s.type != "COMMAND" else f"[magenta]{s.command}[/]"
-        t.add_row(typ, ident, num(s.instance_id), num(s.version_id), num(s.section_id),
+        typ = s.type if n == 1 else f"PART x{n}"
+        ident = line(s.idstr if s.type != "COMMAND" else s.command or "-")
+        g.add_row(typ, ident, num(s.instance_id), num(s.version_id), num(s.section_id),
                   hexoff(s.offset), num(total))
-    return t
+    return g
 
 
 def render_info(r: InfoReport, console: Console, show_sections: bool = True) -> None:
-    parts: list = [_summary(r)]
-    console.print(Panel(Group(*parts), title="miginspect info", title_align="left"))
-    console.print(_blocks(r))
+    say(console, verdict(r))
+    console.print(_summary(r))
+    console.print()
+    console.print(ramblock_grid(r))
     if show_sections:
-        console.print(_sections(r))
-    for n in r.notices:
-        style = "yellow" if n["severity"] == "warning" else "dim"
-        where = f" [{name(n['where'])}]" if n["where"] else ""
-        console.print(f"[{style}]{n['severity']}{where} at {hexoff(n['offset'])}: "
-                      f"{name(n['message'])}[/]")
+        console.print()
+        console.print(section_grid(r))
+    notes = [(n, V.SEVERITY_STYLE.get(n["severity"], "")) for n in r.notices]
+    if notes or r.stopped:
+        console.print()
+    for n, style in notes:
+        at = f" at {hexoff(n['offset'])}" if n["offset"] is not None else ""
+        where = f" ({n['where']})" if n["where"] else ""
+        say(console, (n["severity"], style), f"{at}{where}: ", n["message"])
     for b in r.ramblocks:
         m = b.mapped_ram or {}
         if m.get("stale_pages"):
-            console.print(f"[yellow]{name(b.name)}: {num(m['stale_pages'])} stale page(s): clear "
-                          "bit, old non-zero bytes left in the region (read as zero)[/]")
+            say(console, (f"{b.name}: {num(m['stale_pages'])} stale page(s)", V.ORANGE),
+                ": clear bit, old non-zero bytes left in the region (read as zero)")
         if m.get("bitmap_untrusted"):
-            console.print(f"[red]{name(b.name)}: bitmap untrusted: "
-                          f"{name(m['bitmap_untrusted'])}[/]")
+            say(console, (f"{b.name}: bitmap untrusted", V.BAD), ": ", m["bitmap_untrusted"])
     if r.stopped:
-        console.print(f"[red]stopped early: {name(r.stopped)}[/]")
+        say(console, ("stopped early", V.BAD), ": ", r.stopped)

@@ -1,45 +1,38 @@
-"""Terminal picture of `MapReport`: one grid of cells per RAMBlock, legend, summary."""
+"""Terminal picture of `MapReport`: a verdict line, the legend, one grid of cells per
+RAMBlock and a summary table.
+
+Every cell is a glyph from `vocab` (the colour only repeats it), so the picture reads the
+same in a pipe, under NO_COLOR and in a terminal:
+
+* a digit 2-9 (or '+' for 10 and more): some page in the cell was re-sent that many times
+  (the highest count in the cell);
+* '█' every page in the cell holds data; '▒' some do;
+* '-' every page was never sent; '·' otherwise (zero pages, maybe with never-sent ones).
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from ..inspector.mapview import (
     CLASS_ABSENT,
     CLASS_DATA,
     CLASS_RESENT,
-    CLASS_ZERO,
     BlockView,
     MapReport,
     cells,
 )
-from .fmt import name, num, size
+from . import vocab as V
+from .fmt import num, short_size, size
+from .layout import Col, Grid, layout_width, say
+from .text import line
 
-STYLE = {CLASS_ABSENT: "grey42", CLASS_ZERO: "blue", CLASS_DATA: "green"}
-#: re-sent cells by the highest send count in the cell
-RESENT_STYLES = ((2, "yellow"), (3, "dark_orange"), (5, "red"), (10, "magenta"))
-#: glyph by the share of the cell's pages in its shown class
-GLYPHS = ((1.0, "█"), (0.75, "▓"), (0.5, "▒"), (0.0, "░"))
-LABEL_WIDTH = 12
-
-
-def resent_style(k: int) -> str:
-    style = RESENT_STYLES[0][1]
-    for lo, st in RESENT_STYLES:
-        if k >= lo:
-            style = st
-    return style
-
-
-def _glyph(purity: float) -> str:
-    for lo, g in GLYPHS:
-        if purity >= lo:
-            return g
-    return GLYPHS[-1][1]
+#: cells per row when the output has no width (a pipe without COLUMNS)
+NATURAL_CELLS = 64
 
 
 def pages_per_cell(pages: int, width: int, rows: int) -> int:
@@ -49,88 +42,126 @@ def pages_per_cell(pages: int, width: int, rows: int) -> int:
     return 1 << (need - 1).bit_length()
 
 
-def _grid(v: BlockView, width: int, rows: int, per_cell: int | None) -> tuple[Text, int]:
-    n = per_cell or pages_per_cell(v.pages, width, rows)
-    c = cells(v, n)
-    dom = c.dominant.tolist()
-    pur = c.purity.tolist()
-    mx = c.max_sends.tolist()
-    out = Text()
-    for row0 in range(0, len(dom), width):
-        out.append(f"{row0 * n * v.page_size:#0{LABEL_WIDTH - 2}x}  ", style="dim")
-        for i in range(row0, min(len(dom), row0 + width)):
-            d = dom[i]
-            style = resent_style(mx[i]) if d == CLASS_RESENT else STYLE[d]
-            out.append(_glyph(pur[i]), style=style)
-        out.append("\n")
+def cell_glyphs(v: BlockView, per_cell: int) -> list[V.Mark | tuple[str, str]]:
+    """The glyph (and colour) of every cell, by the rules in the module doc."""
+    c = cells(v, per_cell)
+    counts, mx, sz = c.counts, c.max_sends, c.size
+    out: list[V.Mark | tuple[str, str]] = []
+    resent = counts[:, CLASS_RESENT] > 0
+    data = counts[:, CLASS_DATA]
+    absent = counts[:, CLASS_ABSENT]
+    kind = np.where(resent, 0, np.where(data == sz, 1, np.where(data > 0, 2, np.where(
+        absent == sz, 3, 4))))
+    marks = {1: V.DATA, 2: V.PART_DATA, 3: V.NEVER_SENT, 4: V.ZERO}
+    for k, m in zip(kind.tolist(), mx.tolist(), strict=True):
+        out.append((V.resent_glyph(m), V.RESENT.style) if k == 0 else marks[k])
+    return out
+
+
+def _grid(v: BlockView, width: int, rows: int, per_cell: int | None) -> tuple[list[Text], int]:
+    label = max(10, len(f"{max(0, v.used_length - 1):#x}"))
+    across = max(8, width - label - 2)
+    n = per_cell or pages_per_cell(v.pages, across, rows)
+    glyphs = cell_glyphs(v, n)
+    out = []
+    for row0 in range(0, len(glyphs), across):
+        t = Text()
+        t.append(f"{row0 * n * v.page_size:#0{label}x}  ", style="dim")
+        for g in glyphs[row0 : row0 + across]:
+            if isinstance(g, V.Mark):
+                t.append(g.glyph, style=g.style)
+            else:
+                t.append(g[0], style=g[1])
+        out.append(t)
     return out, n
 
 
-def _summary(v: BlockView, per_cell: int) -> Text:
+def _pct(k: int, whole: int) -> str:
+    return f" ({100 * k / whole:.1f}%)" if whole else ""
+
+
+def block_summary(v: BlockView) -> Text:
     c = v.counts
-    t = Text()
-    pct = (lambda k: f" ({100 * k / v.pages:.1f}%)") if v.pages else (lambda k: "")
-    t.append(f"{num(v.pages)} page{'s' if v.pages != 1 else ''} of {size(v.page_size)}, "
-             f"cell = {num(per_cell)} page{'s' if per_cell != 1 else ''} "
-             f"({size(per_cell * v.page_size)}): ")
-    t.append(f"data {num(c['data'])}{pct(c['data'])}", style=STYLE[CLASS_DATA])
-    t.append(", ")
-    t.append(f"zero {num(c['zero'])}{pct(c['zero'])}", style=STYLE[CLASS_ZERO])
+    t = line((f"{V.DATA.word} {num(c['data'])}{_pct(c['data'], v.pages)}", V.DATA.style), ", ",
+             (f"{V.ZERO.word} {num(c['zero'])}{_pct(c['zero'], v.pages)}", V.ZERO.style))
     if c["never_sent"]:
-        t.append(", ")
-        t.append(f"never sent {num(c['never_sent'])}{pct(c['never_sent'])}",
-                 style=STYLE[CLASS_ABSENT])
+        t += line(", ", (f"{V.NEVER_SENT.word} {num(c['never_sent'])}"
+                         f"{_pct(c['never_sent'], v.pages)}", V.NEVER_SENT.style))
     if c["resent"]:
-        t.append(", ")
-        hist = ", ".join(f"×{k}: {num(n)}" for k, n in sorted(v.resent_histogram.items()))
-        t.append(f"re-sent {num(c['resent'])} ({hist})", style=resent_style(v.max_sends))
+        hist = ", ".join(f"x{k} {num(n)}" for k, n in sorted(v.resent_histogram.items()))
+        t += line(", ", (f"{V.RESENT.word} {num(c['resent'])}: {hist}", V.RESENT.style))
     return t
 
 
-def legend(fmt: str) -> Text:
-    t = Text("legend: ")
-    t.append("█ data", style=STYLE[CLASS_DATA])
-    t.append("  ")
-    t.append("█ zero", style=STYLE[CLASS_ZERO])
-    if fmt == "legacy":
-        t.append("  ")
-        t.append("█ never sent", style=STYLE[CLASS_ABSENT])
-        t.append("  re-sent: ")
-        for i, (lo, st) in enumerate(RESENT_STYLES):
-            hi = RESENT_STYLES[i + 1][0] - 1 if i + 1 < len(RESENT_STYLES) else None
-            label = f"×{lo}" if hi == lo else (f"×{lo}-{hi}" if hi else f"×{lo}+")
-            t.append(f"█ {label} ", style=st)
-    t.append("\n  a cell shows its most common class (re-sent wins); share: "
-             "█ all ▓ ≥75% ▒ ≥50% ░ less", style="dim")
-    if fmt != "legacy":
-        t.append("\n  mapped-ram: data = bit set, zero = bit clear (zero and never "
-                 "written look alike)", style="dim")
+def verdict(r: MapReport) -> Text:
+    pages = sum(v.pages for v in r.blocks)
+    tot = {k: sum(v.counts[k] for v in r.blocks) for k in ("data", "zero", "never_sent",
+                                                           "resent")}
+    t = line(("map: ", "bold"), f"{len(r.blocks)} RAMBlock{'s' if len(r.blocks) != 1 else ''}, "
+             f"{num(pages)} pages of {short_size(r.page_size)}: ",
+             (f"{num(tot['data'])} {V.DATA.word}", V.DATA.style), ", ",
+             (f"{num(tot['zero'])} {V.ZERO.word}", V.ZERO.style))
+    if r.format == "legacy":
+        t += line(", ", (f"{num(tot['never_sent'])} {V.NEVER_SENT.word}", V.NEVER_SENT.style),
+                  ", ", (f"{num(tot['resent'])} {V.RESENT.word}", V.RESENT.style))
+        hot = [v.name for v in r.blocks if v.counts["resent"]]
+        if hot:
+            t += line(f" (in {', '.join(hot)})")
+    else:
+        t += line(" (mapped-ram: zero and never written look alike)")
+    if r.stopped:
+        t += line("; ", ("the walk stopped early, later pages are missing", V.BAD))
     return t
+
+
+def legend(fmt: str) -> list[Text]:
+    legacy = fmt == "legacy"
+    head = line(("legend: ", "bold"), V.page_legend(legacy))
+    rule = ("a cell shows a digit (the highest send count) if a page in it was re-sent, "
+            "else █ if all its pages hold data, ▒ if some do") if legacy else \
+        "a cell shows █ if all its pages hold data, ▒ if some do, else ·"
+    if legacy:
+        rule += ", - if none was ever sent, else ·"
+    out = [head, line((rule, "dim"))]
+    if not legacy:
+        out.append(line(("mapped-ram: data = bit set, zero = bit clear", "dim")))
+    return out
+
+
+def _totals(r: MapReport) -> Grid:
+    g = Grid([Col("block", "left", flex="name"), Col("pages"),
+              Col(V.DATA.word, style=V.DATA.style), Col(V.ZERO.word, style=V.ZERO.style),
+              Col(V.NEVER_SENT.word, style=V.NEVER_SENT.style),
+              Col(V.RESENT.word, style=V.RESENT.style)], "Summary")
+    for v in r.blocks:
+        c = v.counts
+        g.add_row(line(v.name), num(v.pages), num(c["data"]), num(c["zero"]),
+                  num(c["never_sent"]), num(c["resent"]))
+    return g
 
 
 def render_map(r: MapReport, console: Console, rows: int = 8,
                per_cell: int | None = None) -> None:
-    width = max(8, console.width - LABEL_WIDTH)
-    console.print(Text.assemble(("miginspect map", "bold"), f"  {r.path}  ({r.format})"))
-    console.print(legend(r.format))
-    total = Table(box=None, padding=(0, 2), header_style="bold")
-    for col in ("block", "pages", "data", "zero", "never sent", "re-sent"):
-        total.add_column(col, justify="left" if col == "block" else "right")
+    width = layout_width(console, NATURAL_CELLS + 12)
+    say(console, verdict(r))
+    say(console, "file: ", r.path, f" ({r.format})")
+    for t in legend(r.format):
+        say(console, t)
     for v in r.blocks:
         console.print()
-        console.print(Text.assemble((v.name, "bold"), f"  {size(v.used_length)}"))
         grid, n = _grid(v, width, rows, per_cell)
-        console.print(grid, end="", soft_wrap=True)
-        console.print(_summary(v, n))
+        say(console, (v.name, "bold"), f"  {size(v.used_length)}, {num(v.pages)} "
+                     f"page{'s' if v.pages != 1 else ''} of {short_size(v.page_size)}, one "
+                     f"cell = {num(n)} page{'s' if n != 1 else ''} ({short_size(n * v.page_size)})")
+        for t in grid:
+            console.print(t, soft_wrap=True)
+        say(console, block_summary(v))
         if v.bitmap_untrusted:
-            console.print(f"[red]bitmap untrusted: {name(v.bitmap_untrusted)}[/]")
-        c = v.counts
-        total.add_row(name(v.name), num(v.pages), num(c["data"]), num(c["zero"]),
-                      num(c["never_sent"]), num(c["resent"]))
+            say(console, ("bitmap untrusted", V.BAD), ": ", v.bitmap_untrusted)
     if r.stopped:
-        console.print(f"[red]the walk stopped early, later pages are missing: "
-                      f"{name(r.stopped)}[/]")
+        console.print()
+        say(console, ("the walk stopped early, later pages are missing", V.BAD), ": ",
+            r.stopped)
     if len(r.blocks) > 1:
         console.print()
-        console.print(Text("summary", style="bold"))
-        console.print(total)
+        console.print(_totals(r))

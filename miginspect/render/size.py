@@ -1,16 +1,19 @@
-"""Terminal rendering of `SizeReport`: tables and text bar charts."""
+"""Terminal rendering of `SizeReport`: the verdict first, then tables and text bar charts.
+
+Bars only repeat the numbers beside them (in a pipe and under NO_COLOR they read the same)."""
 
 from __future__ import annotations
 
-from rich.console import Console, Group
-from rich.panel import Panel
-from rich.table import Table
+from rich.console import Console
 from rich.text import Text
 
 from ..inspector.size import SizeReport
-from .fmt import hexoff, name, num, size
+from . import vocab as V
+from .fmt import hexoff, num, short_size, size
+from .layout import KV, Bar, Col, Grid, say
+from .text import line
 
-BAR_WIDTH = 40
+BAR_WIDTH = 30
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
 _HEAT = " ░▒▓█"
 
@@ -41,64 +44,66 @@ def _pct(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "-"
 
 
-def _summary(r: SizeReport) -> Table:
-    t = Table.grid(padding=(0, 2))
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("file", name(r.path))
-    fmt = r.format + (f" ({r.compression}-compressed)" if r.compression else "")
-    t.add_row("format", fmt)
-    alloc = f", allocated {size(r.allocated_size)}" if r.allocated_size != r.file_size else ""
-    t.add_row("file size", f"{size(r.file_size)} = {num(r.file_size)} B{alloc}")
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def verdict(r: SizeReport) -> Text:
+    return line(("size: ", "bold"), r.verdict)
+
+
+def _summary(r: SizeReport) -> KV:
+    rows: list[tuple[str, Text | str]] = [("file", line(r.path))]
+    rows.append(("format", r.format + (f" ({r.compression}-compressed)" if r.compression
+                                       else "")))
+    alloc = f", allocated {size(r.allocated_size)} = {num(r.allocated_size)} B" \
+        if r.allocated_size != r.file_size else ""
+    rows.append(("file size", f"{size(r.file_size)} = {num(r.file_size)} B{alloc}"))
     if r.stream_bytes + r.stream_offset != r.file_size:
-        t.add_row("QEMU stream", f"{size(r.stream_bytes)} = {num(r.stream_bytes)} B")
-    t.add_row("RAM", f"{size(r.ram_total)} in {len(r.blocks)} RAMBlocks, {num(r.pages)} pages: "
-              f"{num(r.data_pages)} data ({size(r.data_bytes)}), {num(r.zero_pages)} zero"
-              + (f", {num(r.absent_pages)} never sent" if r.absent_pages else ""))
+        rows.append(("QEMU stream", f"{size(r.stream_bytes)} = {num(r.stream_bytes)} B"))
+    ram = line(f"{size(r.ram_total)} in {len(r.blocks)} RAMBlocks, {num(r.pages)} pages: ",
+               (f"{num(r.data_pages)} {V.DATA.word} ({size(r.data_bytes)})", V.DATA.style),
+               ", ", (f"{num(r.zero_pages)} {V.ZERO.word}", V.ZERO.style))
+    if r.absent_pages:
+        ram += line(", ", (f"{num(r.absent_pages)} {V.NEVER_SENT.word}", V.NEVER_SENT.style))
+    rows.append(("RAM", ram))
     if r.amplification is not None:
-        t.add_row("amplification", f"[bold]{r.amplification:.3f}x[/] RAM bytes written per byte "
-                  "of final page data")
-    return t
+        rows.append(("amplification", line((f"{r.amplification:.3f}x", "bold"),
+                                           " RAM bytes written per byte of final page data")))
+    return KV(rows)
 
 
-def _where(r: SizeReport) -> Table:
-    t = Table(title="Where the bytes go", title_justify="left", title_style="bold")
-    t.add_column("part")
-    t.add_column("bytes", justify="right")
-    t.add_column("share", justify="right")
-    t.add_column("")
+def _where(r: SizeReport) -> Grid:
+    g = Grid([Col("part", "left", flex="text"), Col("bytes"), Col("share"),
+              Col("", "left", style=V.BLUE, bar=BAR_WIDTH)], "Where the bytes go")
     whole = r.stream_bytes + r.stream_offset
     ram_label = "RAM records" if r.format == "legacy" else "RAM data pages"
     rows = [(ram_label, r.ram_bytes_written), ("device state", r.device_state_bytes),
             ("vmdescription JSON", r.vmdescription_bytes)]
-    for k, v in r.overhead.items():
-        if v:
-            rows.append((k.replace("_", " "), v))
+    rows += [(k.replace("_", " "), v) for k, v in r.overhead.items() if v]
     top = max(v for _, v in rows) if rows else 0
     for label, v in rows:
-        t.add_row(label, num(v), _pct(v, whole), f"[blue]{bar(v, top, 30)}[/]")
-    t.add_row("[bold]total[/]", f"[bold]{num(whole)}[/]", "", "")
-    return t
+        g.add_row(label, num(v), _pct(v, whole), Bar(v, top))
+    g.add_row(line(("total", "bold")), line((num(whole), "bold")), "", "")
+    return g
 
 
-def _bounds(r: SizeReport) -> Table:
-    t = Table(title="Bounds", title_justify="left", title_style="bold")
-    t.add_column("")
-    t.add_column("apparent", justify="right")
-    t.add_column("allocated", justify="right")
-    t.add_column("vs this file", justify="right")
+def _bounds(r: SizeReport) -> Grid:
     whole = r.stream_bytes + r.stream_offset
-    t.add_row("this file", num(r.file_size), num(r.allocated_size), "")
+    vs = "vs the stream" if whole != r.file_size else "vs this file"
+    g = Grid([Col("", "left", flex="text"), Col("apparent"), Col("allocated"), Col(vs)],
+             "Bounds", "apparent: the file's length; allocated: the disk blocks it takes "
+             "(holes are free)")
+    g.add_row("this file", num(r.file_size), num(r.allocated_size), "")
     if whole != r.file_size:
-        t.add_row("its QEMU stream" + (" (inflated)" if r.compression else ""), num(whole),
+        g.add_row("its QEMU stream" + (" (inflated)" if r.compression else ""), num(whole),
                   "-", "")
-    t.columns[3].header = "vs the stream" if whole != r.file_size else "vs this file"
-    t.add_row("as mapped-ram", num(r.mapped_ram_bound), num(r.mapped_ram_allocated_bound),
-              f"{whole / r.mapped_ram_bound:.2f}x" if r.mapped_ram_bound else "-")
+    g.add_row("as mapped-ram", num(r.mapped_ram_bound), num(r.mapped_ram_allocated_bound),
+              _ratio(whole, r.mapped_ram_bound))
     if r.legacy_minimum is not None:
-        t.add_row("legacy, every page once", num(r.legacy_minimum), "-",
-                  f"{whole / r.legacy_minimum:.2f}x" if r.legacy_minimum else "-")
-    return t
+        g.add_row("legacy, every page once", num(r.legacy_minimum), "-",
+                  _ratio(whole, r.legacy_minimum))
+    return g
 
 
 def _mapped_check(r: SizeReport) -> Text | None:
@@ -106,115 +111,110 @@ def _mapped_check(r: SizeReport) -> Text | None:
     if not c:
         return None
     if c["layout_matches_headers"] and not c["difference"]:
-        return Text.from_markup("[green]mapped-ram layout check: every header's bitmap and "
-                                "pages offsets follow QEMU's rules and the file ends exactly "
-                                "at the bound[/]")
-    return Text.from_markup(f"[red]mapped-ram layout check: mismatched blocks "
-                            f"{name(', '.join(c['mismatched_blocks'])) or 'none'}, "
-                            f"{num(c['difference'])} bytes beyond the bound[/]")
+        return line(("mapped-ram layout check: every header's bitmap and pages offsets follow "
+                     "QEMU's rules and the file ends exactly at the bound", V.GOOD))
+    return line(("mapped-ram layout check: ", V.BAD), "mismatched blocks ",
+                ", ".join(c["mismatched_blocks"]) or "none",
+                f", {num(c['difference'])} bytes beyond the bound")
 
 
-def _blocks(r: SizeReport, wide: bool = True) -> Table:
+def _blocks(r: SizeReport) -> Grid:
     legacy = r.format == "legacy"
-    t = Table(title="RAMBlocks", title_justify="left", title_style="bold")
-    t.add_column("name", overflow="fold", min_width=14)
-    t.add_column("used", justify="right")
-    t.add_column("data", justify="right", style="green")
-    t.add_column("zero", justify="right", style="cyan")
-    t.add_column("written", justify="right")
+    cols = [Col("name", "left", flex="name"), Col("used"),
+            Col(V.DATA.word, style=V.DATA.style), Col(V.ZERO.word, style=V.ZERO.style),
+            Col("written")]
     if legacy:
-        if wide:
-            t.add_column("ampl.", justify="right")
-        t.add_column("re-sent", justify="right", style="yellow")
-    if wide:
-        t.add_column("as mapped-ram", justify="right")
+        cols += [Col("ampl."), Col(V.RESENT.word, style=V.RESENT.style)]
+    cols.append(Col("as mapped-ram"))
+    g = Grid(cols, "RAMBlocks", "written: RAM record bytes (legacy) or data page bytes "
+             "(mapped-ram); ampl.: written / final data bytes; re-sent: pages sent more "
+             "than once (the most times)" if legacy else
+             "written: data page bytes; as mapped-ram: the block's share of the bound")
     for b in r.blocks:
-        row = [name(b.name), size(b.used_length), num(b.data_pages), num(b.zero_pages),
-               size(b.ram_bytes_written)]
+        row: list[str | Text] = [line(b.name), short_size(b.used_length), num(b.data_pages),
+                                 num(b.zero_pages), size(b.ram_bytes_written)]
         if legacy:
-            if wide:
-                row.append(f"{b.amplification:.2f}x" if b.amplification else "-")
-            row.append(f"{num(b.resent_pages)} ({b.max_sends}x)" if b.resent_pages else "0")
-        if wide:
-            row.append(size(b.mapped_ram_bytes))
-        t.add_row(*row)
-    return t
+            row.append(f"{b.amplification:.2f}x" if b.amplification else "-")
+            row.append(f"{num(b.resent_pages)} (x{b.max_sends})" if b.resent_pages else "0")
+        row.append(size(b.mapped_ram_bytes))
+        g.add_row(*row)
+    return g
 
 
-def _rounds(r: SizeReport) -> Table:
-    t = Table(title="Precopy rounds (bytes per round)", title_justify="left",
-              title_style="bold")
-    t.add_column("#", justify="right")
-    t.add_column("kind")
-    t.add_column("pages", justify="right")
-    t.add_column("zero", justify="right", style="cyan")
-    t.add_column("xbzrle", justify="right")
-    t.add_column("bytes", justify="right")
-    t.add_column("")
+def _rounds(r: SizeReport) -> Grid:
+    g = Grid([Col("#"), Col("kind", "left"), Col("pages"),
+              Col(V.ZERO.word, style=V.ZERO.style), Col("xbzrle"), Col("bytes"),
+              Col("", "left", style=V.ORANGE, bar=BAR_WIDTH)],
+             "Precopy rounds (bytes per round)")
     top = max((x.bytes for x in r.rounds), default=0)
     for x in r.rounds:
-        t.add_row(str(x.index), x.kind, num(x.pages), num(x.zero_records),
-                  num(x.xbzrle_records), num(x.bytes), f"[magenta]{bar(x.bytes, top)}[/]")
-    return t
+        g.add_row(str(x.index), x.kind, num(x.pages), num(x.zero_records),
+                  num(x.xbzrle_records), num(x.bytes), Bar(x.bytes, top))
+    return g
 
 
-def _histogram(r: SizeReport) -> Table:
-    t = Table(title="Pages by times sent", title_justify="left", title_style="bold")
-    t.add_column("sent", justify="right")
-    t.add_column("pages", justify="right")
-    t.add_column("")
+def _histogram(r: SizeReport) -> Grid:
+    g = Grid([Col("sent"), Col("pages"), Col("", "left", style=V.RESENT.style,
+                                              bar=BAR_WIDTH)], "Pages by times sent")
     top = max(r.send_histogram.values(), default=0)
     for k, v in sorted(r.send_histogram.items(), key=lambda kv: int(kv[0])):
-        label = "never" if k == "0" else f"{k}x"
-        t.add_row(label, num(v), f"[yellow]{bar(v, top)}[/]")
-    return t
+        label = V.NEVER_SENT.word if k == "0" else f"x{k}"
+        g.add_row(label, num(v), Bar(v, top))
+    return g
 
 
-def _hot(r: SizeReport) -> Group:
-    t = Table(title="Hottest ranges (re-dirtied working set)", title_justify="left",
-              title_style="bold")
-    t.add_column("block")
-    t.add_column("range", justify="right")
-    t.add_column("re-sent pages", justify="right")
-    t.add_column("sends", justify="right")
-    t.add_column("extra bytes", justify="right")
+def _hot(r: SizeReport) -> Grid:
+    g = Grid([Col("block", "left", flex="name"), Col("range"), Col("re-sent pages"),
+              Col("sends"), Col("extra bytes")], "Hottest ranges (re-dirtied working set)")
     for h in r.hot_ranges:
-        t.add_row(name(h.block), f"{hexoff(h.start)}-{hexoff(h.end)}", num(h.pages),
+        g.add_row(line(h.block), f"{hexoff(h.start)}-{hexoff(h.end)}", num(h.pages),
                   num(h.sends), num(h.extra_bytes))
-    strips = Table.grid(padding=(0, 1))
-    strips.add_column(style="bold")
-    strips.add_column()
+    return g
+
+
+def _heat(r: SizeReport, console: Console) -> None:
+    """One strip per block with re-sent pages: extra sends per slice of the block."""
+    say(console, ("Where the hot pages are", "bold"),
+        " (extra sends per slice of the block: · none, ░ ▒ ▓ █ more)")
     for b in r.blocks:
         if b.resent_pages:
-            strips.add_row(name(b.name), f"[red]{heat_strip(b.resend_heat)}[/]  "
-                           f"0x0-{hexoff(b.used_length)}, one cell = "
-                           f"{size(b.used_length / max(1, len(b.resend_heat)))}")
-    title = Text("Where the hot pages are (extra sends per slice of the block)", style="bold")
-    return Group(t, title, strips)
+            n = max(1, len(b.resend_heat))
+            say(console, (b.name, "bold"), f"  0x0-{hexoff(b.used_length)}, {n} slices of "
+                f"{size(b.used_length / n)}")
+            console.print(line((heat_strip(b.resend_heat), V.RESENT.style)), soft_wrap=True)
 
 
 def render_size(r: SizeReport, console: Console) -> None:
-    console.print(Panel(_summary(r), title="miginspect size", title_align="left"))
-    console.print(_where(r))
-    console.print(_bounds(r))
+    say(console, verdict(r))
+    console.print(_summary(r))
+    for part in (_where(r), _bounds(r)):
+        console.print()
+        console.print(part)
     chk = _mapped_check(r)
     if chk is not None:
-        console.print(chk)
-    console.print(_blocks(r, wide=console.width >= 100))
+        say(console, chk)
+    console.print()
+    console.print(_blocks(r))
     if r.rounds:
+        console.print()
         console.print(_rounds(r))
     if r.format == "legacy" and r.send_histogram:
+        console.print()
         console.print(_histogram(r))
     if r.hot_ranges:
+        console.print()
         console.print(_hot(r))
+        console.print()
+        _heat(r, console)
     if r.xbzrle:
         x = r.xbzrle
-        console.print(f"[bold]XBZRLE[/]: {num(x['records'])} delta records, "
-                      f"{num(x['encoded_bytes'])} B encoded; saved {num(x['saved_bytes'])} B "
-                      f"against sending them as pages; {num(x['final_pages'])} pages end on a "
-                      "delta")
+        console.print()
+        say(console, ("XBZRLE", "bold"), f": {num(x['records'])} delta records, "
+            f"{num(x['encoded_bytes'])} B encoded; saved {num(x['saved_bytes'])} B against "
+            f"sending them as pages; {num(x['final_pages'])} pages end on a delta")
+    if r.notices or r.stopped:
+        console.print()
     for n in r.notices:
-        console.print(f"[dim]note: {name(n)}[/]")
+        say(console, ("note: ", "dim"), n)
     if r.stopped:
-        console.print(f"[red]stopped early: {name(r.stopped)}[/]")
-    console.print(Text.from_markup(f"[bold]verdict:[/] {name(r.verdict)}"))
+        say(console, ("stopped early", V.BAD), ": ", r.stopped)
