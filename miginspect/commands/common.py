@@ -20,8 +20,8 @@ from rich.console import Console
 
 from .. import ui
 from ..errors import UsageError
+from ..outfile import check_output_file, write_atomic
 from ..render.text import printable
-from ..safeout import check_output_path, write_file_atomic
 
 #: the suffixes --export knows
 EXPORT_KINDS = {".html": "html", ".htm": "html", ".svg": "svg", ".txt": "txt"}
@@ -85,7 +85,7 @@ def emit(args: argparse.Namespace, report: Any, render: Render, data: Any = None
     export = getattr(args, "export", None)
     if export:
         _export_kind(export)
-        check_output_path(export, getattr(args, "force", False))
+        check_output_file(export, getattr(args, "force", False))
     if getattr(args, "json", False):
         ui.print_json(report if data is None else data)
     else:
@@ -138,4 +138,4 @@ def export_report(path: str, render: Render, width: int | None, force: bool,
     kind = _export_kind(path)
     w = width or ui.output_width() or EXPORT_WIDTH
     doc = render_export(kind, render, w, title)
-    write_file_atomic(path, doc.encode("utf-8"), force)
+    write_atomic(path, doc.encode("utf-8"), force)

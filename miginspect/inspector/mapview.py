@@ -33,8 +33,6 @@ CLASS_NEVER_SENT = PAGE_NEVER_SENT
 CLASS_ZERO = PAGE_ZERO
 CLASS_DATA = PAGE_DATA
 CLASS_RESENT = 3
-#: the former name, for render/map.py until it uses CLASS_NEVER_SENT
-CLASS_ABSENT = CLASS_NEVER_SENT
 
 
 @dataclass

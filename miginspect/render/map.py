@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.text import Text
 
 from ..inspector.mapview import (
-    CLASS_ABSENT,
     CLASS_DATA,
+    CLASS_NEVER_SENT,
     CLASS_RESENT,
     BlockView,
     MapReport,
@@ -49,7 +49,7 @@ def cell_glyphs(v: BlockView, per_cell: int) -> list[V.Mark | tuple[str, str]]:
     out: list[V.Mark | tuple[str, str]] = []
     resent = counts[:, CLASS_RESENT] > 0
     data = counts[:, CLASS_DATA]
-    absent = counts[:, CLASS_ABSENT]
+    absent = counts[:, CLASS_NEVER_SENT]
     kind = np.where(resent, 0, np.where(data == sz, 1, np.where(data > 0, 2, np.where(
         absent == sz, 3, 4))))
     marks = {1: V.DATA, 2: V.PART_DATA, 3: V.NEVER_SENT, 4: V.ZERO}

@@ -67,9 +67,12 @@ def _summary(r: SizeReport) -> KV:
     if r.absent_pages:
         ram += line(", ", (f"{num(r.absent_pages)} {V.NEVER_SENT.word}", V.NEVER_SENT.style))
     rows.append(("RAM", ram))
-    if r.amplification is not None:
-        rows.append(("amplification", line((f"{r.amplification:.3f}x", "bold"),
-                                           " RAM bytes written per byte of final page data")))
+    if r.resend_amplification is not None:
+        rows.append(("redirty", line((f"{r.resend_amplification:.3f}x", "bold"),
+                                     f" RAM bytes written per byte sent once: "
+                                     f"{num(r.resent_bytes)} B of re-sent pages")))
+        rows.append(("record framing", f"{num(r.framing_bytes)} B of record headers and "
+                     "block names (not re-sending)"))
     return KV(rows)
 
 
@@ -124,17 +127,18 @@ def _blocks(r: SizeReport) -> Grid:
             Col(V.DATA.word, style=V.DATA.style), Col(V.ZERO.word, style=V.ZERO.style),
             Col("written")]
     if legacy:
-        cols += [Col("ampl."), Col(V.RESENT.word, style=V.RESENT.style)]
+        cols += [Col("redirty"), Col(V.RESENT.word, style=V.RESENT.style)]
     cols.append(Col("as mapped-ram"))
     g = Grid(cols, "RAMBlocks", "written: RAM record bytes (legacy) or data page bytes "
-             "(mapped-ram); ampl.: written / final data bytes; re-sent: pages sent more "
+             "(mapped-ram); redirty: written / written with every page sent once; re-sent: "
+             "pages sent more "
              "than once (the most times)" if legacy else
              "written: data page bytes; as mapped-ram: the block's share of the bound")
     for b in r.blocks:
         row: list[str | Text] = [line(b.name), short_size(b.used_length), num(b.data_pages),
                                  num(b.zero_pages), size(b.ram_bytes_written)]
         if legacy:
-            row.append(f"{b.amplification:.2f}x" if b.amplification else "-")
+            row.append(f"{b.resend_amplification:.2f}x" if b.resend_amplification else "-")
             row.append(f"{num(b.resent_pages)} (x{b.max_sends})" if b.resent_pages else "0")
         row.append(size(b.mapped_ram_bytes))
         g.add_row(*row)
