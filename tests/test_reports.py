@@ -26,7 +26,7 @@ from miginspect.errors import FormatError, MigError
 from miginspect.inspector.capture import open_capture
 from miginspect.inspector.info import BlockInfo, InfoReport, SectionInfo
 from miginspect.inspector.mapview import BlockView, MapReport
-from miginspect.inspector.pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO
+from miginspect.inspector.pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
 from miginspect.render import vocab as V
 from miginspect.render.info import render_info
 from miginspect.render.layout import Col, Grid
@@ -155,7 +155,7 @@ def test_readme_first_command_shows_every_block_and_number(columns, capsys, monk
 # -- map: glyphs, not colours ----------------------------------------------------------------
 
 def _view(name: str = "blk") -> BlockView:
-    state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, PAGE_DATA],
+    state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_NEVER_SENT, PAGE_DATA, PAGE_ZERO, PAGE_DATA],
                      np.uint8)
     sends = np.array([1, 1, 0, 3, 12, 1], np.uint32)
     counts = {"never_sent": 1, "zero": 2, "data": 3, "resent": 2}
@@ -174,10 +174,11 @@ def test_map_cells_are_glyphs_and_the_legend_names_them() -> None:
     assert "2-9 re-sent" in legend and "+ x10 or more" in legend
     # two pages per cell: a cell with some data pages is "some data", one with none sent
     # is "never sent", one with zero pages (and maybe never-sent ones) is "zero"
-    state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_ABSENT, PAGE_ABSENT, PAGE_ZERO, PAGE_ABSENT],
+    state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_NEVER_SENT, PAGE_NEVER_SENT, PAGE_ZERO,
+                      PAGE_NEVER_SENT],
                      np.uint8)
     v = BlockView("b", 6 * PS, PS, 6, {"never_sent": 3, "zero": 2, "data": 1, "resent": 0}, 1,
-                  {}, state=state, sends=(state != PAGE_ABSENT).astype(np.uint32))
+                  {}, state=state, sends=(state != PAGE_NEVER_SENT).astype(np.uint32))
     con = Console(width=80, file=io.StringIO(), color_system=None)
     render_map(MapReport("f", "legacy", PS, [v]), con, per_cell=2)
     assert "0x00000000  ▒-·" in con.file.getvalue()
