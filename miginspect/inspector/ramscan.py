@@ -134,7 +134,8 @@ class RamScanner:
         release: Callable[[int, int], None] | None = None,
     ) -> None:
         if page_size < 1024 or page_size & (page_size - 1):
-            raise UnsupportedError(f"page size {page_size} is not a power of two >= 1 KiB")
+            raise UnsupportedError(f"page size {page_size} is not a power of two >= 1 KiB",
+                                   code="unsupported")
         self.buf = buf
         self.ps = page_size
         self.shift = page_size.bit_length() - 1
@@ -159,6 +160,7 @@ class RamScanner:
                 f"{max(0, end - pos)} left)",
                 pos,
                 "ram",
+                code="truncated-ram",
             )
         return _U64.unpack_from(self.buf, pos)[0]
 
@@ -168,6 +170,7 @@ class RamScanner:
                 f"the data ends inside {what} ({n} bytes expected, {max(0, end - pos)} left)",
                 rec,
                 "ram",
+                code="truncated-ram",
             )
 
     def _check_page(self, blk: int, addr: int, rec: int) -> int:
@@ -177,6 +180,7 @@ class RamScanner:
                 f"RAMBlock {self.block_names[blk]!r}",
                 rec,
                 "ram",
+                code="page-offset-beyond",
             )
         return addr >> self.shift
 
@@ -207,6 +211,7 @@ class RamScanner:
                         "stream!)",
                         pos,
                         "ram",
+                        code="continue-without-block",
                     )
                 if self.mapped_ram:
                     self._mapped_ram_page(pos, flags)
@@ -234,6 +239,7 @@ class RamScanner:
                         "page with value)",
                         pos,
                         "ram",
+                        code="zero-fill",
                     )
                 a_rec.append(pos)
                 a_data.append(pos + 8)
@@ -308,12 +314,12 @@ class RamScanner:
             "pages at fixed offsets, QEMU refuses these records",
             pos,
             "ram",
+            code="page-record-in-mapped-ram",
         )
 
     def _slow_record(self, pos: int, end: int, w: int, flags: int) -> int:
         """Handle one record other than PAGE|CONT/ZERO|CONT. Returns the next offset, or
         -(offset after EOS) at the end of the section."""
-        buf = self.buf
         rec = pos
         ptype = flags & ~R.RAM_SAVE_FLAG_CONTINUE
         if ptype not in _KNOWN_TYPES or (
@@ -324,6 +330,7 @@ class RamScanner:
                 f"0x{w:016x}",
                 rec,
                 "ram",
+                code="unknown-ram-flags",
             )
         if ptype == R.RAM_SAVE_FLAG_EOS:
             self.other_records["EOS"] += 1
@@ -332,80 +339,82 @@ class RamScanner:
             self.other_records["MULTIFD_FLUSH"] += 1
             return pos + 8
         if ptype == R.RAM_SAVE_FLAG_MEM_SIZE:
-            raise FormatError("MEM_SIZE record outside the ram START section", rec, "ram")
+            raise FormatError("MEM_SIZE record outside the ram START section", rec, "ram",
+                              code="mem-size-misplaced")
         if ptype == R.RAM_SAVE_FLAG_HOOK:
-            raise UnsupportedError("RAM_SAVE_FLAG_HOOK (RDMA) record in a file", rec, "ram")
+            raise UnsupportedError("RAM_SAVE_FLAG_HOOK (RDMA) record in a file", rec, "ram",
+                                   code="rdma-hook")
         if self.mapped_ram:
             self._mapped_ram_page(pos, flags)
-        addr = w ^ flags
-        pos += 8
+        pos = self._block_of(pos + 8, end, flags, rec)
+        page = self._check_page(self.cur, w ^ flags, rec)
+        data, pos = self._payload(pos, end, ptype, rec)
+        c = self.cols
+        c.a_rec.append(rec)
+        c.a_data.append(data)
+        c.a_block.append(self.cur)
+        c.a_page.append(page)
+        c.a_kind.append(ptype)
+        return pos
+
+    def _block_of(self, pos: int, end: int, flags: int, rec: int) -> int:
+        """Set `self.cur` from the RAMBlock name at `pos` (none with CONTINUE); return the
+        offset after it."""
         if flags & R.RAM_SAVE_FLAG_CONTINUE:
             if self.cur < 0:
                 raise FormatError(
-                    "CONTINUE flag set but no RAMBlock was named before", rec, "ram")
-        else:
-            self._need(pos, 1, end, "a RAMBlock name", rec)
-            n = buf[pos]
-            self._need(pos + 1, n, end, "a RAMBlock name", rec)
-            name = bytes(buf[pos + 1 : pos + 1 + n]).decode("latin-1")
-            if name not in self.names:
-                raise InconsistentError(
-                    f"Unknown ramblock {name!r}: not in the MEM_SIZE block list", rec, "ram")
-            self.cur = self.names[name]
-            pos += 1 + n
-        cur = self.cur
-        page = self._check_page(cur, addr, rec)
-        data = pos
+                    "CONTINUE flag set but no RAMBlock was named before", rec, "ram",
+                    code="continue-without-block")
+            return pos
+        buf = self.buf
+        self._need(pos, 1, end, "a RAMBlock name", rec)
+        n = buf[pos]
+        self._need(pos + 1, n, end, "a RAMBlock name", rec)
+        name = bytes(buf[pos + 1 : pos + 1 + n]).decode("latin-1")
+        if name not in self.names:
+            raise InconsistentError(
+                f"Unknown ramblock {name!r}: not in the MEM_SIZE block list", rec, "ram",
+                code="unknown-block-in-record")
+        self.cur = self.names[name]
+        return pos + 1 + n
+
+    def _payload(self, pos: int, end: int, ptype: int, rec: int) -> tuple[int, int]:
+        """The payload of a `ptype` record at `pos`: (offset kept as its data, offset after
+        it)."""
+        buf = self.buf
         if ptype == R.RAM_SAVE_FLAG_PAGE:
             self._need(pos, self.ps, end, "a page payload", rec)
-            pos += self.ps
-        elif ptype == R.RAM_SAVE_FLAG_ZERO:
+            return pos, pos + self.ps
+        if ptype == R.RAM_SAVE_FLAG_ZERO:
             self._need(pos, 1, end, "a zero-page fill byte", rec)
             if buf[pos]:
                 raise FormatError(
                     f"ZERO record with fill byte 0x{buf[pos]:02x} (QEMU: Found a zero page with "
-                    "value)",
-                    rec,
-                    "ram",
-                )
-            pos += 1
-        elif ptype == R.RAM_SAVE_FLAG_XBZRLE:
+                    "value)", rec, "ram", code="zero-fill")
+            return pos, pos + 1
+        if ptype == R.RAM_SAVE_FLAG_XBZRLE:
             self._need(pos, 3, end, "an XBZRLE header", rec)
             enc = buf[pos]
             (ln,) = _U16.unpack_from(buf, pos + 1)
             if enc != R.ENCODING_FLAG_XBZRLE:
                 raise FormatError(
                     f"XBZRLE record with encoding flag 0x{enc:02x} (must be 0x01: Failed to load "
-                    "XBZRLE page - wrong compression!)",
-                    rec,
-                    "ram",
-                )
+                    "XBZRLE page - wrong compression!)", rec, "ram", code="xbzrle")
             if ln > self.ps:  # QEMU's loader accepts 0 (its encoder never writes it)
                 raise FormatError(
                     f"XBZRLE record length {ln} exceeds the page size {self.ps} (Failed to "
-                    "load XBZRLE page - len overflow!)",
-                    rec,
-                    "ram",
-                )
+                    "load XBZRLE page - len overflow!)", rec, "ram", code="xbzrle")
             self._need(pos + 3, ln, end, "an XBZRLE payload", rec)
-            data = pos  # payload incl. its 3-byte header
-            pos += 3 + ln
-        elif ptype == R.RAM_SAVE_FLAG_COMPRESS_PAGE:
-            self._need(pos, 4, end, "a COMPRESS_PAGE length", rec)
-            (ln,) = _U32.unpack_from(buf, pos)
-            if ln > self.ps + self.ps // 1000 + 64:
-                raise FormatError(
-                    f"COMPRESS_PAGE length {ln} exceeds a page's compressBound", rec, "ram")
-            self._need(pos + 4, ln, end, "a COMPRESS_PAGE payload", rec)
-            data = pos
-            pos += 4 + ln
-        c = self.cols
-        c.a_rec.append(rec)
-        c.a_data.append(data)
-        c.a_block.append(cur)
-        c.a_page.append(page)
-        c.a_kind.append(ptype)
-        return pos
+            return pos, pos + 3 + ln  # the payload incl. its 3-byte header
+        # RAM_SAVE_FLAG_COMPRESS_PAGE (the only other page record kind)
+        self._need(pos, 4, end, "a COMPRESS_PAGE length", rec)
+        (ln,) = _U32.unpack_from(buf, pos)
+        if ln > self.ps + self.ps // 1000 + 64:
+            raise FormatError(
+                f"COMPRESS_PAGE length {ln} exceeds a page's compressBound", rec, "ram",
+                code="compress-page-damaged")
+        self._need(pos + 4, ln, end, "a COMPRESS_PAGE payload", rec)
+        return pos, pos + 4 + ln
 
     def table(self) -> RecordTable:
         return self.cols.table()
