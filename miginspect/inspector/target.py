@@ -87,18 +87,23 @@ def load_target(path: str) -> TargetDescription:
     return _from_snapshot(path)
 
 
+def _usage(message: str) -> UsageError:
+    """A --target that cannot be used (exit 2)."""
+    return UsageError(message, None, "target", code="usage")
+
+
 def _read_text(path: str) -> str:
     with open(path, "rb") as f:
         data = f.read(MAX_TEXT_TARGET + 1)
     if len(data) > MAX_TEXT_TARGET:
-        raise UsageError(f"--target {path}: larger than {MAX_TEXT_TARGET} bytes for a "
-                         "description", None, "target")
+        raise _usage(f"--target {path}: larger than {MAX_TEXT_TARGET} bytes for a "
+                         "description")
     return data.decode("utf-8", "replace")
 
 
 def _num(v: Any, what: str) -> int:
     if isinstance(v, bool):
-        raise UsageError(f"--target: {what} must be a number, got {v!r}", None, "target")
+        raise _usage(f"--target: {what} must be a number, got {v!r}")
     if isinstance(v, int):
         return v
     if isinstance(v, str):
@@ -106,16 +111,16 @@ def _num(v: Any, what: str) -> int:
             return int(v, 0)
         except ValueError:
             pass
-    raise UsageError(f"--target: {what} must be a number, got {v!r}", None, "target")
+    raise _usage(f"--target: {what} must be a number, got {v!r}")
 
 
 def _from_json(path: str) -> TargetDescription:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise UsageError(f"--target {path}: not valid JSON ({e})", None, "target") from e
+        raise _usage(f"--target {path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
-        raise UsageError(f"--target {path}: the JSON must be an object", None, "target")
+        raise _usage(f"--target {path}: the JSON must be an object")
     t = TargetDescription("json", path)
     if data.get("machine_type") is not None:
         t.machine_type = str(data["machine_type"])
@@ -123,12 +128,11 @@ def _from_json(path: str) -> TargetDescription:
         t.target_page_size = _num(data["target_page_size"], "target_page_size")
     if data.get("ramblocks") is not None:
         if not isinstance(data["ramblocks"], list):
-            raise UsageError("--target: ramblocks must be a list", None, "target")
+            raise _usage("--target: ramblocks must be a list")
         t.blocks = []
         for i, b in enumerate(data["ramblocks"]):
             if not isinstance(b, dict) or "name" not in b or "used_length" not in b:
-                raise UsageError(f"--target: ramblocks[{i}] needs name and used_length", None,
-                                 "target")
+                raise _usage(f"--target: ramblocks[{i}] needs name and used_length")
             t.blocks.append(TargetBlock(
                 str(b["name"]), _num(b["used_length"], f"ramblocks[{i}].used_length"),
                 _num(b["max_length"], f"ramblocks[{i}].max_length")
@@ -137,11 +141,11 @@ def _from_json(path: str) -> TargetDescription:
                 if b.get("page_size") is not None else None))
     if data.get("sections") is not None:
         if not isinstance(data["sections"], list):
-            raise UsageError("--target: sections must be a list", None, "target")
+            raise _usage("--target: sections must be a list")
         t.sections = []
         for i, s in enumerate(data["sections"]):
             if not isinstance(s, dict) or "idstr" not in s:
-                raise UsageError(f"--target: sections[{i}] needs idstr", None, "target")
+                raise _usage(f"--target: sections[{i}] needs idstr")
             t.sections.append(TargetSection(
                 str(s["idstr"]), _num(s.get("instance_id", 0), f"sections[{i}].instance_id"),
                 _num(s["version_id"], f"sections[{i}].version_id")
@@ -171,8 +175,8 @@ def parse_info_ramblock(text: str) -> list[TargetBlock]:
 def _from_info_ramblock(path: str) -> TargetDescription:
     blocks = parse_info_ramblock(_read_text(path))
     if not blocks:
-        raise UsageError(f"--target {path}: no RAMBlock lines found in the `info ramblock` "
-                         "text", None, "target")
+        raise _usage(f"--target {path}: no RAMBlock lines found in the `info ramblock` "
+                         "text")
     return TargetDescription("info ramblock", path, blocks=blocks)
 
 
@@ -182,8 +186,8 @@ def _from_snapshot(path: str) -> TargetDescription:
     try:
         cap = open_capture(path, strict=False)
     except MigError as e:
-        raise UsageError(f"--target {path} is not a description, `info ramblock` text or a "
-                         f"readable snapshot: {e.oneline()}", None, "target") from e
+        raise _usage(f"--target {path} is not a description, `info ramblock` text or a "
+                         f"readable snapshot: {e.oneline()}") from e
     with cap:
         w = cap.walk
         t = TargetDescription("snapshot", path, machine_type=w.machine_type,
@@ -193,8 +197,8 @@ def _from_snapshot(path: str) -> TargetDescription:
         t.sections = [TargetSection(s.idstr or "", s.instance_id or 0, s.version_id)
                       for s in w.kinds(S.KIND_START, S.KIND_FULL)]
         if w.error is not None and not w.blocks:
-            raise UsageError(f"--target {path}: the snapshot stops before its RAMBlock list "
-                             f"({w.error.oneline()})", None, "target")
+            raise _usage(f"--target {path}: the snapshot stops before its RAMBlock list "
+                             f"({w.error.oneline()})")
     return t
 
 
