@@ -25,6 +25,7 @@ from .vmdesc import device_index, vmsd_length
 #: overrides it. Device state is small (the largest real sections are a few MiB).
 FOOTER_WINDOW = 64 << 20
 
+_CHUNK = 4 << 20
 _U32 = struct.Struct(">I")
 
 
@@ -116,22 +117,24 @@ class DeviceSizer:
 
     def _find_footer(self, section_id: int, start: int, limit: int) -> int:
         """The first footer of `section_id` in [start, limit) followed by the start of a
-        record or the end of the data; -1 if none. The pages read are released after."""
+        record or the end of the data; -1 if none. Searched in chunks, each handed to
+        `release` once passed (the search costs no memory however far it goes)."""
         buf, end = self.buf, self.end
         pat = bytes([S.QEMU_VM_SECTION_FOOTER]) + _U32.pack(section_id)
-        p = start
-        try:
-            while True:
-                q = _find(buf, pat, p, limit)
-                if q < 0:
-                    return -1
-                nxt = q + 5
-                if nxt == end or (nxt < end and buf[nxt] in S.NEXT_RECORD_TYPES):
-                    return q
-                p = q + 1
-        finally:
-            if self.release is not None and p - start > 1 << 20:
-                self.release(start, limit)
+        p = done = start
+        while p < limit:
+            hi = min(limit, done + _CHUNK)
+            q = _find(buf, pat, p, min(limit, hi + len(pat) - 1))
+            if q < 0:
+                if self.release is not None:
+                    self.release(done, hi)
+                p, done = max(p, hi), hi
+                continue
+            nxt = q + 5
+            if nxt == end or (nxt < end and buf[nxt] in S.NEXT_RECORD_TYPES):
+                return q
+            p = q + 1
+        return -1
 
     def _note_undescribed(self, sec: Section) -> None:
         if sec.kind == S.KIND_FULL and sec.key not in self.known:

@@ -170,7 +170,7 @@ class StreamWalker:
 
     # -- trailer / configuration ----------------------------------------
     def _find_trailer(self) -> None:
-        self.w.trailer = find_trailer(self.buf, self.base)
+        self.w.trailer = find_trailer(self.buf, self.base, self.release)
         self.sizer = DeviceSizer(self.buf, self.end, self.w, self.release)
 
     def _configuration(self, pos: int) -> int:
