@@ -699,6 +699,21 @@ def _i17_ram_instance(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
     return _patch(raw, s.offset + 6 + len("ram"), (1).to_bytes(4, "big")), s.offset
 
 
+def _i17_ram_idstr(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    """The ram section's idstr 'ram' -> 'raS': the RAM state under a name QEMU has no
+    handler for."""
+    s = next(s for s in w.sections if s.kind == "START" and s.idstr == "ram")
+    return _patch(raw, s.offset + 8, b"S"), s.offset
+
+
+def _i17_idstr_length(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    """A device idstr's length byte one too large: QEMU compares the idstr as a C string
+    (the next byte, the instance id's first, is 0) and reads the instance and version
+    one byte late: version 3 becomes 0x309."""
+    s = _full(w, "mc146818rtc")
+    return _patch(raw, s.offset + 5, bytes([raw[s.offset + 5] + 1])), s.offset
+
+
 def _i17_early_eof(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
     """The ram END section's type byte overwritten with QEMU_VM_EOF: the RAM section is
     left open and every device section unread."""
@@ -713,6 +728,8 @@ I17_CASES = [
     ("bytes-inserted-in-device", _i17_insert, False, "footer-missing"),
     ("switchover-start-length", _i17_command_length, False, "command-length"),
     ("ram-instance-id", _i17_ram_instance, False, "unknown-section"),
+    ("ram-idstr", _i17_ram_idstr, False, "unknown-section"),
+    ("device-idstr-length", _i17_idstr_length, False, "section-version"),
     ("early-eof", _i17_early_eof, True, "bytes-after-eof"),
 ]
 
@@ -771,3 +788,29 @@ def test_issue17_damage_agrees_with_live_qemu(i17_base: tuple, tmp_path: Path, l
         hit = next(x for x in rep["problems"] if x["severity"] == "error")
     assert hit["code"] == code
     assert hit["qemu"] and any(x in qerr for x in hit["qemu"]), (qerr, hit)
+
+
+@pytest.mark.qemu
+def test_instance_any_is_could_not_tell(i17_base: tuple, tmp_path: Path) -> None:
+    """Instance id 0xffffffff: QEMU gives the section to a device without a legacy
+    instance alias (timer) and refuses it for one with an alias (the RTC's I/O base);
+    the file cannot tell which, so `check` says "could not tell"."""
+    from qemu_harness import sample_qemu_available, try_load
+
+    name, raw, w = i17_base
+    meta = sample_meta(name)
+    if not sample_qemu_available(meta):
+        pytest.skip(f"the QEMU that wrote {name} is not installed")
+    for idstr, loads in (("timer", True), ("mc146818rtc", False)):
+        s = _full(w, idstr)
+        p = tmp_path / f"{idstr}.mig"
+        p.write_bytes(_patch(raw, s.offset + 6 + len(idstr), b"\xff\xff\xff\xff"))
+        rc, out, _ = _cli("check", str(p), "--json")
+        rep = json.loads(out)
+        assert rc == 2, rep["problems"]
+        first = next(x for x in rep["problems"] if x["severity"] == "error")
+        assert (first["code"], first["offset"]) == ("instance-alias", s.offset)
+        loaded, qerr = try_load(meta, p, timeout=120)
+        assert loaded == loads, qerr
+        if not loaded:
+            assert any(x in qerr for x in first["qemu"]), qerr

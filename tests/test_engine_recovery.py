@@ -49,10 +49,15 @@ def _legacy() -> tuple[bytes, object]:
 
 
 def _rename_ram(raw: bytes, w) -> bytes:  # noqa: ANN001
-    """The ram START section's idstr 'ram' -> 'rbm' (same length): its records become
-    a device section's state nobody describes."""
+    """The ram START section's idstr 'ram' -> 'rbm' (same length) and its MEM_SIZE
+    record's flags cleared (a section carrying a MEM_SIZE record is recognised as the RAM
+    state under a damaged name): its PART sections become megabytes of a live section's
+    state that nothing describes, sized only by finding their footers."""
     s = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
-    return raw[:s.offset + 6] + b"rbm" + raw[s.offset + 9:]
+    p = s.payload_offset
+    word = int.from_bytes(raw[p:p + 8], "big") & ~(w.page_size - 1)
+    return raw[:s.offset + 6] + b"rbm" + raw[s.offset + 9:p] + word.to_bytes(8, "big") \
+        + raw[p + 8:]
 
 
 def test_footer_search_is_bounded_by_its_window(tmp_path: Path) -> None:

@@ -24,6 +24,11 @@ from .vmdesc import device_index, vmsd_length
 #: Bytes after a section's start searched for its footer; MIGINSPECT_FOOTER_WINDOW
 #: overrides it. Device state is small (the largest real sections are a few MiB).
 FOOTER_WINDOW = 64 << 20
+#: A device registered without a legacy alias has alias_id -1: QEMU's find_se() gives a
+#: section carrying this instance id to the device of that idstr, whatever its instance;
+#: a device with an alias (its legacy I/O base) does not match it. The file cannot tell
+#: which devices have one.
+ALIAS_NONE = 0xFFFFFFFF
 
 _CHUNK = 4 << 20
 _U32 = struct.Struct(">I")
@@ -44,19 +49,31 @@ class DeviceSizer:
         self.known = set(self.descs)  # (idstr, instance_id) of every described device
         self.window = int(os.environ.get("MIGINSPECT_FOOTER_WINDOW", FOOTER_WINDOW))
 
+    def lookup(self, sec: Section) -> tuple[str, int] | None:
+        """The described device QEMU's loader would give `sec` to, as find_se() matches:
+        the idstr as a C string (up to a NUL) and the instance id."""
+        name, inst = qemu_idstr(sec.idstr or ""), sec.instance_id or 0
+        if (name, inst) in self.known:
+            return (name, inst)
+        return None
+
     def payload_end(self, sec: Section) -> int:
         """Offset where `sec`'s state ends (its footer, if the stream has footers)."""
-        descs = self.descs.get(sec.key)
-        if sec.kind == S.KIND_FULL and descs:
+        key = self.lookup(sec) if sec.kind == S.KIND_FULL else None
+        descs = self.descs.get(key) if key is not None else None
+        if descs:
             desc = descs.pop(0)
+            self._check_version(sec, desc)
             try:
                 n = vmsd_length(desc)
             except (ValueError, TypeError, AttributeError, RecursionError):
                 self.w.note("warning", sec.offset, sec.idstr or "",
                             f"the vmdescription entry of {sec.idstr!r} is malformed; sized by "
                             "its footer instead", code="trailer-damaged")
-                return self._footer_search(sec, quiet=True)
+                return self._footer_search(sec)
             return self._by_description(sec, n)
+        if self.described:  # before the search: QEMU stops at this header
+            self._note_undescribed(sec)
         return self._footer_search(sec)
 
     def _by_description(self, sec: Section, n: int) -> int:
@@ -82,14 +99,14 @@ class DeviceSizer:
                "inserted into or lost from the section?); sized by footer search instead",
                code="footer-missing")
         try:
-            return self._footer_search(sec, quiet=True)
+            return self._footer_search(sec)
         except MigError as e:
             raise FormatError(
                 f"Missing section footer for {sec.idstr!r}: no footer at 0x{stop:x}, where "
                 f"the vmdescription says its {n} bytes of state end, nor after it "
                 f"({e.message})", stop, sec.idstr or "", code="footer-missing") from e
 
-    def _footer_search(self, sec: Section, quiet: bool = False) -> int:
+    def _footer_search(self, sec: Section) -> int:
         w = self.w
         assert sec.payload_offset is not None and sec.section_id is not None
         if w.footers is False:
@@ -111,8 +128,6 @@ class DeviceSizer:
                 "(MIGINSPECT_FOOTER_WINDOW widens the search)", sec.offset, sec.idstr or "",
                 code="cannot-size")
         sec.sized_by = "footer-search"
-        if self.described and not quiet:
-            self._note_undescribed(sec)
         return q
 
     def _find_footer(self, section_id: int, start: int, limit: int) -> int:
@@ -136,8 +151,27 @@ class DeviceSizer:
             p = q + 1
         return -1
 
+    def _check_version(self, sec: Section, desc: dict[str, Any]) -> None:
+        """The section's version must be the one its description was written with (the
+        same QEMU wrote both): another one is a damaged header, refused by QEMU's
+        version checks ("unsupported version", "too old")."""
+        v = desc.get("version")
+        if isinstance(v, int) and sec.version_id != v:
+            self.w.note("warning", sec.offset, sec.idstr or "",
+                        f"section {sec.idstr!r} instance {sec.instance_id} has version "
+                        f"{sec.version_id}, the vmdescription describes version {v} (a damaged "
+                        "section header: QEMU checks the version against the device's)",
+                        code="section-version")
+
     def _note_undescribed(self, sec: Section) -> None:
-        if sec.kind == S.KIND_FULL and sec.key not in self.known:
+        if sec.kind == S.KIND_FULL and sec.instance_id == ALIAS_NONE and any(
+                k[0] == qemu_idstr(sec.idstr or "") for k in self.known):
+            self.w.note("warning", sec.offset, sec.idstr or "",
+                        f"section {sec.idstr!r} has instance id 0x{ALIAS_NONE:x}: QEMU gives it "
+                        "to the device of that idstr unless the device registered a legacy "
+                        "instance alias (ISA serial, RTC, PIC, PIT, FDC ...); sized by its "
+                        "footer", code="instance-alias")
+        elif sec.kind == S.KIND_FULL and self.lookup(sec) is None:
             self.w.note("warning", sec.offset, sec.idstr or "",
                         f"section {sec.idstr!r} instance {sec.instance_id} is not a device "
                         "the vmdescription lists (Unknown savevm section or instance for a "
@@ -147,6 +181,11 @@ class DeviceSizer:
             self.w.note("info", sec.offset, sec.idstr or "",
                         f"section {sec.idstr!r} is not in the vmdescription; sized by its "
                         "footer", code="sized-by-footer")
+
+
+def qemu_idstr(idstr: str) -> str:
+    """An idstr as QEMU's loader compares it: a C string, cut at its first NUL."""
+    return idstr.split("\0", 1)[0]
 
 
 def _find(buf: Any, pat: bytes, start: int, end: int) -> int:

@@ -22,10 +22,7 @@ def read_block_header(w: StreamWalk, buf: Any, end: int, blk: RamBlock, h: Any,
     `blk.mapped_ram` and return the offset where the stream continues (after the pages
     region, or after the header for a block x-ignore-shared skipped)."""
     ps = w.page_size
-    if h.version > M.MAPPED_RAM_HDR_VERSION or h.version < 1:
-        raise UnsupportedError(
-            f"mapped-ram header version {h.version} for {blk.name!r} (Migration mapped-ram "
-            "capability version not supported)", hoff, blk.name, code="mapped-ram-version")
+    check_version(blk.name, h, hoff)
     if h.bitmap_offset == 0 and h.pages_offset == 0:
         blk.mapped_ram = MappedRamInfo(hoff, h.version, h.page_size, 0, 0, 0, skipped=True)
         if not w.ignore_shared:
@@ -43,6 +40,15 @@ def read_block_header(w: StreamWalk, buf: Any, end: int, blk: RamBlock, h: Any,
     _check_bitmap(w, end, blk, h, hoff, nbytes)
     _check_pages(end, blk, h, hoff, nbytes, ps)
     return h.pages_offset + blk.used_length
+
+
+def check_version(name: str, h: Any, hoff: int) -> None:
+    """QEMU reads the header right after the entry's name and length and checks its
+    version before anything else about the block."""
+    if h.version > M.MAPPED_RAM_HDR_VERSION or h.version < 1:
+        raise UnsupportedError(
+            f"mapped-ram header version {h.version} for {name!r} (Migration mapped-ram "
+            "capability version not supported)", hoff, name, code="mapped-ram-version")
 
 
 def _check_bitmap(w: StreamWalk, end: int, blk: RamBlock, h: Any, hoff: int,

@@ -107,8 +107,19 @@ _KINDS = [
          ("Unknown savevm section or instance",),
          "the section header's idstr or instance id is damaged (QEMU looks the device up by "
          "both): use an intact copy"),
+    Kind("section-version", _E,
+         "a device section whose version is not the one its vmdescription records",
+         ("unsupported version", "is too old for local minimum version_id",
+          "error while loading state for instance"),
+         "the section header's version (or the idstr length before it) is damaged: use an "
+         "intact copy"),
+    Kind("instance-alias", _E,
+         "a device section with instance id 0xffffffff (QEMU's 'any'; refused for devices "
+         "with a legacy alias)", ("Unknown savevm section or instance",),
+         "the section header's instance id is damaged: use an intact copy; QEMU loads it only "
+         "if the device has no legacy instance alias", undecided=True),
     Kind("unknown-section-id", _E, "a PART/END for a section id no START opened",
-         ("Unknown savevm section",),
+         ("Unknown savevm section", "incoming version_id 0 is too old"),
          "a PART/END refers to a section that was never started: the stream is damaged or "
          "sections were lost"),
     Kind("truncated-device", _E, "the data ends inside a device's state",
@@ -123,7 +134,7 @@ _KINDS = [
          "the section before the footer has the wrong length or its footer is damaged (or a "
          "device's state format differs from what was expected): use an intact copy"),
     Kind("footer-missing", _E, "no section footer where the section's state ends",
-         ("Missing section footer",),
+         ("Missing section footer", "error while loading state for instance", "Failed to load"),
          "the section before this point is longer or shorter than QEMU expects (bytes "
          "inserted or lost inside it, or a stream without footers): use an intact copy or "
          "the machine type that wrote it"),
@@ -152,7 +163,7 @@ _KINDS = [
          ("Unknown combination of migration flags",),
          "the ram START section does not begin with the RAMBlock list: damaged data"),
     Kind("ramblock-list", _E, "the RAMBlock list does not add up",
-         ("Unknown ramblock", "Size mismatch", "Length mismatch"),
+         ("Unknown ramblock", "Size mismatch", "Length mismatch", "Size too large"),
          "the RAMBlock list in the ram START section is damaged (total, names or lengths do "
          "not add up)"),
     Kind("truncated-ram", _E, "the data ends inside the RAM section (inside any record)",
@@ -163,9 +174,10 @@ _KINDS = [
          ("Unknown combination of migration flags", "Can't find block", "Illegal RAM offset"),
          "a RAM record header carries flags QEMU does not know: a damaged record header"),
     Kind("unknown-block-in-record", _E, "a page record names a RAMBlock not in the list",
-         ("Can't find block",),
-         "a page record names a RAMBlock that is not in the list: the record or a CONTINUE "
-         "flag is damaged"),
+         ("Can't find block", "Unknown ramblock"),
+         "a page record names a RAMBlock that is not in the list: the record, a CONTINUE "
+         "flag or the list entry is damaged (QEMU stops at the list entry with 'Unknown "
+         "ramblock' when it was the entry)"),
     Kind("continue-without-block", _E, "CONTINUE set before any record named a RAMBlock",
          ("Ack, bad migration stream", "Can't find block"),
          "the first page record has CONTINUE set: a flipped flag bit"),

@@ -141,6 +141,7 @@ class RamScanner:
         self.shift = page_size.bit_length() - 1
         self.mask = page_size - 1
         self.names = {n: i for i, n in enumerate(block_names)}
+        self.cnames = {n.split("\0", 1)[0]: i for i, n in reversed(list(enumerate(block_names)))}
         self.block_names = list(block_names)
         self.lengths = list(block_lengths)
         self.mapped_ram = mapped_ram
@@ -371,11 +372,14 @@ class RamScanner:
         n = buf[pos]
         self._need(pos + 1, n, end, "a RAMBlock name", rec)
         name = bytes(buf[pos + 1 : pos + 1 + n]).decode("latin-1")
-        if name not in self.names:
+        cur = self.names.get(name)
+        if cur is None:  # QEMU looks the name up as a C string (up to a NUL)
+            cur = self.cnames.get(name.split("\0", 1)[0])
+        if cur is None:
             raise InconsistentError(
                 f"Unknown ramblock {name!r}: not in the MEM_SIZE block list", rec, "ram",
                 code="unknown-block-in-record")
-        self.cur = self.names[name]
+        self.cur = cur
         return pos + 1 + n
 
     def _payload(self, pos: int, end: int, ptype: int, rec: int) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from ..formats import configuration as C
 from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
-from .devsize import DeviceSizer
+from .devsize import DeviceSizer, qemu_idstr
 from .model import (
     DEFAULT_PAGE_SIZE,
     Configuration,
@@ -37,7 +37,7 @@ from .model import (
     Section,
     StreamWalk,
 )
-from .mrheader import bitmap_all_clear, read_block_header
+from .mrheader import bitmap_all_clear, check_version, read_block_header
 from .parsing import parse_at
 from .ramscan import RamScanner
 from .vmdesc import find_trailer, read_trailer_at
@@ -54,6 +54,10 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U16X2 = struct.Struct(">HH")
 _U32X2 = struct.Struct(">II")
+
+
+#: type byte, section id, idstr length, "ram", instance id, version id
+_RAM_HEADER_LEN = 1 + 4 + 1 + len(R.RAM_SECTION_IDSTR) + 4 + 4
 
 
 class _FullHeader(NamedTuple):
@@ -272,7 +276,7 @@ class StreamWalker:
         sec = Section(kind, t, pos, 0, hdr.section_id, hdr.idstr, hdr.instance_id,
                       hdr.version_id, pos + 1 + n)
         self.w.sections.append(sec)
-        if hdr.idstr == R.RAM_SECTION_IDSTR:
+        if qemu_idstr(hdr.idstr) == R.RAM_SECTION_IDSTR:
             self._check_ram_header(sec)
             self.ram_ids.add(hdr.section_id)
             self.open_sections[hdr.section_id] = sec
@@ -280,6 +284,7 @@ class StreamWalker:
             p = self._ram_records(sec, p)
         else:
             if t == S.QEMU_VM_SECTION_START:
+                self._check_not_ram(sec)
                 self.open_sections[hdr.section_id] = sec
             p = self._device_payload(sec)
         sec.payload_end = p
@@ -301,6 +306,25 @@ class StreamWalker:
         if sec.kind != S.KIND_START:
             raise FormatError("the ram section arrives as FULL, expected START", sec.offset,
                               "ram", code="ram-section-kind")
+
+    def _check_not_ram(self, sec: Section) -> None:
+        """A live section under another name that carries the RAM state (a MEM_SIZE record
+        and a RAMBlock list, where the section's payload starts or where it would start
+        after a 3-byte idstr) before any ram section: its idstr or idstr length is
+        damaged, and QEMU has no handler by the name it reads."""
+        if self.scanner is not None or sec.payload_offset is None:
+            return
+        ps = self.w.page_size
+        for p in (sec.payload_offset, sec.offset + _RAM_HEADER_LEN):
+            if p + 9 > self.end:
+                continue
+            word = _U64.unpack_from(self.buf, p)[0]
+            if word & (ps - 1) == R.RAM_SAVE_FLAG_MEM_SIZE and word >= ps and self.buf[p + 8]:
+                raise UnknownSectionError(
+                    f"Unknown savevm section or instance {sec.idstr!r} {sec.instance_id}: the "
+                    "section carries the RAM state (a MEM_SIZE record and a RAMBlock list) "
+                    "under another name (a damaged section header)", sec.offset,
+                    sec.idstr or "", code="unknown-section")
 
     def _section_part_end(self, pos: int, t: int) -> int:
         # struct, not construct: a hostile file may hold millions of tiny PART sections
@@ -448,6 +472,8 @@ class StreamWalker:
             entry, n = parse_at(R.ramblock_entry, self.buf, pos, "a RAMBlock list entry",
                                 limit=256 + 8 * 3 + M.MAPPED_RAM_HEADER_SIZE,
                                 code="ramblock-list", cut_code="truncated-ram", **params)
+            if w.mapped_ram:
+                check_version(entry.idstr, entry.mapped_ram, pos + n - M.MAPPED_RAM_HEADER_SIZE)
             if entry.used_length > remaining or entry.used_length % ps:
                 raise InconsistentError(
                     f"RAMBlock {entry.idstr!r} used_length 0x{entry.used_length:x} does not fit "
