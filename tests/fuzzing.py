@@ -51,8 +51,8 @@ def shrink_legacy(raw: bytes, records: int = 6, keep_trailer: bool = True) -> Ba
     rt = w.records
     out = bytearray()
     b = Base("legacy" + ("" if keep_trailer else "-notrailer"), b"")
-    start = next(s for s in w.sections if s.kind == "START" and s.idstr == "ram")
-    first_part = next((s for s in w.sections if s.kind == "PART" and s.section_id ==
+    start = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
+    first_part = next((s for s in w.sections if s.kind == S.KIND_PART and s.section_id ==
                        start.section_id and len(rt) and s.offset < int(rt.rec_off[0]) < s.end),
                       None)
     out += raw[: start.end]  # header, configuration, early sections, ram START
@@ -90,14 +90,14 @@ def shrink_legacy(raw: bytes, records: int = 6, keep_trailer: bool = True) -> Ba
         if first_part.footer:
             out += _footer(start.section_id)
     for s in w.sections:
-        if s.kind in ("FULL", "COMMAND") or (s.kind in ("START", "PART", "END")
-                                             and s.section_id != start.section_id):
+        live = s.kind in (S.KIND_START, S.KIND_PART, S.KIND_END)
+        if s.kind in (S.KIND_FULL, S.KIND_COMMAND) or (live and s.section_id != start.section_id):
             b.marks.append(len(out))
-            if s.kind == "COMMAND":
+            if s.kind == S.KIND_COMMAND:
                 b.fields[len(out) + 3] = 2
             else:
                 b.fields[len(out) + 1] = 4
-                if s.kind in ("START", "FULL"):
+                if s.kind in (S.KIND_START, S.KIND_FULL):
                     b.fields[len(out) + 5] = 1
             out += raw[s.offset: s.end]
     b.marks.append(len(out))
@@ -117,7 +117,7 @@ def shrink_mapped_ram(raw: bytes, pages: int = 3) -> Base:
     if w.error is not None or not w.mapped_ram:
         raise ValueError(f"not a clean mapped-ram capture: {w.error}")
     ps = w.page_size
-    start = next(s for s in w.sections if s.kind == "START" and s.idstr == "ram")
+    start = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
     b = Base("mapped-ram", b"")
     out = bytearray(raw[: start.payload_offset])
     b.marks += [0, 8, start.offset]

@@ -16,6 +16,7 @@ from conftest import SAMPLES, sample_meta, sample_names, sample_path, unpack
 from qemu_harness import QemuVM, QmpError
 
 from miginspect.cli import main as cli_main
+from miginspect.formats import stream as S
 from miginspect.inspector.check import check_file
 from miginspect.inspector.target import load_target, parse_info_ramblock
 
@@ -331,17 +332,17 @@ def _patch(raw: bytes, off: int, new: bytes) -> bytes:
 
 
 def _dmg_footer(raw: bytes) -> bytes:
-    s = [x for x in _w(raw).sections if x.kind == "FULL"][3]
+    s = [x for x in _w(raw).sections if x.kind == S.KIND_FULL][3]
     return _patch(raw, s.end - 1, bytes([raw[s.end - 1] ^ 1]))
 
 
 def _dmg_section_type(raw: bytes) -> bytes:
-    s = [x for x in _w(raw).sections if x.kind == "FULL"][3]
+    s = [x for x in _w(raw).sections if x.kind == S.KIND_FULL][3]
     return _patch(raw, s.offset, b"\x09")
 
 
 def _dmg_command(raw: bytes) -> bytes:
-    s = next(x for x in _w(raw).sections if x.kind == "COMMAND")
+    s = next(x for x in _w(raw).sections if x.kind == S.KIND_COMMAND)
     return _patch(raw, s.offset + 1, b"\x00\x33")
 
 
@@ -404,7 +405,7 @@ def _dmg_no_footers(raw: bytes) -> bytes:
 
 
 def _dmg_no_eos(raw: bytes) -> bytes:
-    s = next(x for x in _w(raw).sections if x.kind == "PART" and x.idstr == "ram")
+    s = next(x for x in _w(raw).sections if x.kind == S.KIND_PART and x.idstr == "ram")
     return raw[: s.payload_end - 8] + raw[s.payload_end:]
 
 
@@ -645,8 +646,6 @@ def test_mapped_ram_without_capability_fails_as_noted(bios_captures: dict) -> No
 # Each damage is made from a real bundled capture; the expected problem is what QEMU 10
 # did with that damage (tests load the file into it again where it is installed).
 def _i17_sample() -> str | None:
-    from miginspect.formats import stream as S
-
     for n in GOOD:
         meta = sample_meta(n)
         if meta["qemu"].get("label") == "qemu72" or _caps(meta):
@@ -665,7 +664,7 @@ def _w_path(p: Path):  # noqa: ANN202
 
 
 def _full(w, idstr: str):  # noqa: ANN001, ANN202
-    return next(s for s in w.sections if s.kind == "FULL" and s.idstr == idstr)
+    return next(s for s in w.sections if s.kind == S.KIND_FULL and s.idstr == idstr)
 
 
 def _i17_idstr(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
@@ -688,21 +687,19 @@ def _i17_insert(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
 
 
 def _i17_command_length(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
-    from miginspect.formats import stream as S
-
     c = next(s for s in w.sections if s.cmd == S.MIG_CMD_SWITCHOVER_START)
     return _patch(raw, c.offset + 3, (1).to_bytes(2, "big")), c.offset
 
 
 def _i17_ram_instance(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
-    s = next(s for s in w.sections if s.kind == "START" and s.idstr == "ram")
+    s = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
     return _patch(raw, s.offset + 6 + len("ram"), (1).to_bytes(4, "big")), s.offset
 
 
 def _i17_ram_idstr(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
     """The ram section's idstr 'ram' -> 'raS': the RAM state under a name QEMU has no
     handler for."""
-    s = next(s for s in w.sections if s.kind == "START" and s.idstr == "ram")
+    s = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
     return _patch(raw, s.offset + 8, b"S"), s.offset
 
 
@@ -717,7 +714,7 @@ def _i17_idstr_length(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
 def _i17_early_eof(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
     """The ram END section's type byte overwritten with QEMU_VM_EOF: the RAM section is
     left open and every device section unread."""
-    s = next(s for s in w.sections if s.kind == "END" and s.idstr == "ram")
+    s = next(s for s in w.sections if s.kind == S.KIND_END and s.idstr == "ram")
     return _patch(raw, s.offset, b"\x00"), s.offset
 
 

@@ -536,13 +536,13 @@ def test_struct_headers_match_grammar(bases: list[Base]) -> None:
         w = walk_stream(b.data)
         assert w.error is None, w.error
         for s in w.sections:
-            if s.kind in ("START", "FULL"):
+            if s.kind in (S.KIND_START, S.KIND_FULL):
                 h = S.section_header_full.parse(b.data[s.offset + 1:])
                 assert (h.section_id, h.idstr, h.instance_id, h.version_id) == (
                     s.section_id, s.idstr, s.instance_id, s.version_id)
-            elif s.kind in ("PART", "END"):
+            elif s.kind in (S.KIND_PART, S.KIND_END):
                 assert S.section_header_part.parse(b.data[s.offset + 1:]).section_id == \
                     s.section_id
-            elif s.kind == "COMMAND":
+            elif s.kind == S.KIND_COMMAND:
                 c = S.command.parse(b.data[s.offset + 1:])
                 assert (c.cmd, s.end - s.offset) == (s.cmd, 5 + c.len)

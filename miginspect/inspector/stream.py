@@ -1,10 +1,12 @@
 """Walk a QEMU migration stream: every top-level record and its byte span.
 
 Sections carry no length. The RAM section is walked record by record (by
-`ramscan`); device sections are sized from the vmdescription trailer, or,
-without it, by finding their footer. The walk never raises on bad input: it
-stops at the first fatal problem and keeps it in `StreamWalk.error`, with
-everything read up to there.
+`ramscan`); a mapped-ram block's header is checked by `mrheader`; device sections
+are sized by `devsize` (from the vmdescription trailer, or by finding their footer
+within a bounded window). The walk never raises on bad input: it stops at the first
+fatal problem, as QEMU's loader would, and keeps it in `StreamWalk.error` (with its
+problem code), with everything read up to there; what does not stop it is a `Notice`
+(with a code too). The result's types live in `model`.
 """
 
 from __future__ import annotations
