@@ -27,6 +27,9 @@ _U32 = struct.Struct(">I")
 PAGE_CONT = R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_CONTINUE
 ZERO_CONT = R.RAM_SAVE_FLAG_ZERO | R.RAM_SAVE_FLAG_CONTINUE
 
+#: Record types that carry a page (and so name a block or CONTINUE).
+_PAGE_TYPES = frozenset(R.PAGE_RECORD_FLAGS)
+
 #: Known record types (flags without CONTINUE).
 _KNOWN_TYPES = {
     R.RAM_SAVE_FLAG_ZERO,
@@ -323,80 +326,36 @@ class RamScanner:
         -(offset after EOS) at the end of the section."""
         rec = pos
         ptype = flags & ~R.RAM_SAVE_FLAG_CONTINUE
-        if ptype not in _KNOWN_TYPES or (
-            flags & R.RAM_SAVE_FLAG_CONTINUE and ptype not in R.PAGE_RECORD_FLAGS
-        ):
-            raise FormatError(
-                f"unknown RAM flags 0x{flags:x} ({R.flag_names(flags)}) in record word "
-                f"0x{w:016x}",
-                rec,
-                "ram",
-                code="unknown-ram-flags",
-            )
-        if ptype == R.RAM_SAVE_FLAG_EOS:
-            self.other_records["EOS"] += 1
-            return -(pos + 8)
-        if ptype == R.RAM_SAVE_FLAG_MULTIFD_FLUSH:
-            self.other_records["MULTIFD_FLUSH"] += 1
-            return pos + 8
-        if ptype == R.RAM_SAVE_FLAG_MEM_SIZE:
-            raise FormatError("MEM_SIZE record outside the ram START section", rec, "ram",
-                              code="mem-size-misplaced")
-        if ptype == R.RAM_SAVE_FLAG_HOOK:
-            raise UnsupportedError("RAM_SAVE_FLAG_HOOK (RDMA) record in a file", rec, "ram",
-                                   code="rdma-hook")
+        if ptype not in _PAGE_TYPES:
+            return self._control_record(pos, w, flags, ptype)
         if self.mapped_ram:
             self._mapped_ram_page(pos, flags)
-        pos = self._block_of(pos + 8, end, flags, rec)
-        page = self._check_page(self.cur, w ^ flags, rec)
-        data, pos = self._payload(pos, end, ptype, rec)
-        c = self.cols
-        c.a_rec.append(rec)
-        c.a_data.append(data)
-        c.a_block.append(self.cur)
-        c.a_page.append(page)
-        c.a_kind.append(ptype)
-        return pos
-
-    def _block_of(self, pos: int, end: int, flags: int, rec: int) -> int:
-        """Set `self.cur` from the RAMBlock name at `pos` (none with CONTINUE); return the
-        offset after it."""
+        buf = self.buf
+        pos += 8
         if flags & R.RAM_SAVE_FLAG_CONTINUE:
             if self.cur < 0:
                 raise FormatError(
                     "CONTINUE flag set but no RAMBlock was named before", rec, "ram",
                     code="continue-without-block")
-            return pos
-        buf = self.buf
-        self._need(pos, 1, end, "a RAMBlock name", rec)
-        n = buf[pos]
-        self._need(pos + 1, n, end, "a RAMBlock name", rec)
-        name = bytes(buf[pos + 1 : pos + 1 + n]).decode("latin-1")
-        cur = self.names.get(name)
-        if cur is None:  # QEMU looks the name up as a C string (up to a NUL)
-            cur = self.cnames.get(name.split("\0", 1)[0])
-        if cur is None:
-            raise InconsistentError(
-                f"Unknown ramblock {name!r}: not in the MEM_SIZE block list", rec, "ram",
-                code="unknown-block-in-record")
-        self.cur = cur
-        return pos + 1 + n
-
-    def _payload(self, pos: int, end: int, ptype: int, rec: int) -> tuple[int, int]:
-        """The payload of a `ptype` record at `pos`: (offset kept as its data, offset after
-        it)."""
-        buf = self.buf
+        else:
+            self._need(pos, 1, end, "a RAMBlock name", rec)
+            n = buf[pos]
+            self._need(pos + 1, n, end, "a RAMBlock name", rec)
+            self.cur = self._block_index(bytes(buf[pos + 1 : pos + 1 + n]), rec)
+            pos += 1 + n
+        page = self._check_page(self.cur, w ^ flags, rec)
+        data = pos
         if ptype == R.RAM_SAVE_FLAG_PAGE:
             self._need(pos, self.ps, end, "a page payload", rec)
-            return pos, pos + self.ps
-        if ptype == R.RAM_SAVE_FLAG_ZERO:
+            pos += self.ps
+        elif ptype == R.RAM_SAVE_FLAG_ZERO:
             self._need(pos, 1, end, "a zero-page fill byte", rec)
             if buf[pos]:
                 raise FormatError(
                     f"ZERO record with fill byte 0x{buf[pos]:02x} (QEMU: Found a zero page with "
                     "value)", rec, "ram", code="zero-fill")
-            return pos, pos + 1
-        if ptype == R.RAM_SAVE_FLAG_XBZRLE:
+            pos += 1
+        elif ptype == R.RAM_SAVE_FLAG_XBZRLE:
             self._need(pos, 3, end, "an XBZRLE header", rec)
             enc = buf[pos]
             (ln,) = _U16.unpack_from(buf, pos + 1)
@@ -409,16 +368,54 @@ class RamScanner:
                     f"XBZRLE record length {ln} exceeds the page size {self.ps} (Failed to "
                     "load XBZRLE page - len overflow!)", rec, "ram", code="xbzrle")
             self._need(pos + 3, ln, end, "an XBZRLE payload", rec)
-            return pos, pos + 3 + ln  # the payload incl. its 3-byte header
-        # RAM_SAVE_FLAG_COMPRESS_PAGE (the only other page record kind)
-        self._need(pos, 4, end, "a COMPRESS_PAGE length", rec)
-        (ln,) = _U32.unpack_from(buf, pos)
-        if ln > self.ps + self.ps // 1000 + 64:
+            pos += 3 + ln  # the data kept is the payload incl. its 3-byte header
+        else:  # RAM_SAVE_FLAG_COMPRESS_PAGE
+            self._need(pos, 4, end, "a COMPRESS_PAGE length", rec)
+            (ln,) = _U32.unpack_from(buf, pos)
+            if ln > self.ps + self.ps // 1000 + 64:
+                raise FormatError(
+                    f"COMPRESS_PAGE length {ln} exceeds a page's compressBound", rec, "ram",
+                    code="compress-page-damaged")
+            self._need(pos + 4, ln, end, "a COMPRESS_PAGE payload", rec)
+            pos += 4 + ln
+        c = self.cols
+        c.a_rec.append(rec)
+        c.a_data.append(data)
+        c.a_block.append(self.cur)
+        c.a_page.append(page)
+        c.a_kind.append(ptype)
+        return pos
+
+    def _control_record(self, pos: int, w: int, flags: int, ptype: int) -> int:
+        """A record that carries no page: EOS (returns -(offset after it)), MULTIFD_FLUSH,
+        or one this position cannot hold."""
+        if ptype not in _KNOWN_TYPES or flags & R.RAM_SAVE_FLAG_CONTINUE:
             raise FormatError(
-                f"COMPRESS_PAGE length {ln} exceeds a page's compressBound", rec, "ram",
-                code="compress-page-damaged")
-        self._need(pos + 4, ln, end, "a COMPRESS_PAGE payload", rec)
-        return pos, pos + 4 + ln
+                f"unknown RAM flags 0x{flags:x} ({R.flag_names(flags)}) in record word "
+                f"0x{w:016x}", pos, "ram", code="unknown-ram-flags")
+        if ptype == R.RAM_SAVE_FLAG_EOS:
+            self.other_records["EOS"] += 1
+            return -(pos + 8)
+        if ptype == R.RAM_SAVE_FLAG_MULTIFD_FLUSH:
+            self.other_records["MULTIFD_FLUSH"] += 1
+            return pos + 8
+        if ptype == R.RAM_SAVE_FLAG_MEM_SIZE:
+            raise FormatError("MEM_SIZE record outside the ram START section", pos, "ram",
+                              code="mem-size-misplaced")
+        raise UnsupportedError("RAM_SAVE_FLAG_HOOK (RDMA) record in a file", pos, "ram",
+                               code="rdma-hook")
+
+    def _block_index(self, raw_name: bytes, rec: int) -> int:
+        """The block a record's idstr names (QEMU looks it up as a C string, up to a NUL)."""
+        name = raw_name.decode("latin-1")
+        cur = self.names.get(name)
+        if cur is None:
+            cur = self.cnames.get(name.split("\0", 1)[0])
+        if cur is None:
+            raise InconsistentError(
+                f"Unknown ramblock {name!r}: not in the MEM_SIZE block list", rec, "ram",
+                code="unknown-block-in-record")
+        return cur
 
     def table(self) -> RecordTable:
         return self.cols.table()
