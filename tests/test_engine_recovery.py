@@ -156,17 +156,19 @@ def test_devices_names_the_offset_of_a_missing_trailer(tmp_path: Path) -> None:
 
 
 def test_malformed_vmdescription_entry_falls_back_to_the_footer(tmp_path: Path) -> None:
-    """A vmdescription entry that does not compute (a field size that is not a number):
-    QEMU never reads the trailer, so the file stays loadable; the section is sized by its
-    footer and the trailer named damaged."""
+    """A vmdescription entry that does not compute (a field size or an instance id that is
+    not a number): QEMU never reads the trailer, so the file stays loadable; the section
+    is sized by its footer (and not called unknown: the device list is damaged)."""
     raw, w = _legacy()
     t = w.trailer
     js = raw[t.json_offset:t.json_offset + t.length]
-    bad = js.replace(b'"size": 8', b'"size": "x"', 1)
-    assert bad != js and len(bad) == len(js) + 2
-    data = raw[:t.offset + 1] + len(bad).to_bytes(4, "big") + bad
-    p = tmp_path / "baddesc.mig"
-    p.write_bytes(data)
-    rep = check_file(str(p))
-    assert rep.verdict == "loadable", [(x.code, x.cause) for x in rep.problems]
-    assert any(x.code == "trailer-damaged" for x in rep.problems)
+    for old, new, code in ((b'"size": 8', b'"size": "x"', "trailer-damaged"),
+                           (b'"instance_id": 0', b'"instance_id": "x"', "sized-by-footer")):
+        bad = js.replace(old, new, 1)
+        assert bad != js
+        data = raw[:t.offset + 1] + len(bad).to_bytes(4, "big") + bad
+        p = tmp_path / "baddesc.mig"
+        p.write_bytes(data)
+        rep = check_file(str(p))
+        assert rep.verdict == "loadable", [(x.code, x.cause) for x in rep.problems]
+        assert any(x.code == code for x in rep.problems), [x.code for x in rep.problems]

@@ -47,6 +47,10 @@ class DeviceSizer:
         self.described = t is not None and t.data is not None
         self.descs = device_index(t.data) if self.described and t is not None else {}
         self.known = set(self.descs)  # (idstr, instance_id) of every described device
+        # a device list with damaged entries cannot say a section names no device
+        devices = t.data.get("devices") if self.described and t is not None and t.data else None
+        self.complete = isinstance(devices, list) and len(devices) == sum(
+            len(v) for v in self.descs.values())
         self.window = int(os.environ.get("MIGINSPECT_FOOTER_WINDOW", FOOTER_WINDOW))
 
     def lookup(self, sec: Section) -> tuple[str, int] | None:
@@ -171,7 +175,7 @@ class DeviceSizer:
                         "to the device of that idstr unless the device registered a legacy "
                         "instance alias (ISA serial, RTC, PIC, PIT, FDC ...); sized by its "
                         "footer", code="instance-alias")
-        elif sec.kind == S.KIND_FULL and self.lookup(sec) is None:
+        elif sec.kind == S.KIND_FULL and self.complete and self.lookup(sec) is None:
             self.w.note("warning", sec.offset, sec.idstr or "",
                         f"section {sec.idstr!r} instance {sec.instance_id} is not a device "
                         "the vmdescription lists (Unknown savevm section or instance for a "

@@ -109,9 +109,13 @@ def device_index(data: dict[str, Any] | None) -> dict[tuple[str, int], list[dict
     out: dict[tuple[str, int], list[dict[str, Any]]] = {}
     if not data:
         return out
-    for dev in data.get("devices", ()) or ():
+    devices = data.get("devices")
+    for dev in devices if isinstance(devices, list) else ():
         if not isinstance(dev, dict):
             continue
-        key = (str(dev.get("name", "")), int(dev.get("instance_id", 0)))
+        try:
+            key = (str(dev.get("name", "")), int(dev.get("instance_id", 0)))
+        except (TypeError, ValueError, OverflowError):
+            continue  # a damaged entry describes nothing (QEMU never reads the trailer)
         out.setdefault(key, []).append(dev)
     return out
