@@ -51,8 +51,8 @@ def shrink_legacy(raw: bytes, records: int = 6, keep_trailer: bool = True) -> Ba
     rt = w.records
     out = bytearray()
     b = Base("legacy" + ("" if keep_trailer else "-notrailer"), b"")
-    start = next(s for s in w.sections if s.kind == "START" and s.idstr == "ram")
-    first_part = next((s for s in w.sections if s.kind == "PART" and s.section_id ==
+    start = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
+    first_part = next((s for s in w.sections if s.kind == S.KIND_PART and s.section_id ==
                        start.section_id and len(rt) and s.offset < int(rt.rec_off[0]) < s.end),
                       None)
     out += raw[: start.end]  # header, configuration, early sections, ram START
@@ -90,14 +90,14 @@ def shrink_legacy(raw: bytes, records: int = 6, keep_trailer: bool = True) -> Ba
         if first_part.footer:
             out += _footer(start.section_id)
     for s in w.sections:
-        if s.kind in ("FULL", "COMMAND") or (s.kind in ("START", "PART", "END")
-                                             and s.section_id != start.section_id):
+        live = s.kind in (S.KIND_START, S.KIND_PART, S.KIND_END)
+        if s.kind in (S.KIND_FULL, S.KIND_COMMAND) or (live and s.section_id != start.section_id):
             b.marks.append(len(out))
-            if s.kind == "COMMAND":
+            if s.kind == S.KIND_COMMAND:
                 b.fields[len(out) + 3] = 2
             else:
                 b.fields[len(out) + 1] = 4
-                if s.kind in ("START", "FULL"):
+                if s.kind in (S.KIND_START, S.KIND_FULL):
                     b.fields[len(out) + 5] = 1
             out += raw[s.offset: s.end]
     b.marks.append(len(out))
@@ -117,7 +117,7 @@ def shrink_mapped_ram(raw: bytes, pages: int = 3) -> Base:
     if w.error is not None or not w.mapped_ram:
         raise ValueError(f"not a clean mapped-ram capture: {w.error}")
     ps = w.page_size
-    start = next(s for s in w.sections if s.kind == "START" and s.idstr == "ram")
+    start = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
     b = Base("mapped-ram", b"")
     out = bytearray(raw[: start.payload_offset])
     b.marks += [0, 8, start.offset]
@@ -253,3 +253,91 @@ def mutate(base: Base, rnd: random.Random) -> tuple[bytes, str]:
             data[pos:pos] = data[pos: pos + k]
             ops.append(f"dup@{pos}+{k}")
     return bytes(data), " ".join(ops) or "unchanged"
+
+
+# -- issue 17: mutations of the fields QEMU looks sections up by ------------------------
+@dataclass
+class Structure:
+    """Where a base keeps the fields issue 17's campaign mutated, found by walking it."""
+
+    strings: list[int] = field(default_factory=list)  # length byte of a counted idstr
+    section_ids: list[int] = field(default_factory=list)  # be32 section id fields
+    instance_ids: list[int] = field(default_factory=list)  # be32 instance id fields
+    payloads: list[tuple[int, int]] = field(default_factory=list)  # device state spans
+    command_lens: list[int] = field(default_factory=list)  # be16 command length fields
+
+    def __bool__(self) -> bool:
+        return bool(self.strings or self.payloads)
+
+
+def structure(base: Base) -> Structure:
+    """The idstr, id and length fields and device payloads of `base` (a legacy or
+    mapped-ram stream, bare or behind a libvirt header; compressed bases have none)."""
+    data = base.data
+    start = 0
+    if data[:16] in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL):
+        start = lv.QEMU_SAVE_HEADER_SIZE + int.from_bytes(data[20:24], "little")
+    w = walk_stream(data, start)
+    st = Structure()
+    if w.version is None:
+        return st
+    for s in w.sections:
+        if s.kind in (S.KIND_START, S.KIND_FULL):
+            n = data[s.offset + 5]
+            st.strings.append(s.offset + 5)
+            st.section_ids.append(s.offset + 1)
+            st.instance_ids.append(s.offset + 6 + n)
+        elif s.kind in (S.KIND_PART, S.KIND_END):
+            st.section_ids.append(s.offset + 1)
+        elif s.kind == S.KIND_COMMAND:
+            st.command_lens.append(s.offset + 3)
+        if s.idstr != "ram" and s.payload_offset is not None and s.payload_end is not None \
+                and s.payload_end > s.payload_offset and s.kind != S.KIND_COMMAND:
+            st.payloads.append((s.payload_offset, s.payload_end))
+    st.strings += [b.entry_offset for b in w.blocks]
+    rt = w.records
+    if rt is not None:
+        for off in rt.rec_off.tolist():
+            if not data[off + 7] & R.RAM_SAVE_FLAG_CONTINUE:
+                st.strings.append(off + 8)
+    return st
+
+
+def mutate_structure(base: Base, st: Structure, rnd: random.Random) -> tuple[bytes, str]:
+    """One copy of `base` with an idstr, a length byte, an id, a command length changed
+    or bytes inserted inside a device section, as issue 17's campaign did."""
+    data = bytearray(base.data)
+    kinds = [k for k, have in (("idstr", st.strings), ("idstr-len", st.strings),
+                               ("section-id", st.section_ids),
+                               ("instance-id", st.instance_ids), ("insert", st.payloads),
+                               ("command-len", st.command_lens)) if have]
+    kind = rnd.choice(kinds)
+    if kind == "idstr":
+        at = rnd.choice(st.strings)
+        n = data[at]
+        pos = at + 1 + (rnd.randrange(n) if n else 0)
+        v = rnd.choice([0, 0x1B, 0x5B, 0x2F, 0xFF, 0x7E, rnd.randrange(32, 127),
+                        rnd.randrange(256)])
+        data[pos] = v
+        return bytes(data), f"idstr@{pos}={v:#x}"
+    if kind == "idstr-len":
+        at = rnd.choice(st.strings)
+        v = rnd.choice([0, 1, 255, data[at] + 1, max(0, data[at] - 1), rnd.randrange(256)])
+        data[at] = v & 0xFF
+        return bytes(data), f"idstr-len@{at}={v & 0xFF}"
+    if kind in ("section-id", "instance-id"):
+        at = rnd.choice(st.section_ids if kind == "section-id" else st.instance_ids)
+        old = int.from_bytes(data[at:at + 4], "big")
+        v = rnd.choice([old + 1, old - 1, 0, 1, 3, 0xFFFFFFFF, rnd.getrandbits(32)]) & 0xFFFFFFFF
+        data[at:at + 4] = v.to_bytes(4, "big")
+        return bytes(data), f"{kind}@{at}={v:#x}"
+    if kind == "insert":
+        a, b = rnd.choice(st.payloads)
+        pos = rnd.randrange(a, b + 1)
+        blob = bytes(rnd.randrange(256) for _ in range(rnd.choice([1, 2, 4, 8, 64])))
+        data[pos:pos] = blob
+        return bytes(data), f"insert@{pos}+{len(blob)}"
+    at = rnd.choice(st.command_lens)
+    v = rnd.choice([1, 4, 16, 0xFFFF, rnd.getrandbits(16)])
+    data[at:at + 2] = v.to_bytes(2, "big")
+    return bytes(data), f"command-len@{at}={v}"

@@ -164,12 +164,9 @@ def sample_qemu_available(meta: dict) -> bool:
     return shutil.which(Path(argv0).name) is not None
 
 
-def load_into_qemu(meta: dict, capture: Path, caps: dict[str, bool] | None = None,
-                   uri_offset: int = 0, timeout: float = 300) -> tuple[bytes, dict]:
-    """Start the QEMU that wrote `meta`'s sample with its command line, paused with
-    `-incoming defer`, load `capture` and return (its guest-physical memory as pmemsave
-    writes it, the final query-migrate): exactly what QEMU restores from the file. The
-    guest is never resumed."""
+def sample_vm_argv(meta: dict) -> tuple[list[str], dict[str, str]]:
+    """The command line (without -incoming) and environment of the QEMU that wrote
+    `meta`'s sample, ready to load a state into."""
     is72 = meta["qemu"].get("label") == "qemu72"
     argv = list(meta["qemu"]["argv"])
     argv[0] = (str(QEMU72_ROOT / "usr/bin/qemu-system-x86_64") if is72
@@ -186,6 +183,17 @@ def load_into_qemu(meta: dict, capture: Path, caps: dict[str, bool] | None = Non
     env = dict(os.environ)
     if is72:
         env["QEMU_MODULE_DIR"] = str(QEMU72_ROOT / "usr/lib/x86_64-linux-gnu/qemu")
+    return argv, env
+
+
+def load_into_qemu(meta: dict, capture: Path, caps: dict[str, bool] | None = None,
+                   uri_offset: int = 0, timeout: float = 300) -> tuple[bytes, dict]:
+    """Start the QEMU that wrote `meta`'s sample with its command line, paused with
+    `-incoming defer`, load `capture` and return (its guest-physical memory as pmemsave
+    writes it, the final query-migrate): exactly what QEMU restores from the file. The
+    guest is never resumed."""
+    is72 = meta["qemu"].get("label") == "qemu72"
+    argv, env = sample_vm_argv(meta)
     with QemuVM(argv=[*argv, "-S", "-incoming", "defer"], env=env) as vm:
         if is72:
             uri = f"exec:cat {capture}"
@@ -208,5 +216,32 @@ def load_and_pmemsave(meta: dict, capture: Path, caps: dict[str, bool] | None = 
     return load_into_qemu(meta, capture, caps, timeout=timeout)[0]
 
 
+def try_load(meta: dict, capture: Path, caps: dict[str, bool] | None = None,
+             timeout: float = 300) -> tuple[bool, str]:
+    """(loaded, QEMU's stderr) for `capture` loaded into the QEMU that wrote `meta`'s
+    sample (QEMU exits when an incoming migration fails, so a refusal is read from its
+    stderr, not from QMP)."""
+    argv, env = sample_vm_argv(meta)
+    if meta["qemu"].get("label") == "qemu72":
+        uri = f"exec:cat {capture}"
+    else:
+        uri = f"file:{capture}"
+    vm = QemuVM(argv=[*argv, "-S", "-incoming", "defer"], env=env)
+    try:
+        try:
+            loaded = vm.load(uri, caps, timeout).get("status") == "completed"
+        except (EOFError, OSError, QmpError):
+            loaded = False
+        vm.qmp.quit()
+        try:
+            vm.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            vm.proc.kill()
+            vm.proc.wait()
+        return loaded, vm.stderr()
+    finally:
+        vm.close()
+
+
 __all__ = ["Qmp", "QmpError", "QemuVM", "parse_info_ramblock", "load_into_qemu",
-           "load_and_pmemsave", "sample_qemu_available"]
+           "load_and_pmemsave", "sample_qemu_available", "sample_vm_argv", "try_load"]

@@ -16,6 +16,7 @@ from conftest import SAMPLES, sample_meta, sample_names, sample_path, unpack
 from qemu_harness import QemuVM, QmpError
 
 from miginspect.cli import main as cli_main
+from miginspect.formats import stream as S
 from miginspect.inspector.check import check_file
 from miginspect.inspector.target import load_target, parse_info_ramblock
 
@@ -331,17 +332,17 @@ def _patch(raw: bytes, off: int, new: bytes) -> bytes:
 
 
 def _dmg_footer(raw: bytes) -> bytes:
-    s = [x for x in _w(raw).sections if x.kind == "FULL"][3]
+    s = [x for x in _w(raw).sections if x.kind == S.KIND_FULL][3]
     return _patch(raw, s.end - 1, bytes([raw[s.end - 1] ^ 1]))
 
 
 def _dmg_section_type(raw: bytes) -> bytes:
-    s = [x for x in _w(raw).sections if x.kind == "FULL"][3]
+    s = [x for x in _w(raw).sections if x.kind == S.KIND_FULL][3]
     return _patch(raw, s.offset, b"\x09")
 
 
 def _dmg_command(raw: bytes) -> bytes:
-    s = next(x for x in _w(raw).sections if x.kind == "COMMAND")
+    s = next(x for x in _w(raw).sections if x.kind == S.KIND_COMMAND)
     return _patch(raw, s.offset + 1, b"\x00\x33")
 
 
@@ -404,7 +405,7 @@ def _dmg_no_footers(raw: bytes) -> bytes:
 
 
 def _dmg_no_eos(raw: bytes) -> bytes:
-    s = next(x for x in _w(raw).sections if x.kind == "PART" and x.idstr == "ram")
+    s = next(x for x in _w(raw).sections if x.kind == S.KIND_PART and x.idstr == "ram")
     return raw[: s.payload_end - 8] + raw[s.payload_end:]
 
 
@@ -639,3 +640,174 @@ def test_mapped_ram_without_capability_fails_as_noted(bios_captures: dict) -> No
     loaded, qerr = _load(bios_captures["qemu"], p, [])
     assert not loaded
     assert any(x in qerr for x in note["qemu"]), qerr
+
+
+# -- issue 17: damage `check` once called loadable, against QEMU 10 -----------------------
+# Each damage is made from a real bundled capture; the expected problem is what QEMU 10
+# did with that damage (tests load the file into it again where it is installed).
+def _i17_sample() -> str | None:
+    for n in GOOD:
+        meta = sample_meta(n)
+        if meta["qemu"].get("label") == "qemu72" or _caps(meta):
+            continue
+        w = _w_path(sample_path(n))
+        if any(s.cmd == S.MIG_CMD_SWITCHOVER_START for s in w.sections) and w.trailer:
+            return n
+    return None
+
+
+def _w_path(p: Path):  # noqa: ANN202
+    from miginspect.inspector.stream import walk_stream
+
+    with open(p, "rb") as f:
+        return walk_stream(f.read())
+
+
+def _full(w, idstr: str):  # noqa: ANN001, ANN202
+    return next(s for s in w.sections if s.kind == S.KIND_FULL and s.idstr == idstr)
+
+
+def _i17_idstr(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    """The first byte of a device section's idstr changed (same length)."""
+    s = _full(w, "serial")
+    return _patch(raw, s.offset + 6, b"X"), s.offset
+
+
+def _i17_instance(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    s = _full(w, "serial")
+    return _patch(raw, s.offset + 6 + len("serial"), (3).to_bytes(4, "big")), s.offset
+
+
+def _i17_insert(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    """Four bytes inserted inside a device section's state: QEMU reads the state by its
+    own description and expects the footer where the original one was."""
+    s = _full(w, "timer")
+    mid = s.payload_offset + (s.payload_end - s.payload_offset) // 2
+    return raw[:mid] + b"\x01\x02\x03\x04" + raw[mid:], s.payload_end
+
+
+def _i17_command_length(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    c = next(s for s in w.sections if s.cmd == S.MIG_CMD_SWITCHOVER_START)
+    return _patch(raw, c.offset + 3, (1).to_bytes(2, "big")), c.offset
+
+
+def _i17_ram_instance(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    s = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
+    return _patch(raw, s.offset + 6 + len("ram"), (1).to_bytes(4, "big")), s.offset
+
+
+def _i17_ram_idstr(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    """The ram section's idstr 'ram' -> 'raS': the RAM state under a name QEMU has no
+    handler for."""
+    s = next(s for s in w.sections if s.kind == S.KIND_START and s.idstr == "ram")
+    return _patch(raw, s.offset + 8, b"S"), s.offset
+
+
+def _i17_idstr_length(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    """A device idstr's length byte one too large: QEMU compares the idstr as a C string
+    (the next byte, the instance id's first, is 0) and reads the instance and version
+    one byte late: version 3 becomes 0x309."""
+    s = _full(w, "mc146818rtc")
+    return _patch(raw, s.offset + 5, bytes([raw[s.offset + 5] + 1])), s.offset
+
+
+def _i17_early_eof(raw: bytes, w) -> tuple[bytes, int]:  # noqa: ANN001
+    """The ram END section's type byte overwritten with QEMU_VM_EOF: the RAM section is
+    left open and every device section unread."""
+    s = next(s for s in w.sections if s.kind == S.KIND_END and s.idstr == "ram")
+    return _patch(raw, s.offset, b"\x00"), s.offset
+
+
+#: label, damage, QEMU loads it, our code for the problem QEMU's message belongs to
+I17_CASES = [
+    ("device-idstr", _i17_idstr, False, "unknown-section"),
+    ("device-instance-id", _i17_instance, False, "unknown-section"),
+    ("bytes-inserted-in-device", _i17_insert, False, "footer-missing"),
+    ("switchover-start-length", _i17_command_length, False, "command-length"),
+    ("ram-instance-id", _i17_ram_instance, False, "unknown-section"),
+    ("ram-idstr", _i17_ram_idstr, False, "unknown-section"),
+    ("device-idstr-length", _i17_idstr_length, False, "section-version"),
+    ("early-eof", _i17_early_eof, True, "bytes-after-eof"),
+]
+
+
+@pytest.fixture(scope="module")
+def i17_base() -> tuple[str, bytes, object]:
+    name = _i17_sample()
+    if name is None:
+        pytest.skip("no bundled QEMU 10 legacy capture with SWITCHOVER_START and a trailer")
+    raw = Path(sample_path(name)).read_bytes()
+    return name, raw, _w_path(sample_path(name))
+
+
+def _i17_check(i17_base: tuple, damage, tmp_path: Path) -> tuple[Path, dict, int]:  # noqa: ANN001
+    _, raw, w = i17_base
+    data, off = damage(raw, w)
+    p = tmp_path / "damaged.mig"
+    p.write_bytes(data)
+    rc, out, _ = _cli("check", str(p), "--json")
+    return p, json.loads(out) | {"rc": rc}, off
+
+
+@pytest.mark.parametrize("label,damage,loads,code", I17_CASES, ids=[c[0] for c in I17_CASES])
+def test_issue17_damage_is_judged_as_qemu_does(i17_base: tuple, tmp_path: Path, label: str,
+                                               damage, loads: bool, code: str) -> None:  # noqa: ANN001
+    _, rep, off = _i17_check(i17_base, damage, tmp_path)
+    probs = rep["problems"]
+    if loads:
+        assert rep["rc"] == 0, probs
+        assert any(p["code"] == "early-eof" and p["offset"] == off for p in probs), probs
+        hit = next(p for p in probs if p["code"] == code)
+        assert hit["offset"] == off + 1 and hit["severity"] == "warning"
+    else:
+        assert rep["rc"] == 1, probs
+        first = next(p for p in probs if p["severity"] == "error")
+        assert (first["code"], first["offset"]) == (code, off), first
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("label,damage,loads,code", I17_CASES, ids=[c[0] for c in I17_CASES])
+def test_issue17_damage_agrees_with_live_qemu(i17_base: tuple, tmp_path: Path, label: str,
+                                              damage, loads: bool, code: str) -> None:  # noqa: ANN001
+    from qemu_harness import sample_qemu_available, try_load
+
+    name = i17_base[0]
+    meta = sample_meta(name)
+    if not sample_qemu_available(meta):
+        pytest.skip(f"the QEMU that wrote {name} is not installed")
+    p, rep, _ = _i17_check(i17_base, damage, tmp_path)
+    loaded, qerr = try_load(meta, p, timeout=120)
+    assert loaded == loads, qerr
+    assert (rep["rc"] == 0) == loaded, (qerr, rep["problems"])
+    if loaded:
+        hit = next(x for x in rep["problems"] if x["code"] == code)
+    else:
+        hit = next(x for x in rep["problems"] if x["severity"] == "error")
+    assert hit["code"] == code
+    assert hit["qemu"] and any(x in qerr for x in hit["qemu"]), (qerr, hit)
+
+
+@pytest.mark.qemu
+def test_instance_any_is_could_not_tell(i17_base: tuple, tmp_path: Path) -> None:
+    """Instance id 0xffffffff: QEMU gives the section to a device without a legacy
+    instance alias (timer) and refuses it for one with an alias (the RTC's I/O base);
+    the file cannot tell which, so `check` says "could not tell"."""
+    from qemu_harness import sample_qemu_available, try_load
+
+    name, raw, w = i17_base
+    meta = sample_meta(name)
+    if not sample_qemu_available(meta):
+        pytest.skip(f"the QEMU that wrote {name} is not installed")
+    for idstr, loads in (("timer", True), ("mc146818rtc", False)):
+        s = _full(w, idstr)
+        p = tmp_path / f"{idstr}.mig"
+        p.write_bytes(_patch(raw, s.offset + 6 + len(idstr), b"\xff\xff\xff\xff"))
+        rc, out, _ = _cli("check", str(p), "--json")
+        rep = json.loads(out)
+        assert rc == 2, rep["problems"]
+        first = next(x for x in rep["problems"] if x["severity"] == "error")
+        assert (first["code"], first["offset"]) == ("instance-alias", s.offset)
+        loaded, qerr = try_load(meta, p, timeout=120)
+        assert loaded == loads, qerr
+        if not loaded:
+            assert any(x in qerr for x in first["qemu"]), qerr

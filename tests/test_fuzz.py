@@ -28,7 +28,16 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLES, sample_meta, sample_names, sample_path, unpack
-from fuzzing import Base, compress_base, mutate, shrink_legacy, shrink_mapped_ram, wrap_libvirt
+from fuzzing import (
+    Base,
+    compress_base,
+    mutate,
+    mutate_structure,
+    shrink_legacy,
+    shrink_mapped_ram,
+    structure,
+    wrap_libvirt,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +55,10 @@ WALL_LIMIT = 10.0
 HEAP_OVERHEAD = 64 << 20
 HEAP_PER_BYTE = 4
 MAX_DAMAGED_BASE = 1 << 20
+#: Issue 17's mutations (idstrs, their length bytes, section and instance ids, bytes
+#: inserted into device state, command lengths): MIGINSPECT_FUZZ_STRUCTURE_RUNS, default
+#: a quarter of RUNS.
+STRUCTURE_RUNS = int(os.environ.get("MIGINSPECT_FUZZ_STRUCTURE_RUNS", max(1, RUNS // 4)))
 
 
 def _smallest(caps_has_mapped_ram: bool) -> str | None:
@@ -202,6 +215,20 @@ def _inflated_cases(bases: list[Base]) -> Iterator[Case]:
                 k += 1
 
 
+def _check_codes(argv: list[str], rc: int, out: str) -> str | None:
+    """`check --json` names every problem with a code of the table."""
+    from miginspect.inspector.problems import PROBLEMS
+
+    if argv[0] != "check" or "--json" not in argv or rc not in (0, 1, 2) or not out:
+        return None
+    try:
+        rep = json.loads(out)
+    except ValueError:
+        return "check --json printed no JSON"
+    bad = [p["code"] for p in rep.get("problems", []) if p.get("code") not in PROBLEMS]
+    return f"codes not in the table: {bad}" if bad else None
+
+
 def _fuzz(bases: list[Base], cases: Iterable[Case], work: Path, rnd: random.Random
           ) -> list[str]:
     indir = work / "in"
@@ -229,8 +256,11 @@ def _fuzz(bases: list[Base], cases: Iterable[Case], work: Path, rnd: random.Rand
             outdir = work / "out"
             outdir.mkdir(exist_ok=True)
             argv = _argv(cmd, str(inp), str(base_paths[b.name]), outdir, rnd)
-            rc, _out, err, dt, peak = _run(argv)
+            rc, out, err, dt, peak = _run(argv)
             bad = []
+            why = _check_codes(argv, rc, out)
+            if why:
+                bad.append(why)
             if rc not in (0, 1, 2):
                 bad.append(f"exit {rc}: {err.strip()[-300:]}")
             if "Traceback" in err:
@@ -274,11 +304,28 @@ def test_bases_are_clean(bases: list[Base], tmp_path: Path) -> None:
         assert rc == 0, f"{b.name}: {out[-2000:]} {err}"
 
 
-def _worker(args: tuple[list[Base], int, int, str]) -> list[str]:
-    bases, runs, seed, work = args
+def _structure_cases(bases: list[Base], runs: int, rnd: random.Random) -> Iterator[Case]:
+    """Issue 17's mutations of the fields QEMU looks sections up by, on the uncompressed
+    bases; commands in rotation."""
+    cmds = _commands()
+    pairs = [(b, structure(b)) for b in bases if not b.name.startswith(("zstd", "damaged"))]
+    pairs = [(b, st) for b, st in pairs if st]
+    if not pairs:
+        return
+    for i in range(runs):
+        b, st = pairs[i % len(pairs)]
+        data, ops = mutate_structure(b, st, rnd)
+        yield b, data, ops, cmds[(i // len(pairs)) % len(cmds)]
+
+
+_CASES = {"mutate": _mutated_cases, "structure": _structure_cases}
+
+
+def _worker(args: tuple[list[Base], int, int, str, str]) -> list[str]:
+    bases, runs, seed, work, kind = args
     Path(work).mkdir(parents=True, exist_ok=True)
     rnd = random.Random(seed)
-    return _fuzz(bases, _mutated_cases(bases, runs, rnd), Path(work), rnd)
+    return _fuzz(bases, _CASES[kind](bases, runs, rnd), Path(work), rnd)
 
 
 def test_inflated_length_fields(bases: list[Base], tmp_path: Path) -> None:
@@ -287,16 +334,31 @@ def test_inflated_length_fields(bases: list[Base], tmp_path: Path) -> None:
     assert not failures, f"{len(failures)} failing input(s):\n" + "\n".join(failures)
 
 
-def _worker_to_file(args: tuple[list[Base], int, int, str], result: str) -> None:
+def _worker_to_file(args: tuple[list[Base], int, int, str, str], result: str) -> None:
     Path(result).write_text(json.dumps(_worker(args)))
 
 
 def test_fuzz_commands(bases: list[Base], tmp_path: Path) -> None:
     """RUNS mutated inputs, split over the CPUs (forked, non-daemonic workers: commands may
     start processes of their own), each with its own seed."""
-    nproc = max(1, min(os.cpu_count() or 1, 4, RUNS // 200 or 1))
-    share = [RUNS // nproc + (1 if i < RUNS % nproc else 0) for i in range(nproc)]
-    jobs = [(bases, share[i], SEED + i, str(tmp_path / f"w{i}")) for i in range(nproc)]
+    failures = _parallel(bases, RUNS, SEED, "mutate", tmp_path)
+    assert not failures, f"{len(failures)} failing input(s) of {RUNS}:\n" + "\n".join(failures)
+
+
+def test_fuzz_structure_fields(bases: list[Base], tmp_path: Path) -> None:
+    """Issue 17's campaign: STRUCTURE_RUNS inputs with an idstr byte or length byte, a
+    section or instance id, a command length changed or bytes inserted inside a device
+    section; the same budget as above, and every problem `check` names has a table code."""
+    failures = _parallel(bases, STRUCTURE_RUNS, SEED + 17, "structure", tmp_path)
+    assert not failures, (f"{len(failures)} failing input(s) of {STRUCTURE_RUNS}:\n"
+                          + "\n".join(failures))
+
+
+def _parallel(bases: list[Base], runs: int, seed: int, kind: str, tmp_path: Path
+              ) -> list[str]:
+    nproc = max(1, min(os.cpu_count() or 1, 4, runs // 200 or 1))
+    share = [runs // nproc + (1 if i < runs % nproc else 0) for i in range(nproc)]
+    jobs = [(bases, share[i], seed + i, str(tmp_path / f"w{i}"), kind) for i in range(nproc)]
     if nproc == 1:
         failures = _worker(jobs[0])
     else:
@@ -314,7 +376,7 @@ def test_fuzz_commands(bases: list[Base], tmp_path: Path) -> None:
                 failures.append(f"worker {i} died (exit code {pr.exitcode})")
             else:
                 failures += json.loads(res.read_text())
-    assert not failures, f"{len(failures)} failing input(s) of {RUNS}:\n" + "\n".join(failures)
+    return failures
 
 
 # -- hypothesis: arbitrary edits anywhere, shrunk to a minimal failing edit ------------
@@ -474,13 +536,13 @@ def test_struct_headers_match_grammar(bases: list[Base]) -> None:
         w = walk_stream(b.data)
         assert w.error is None, w.error
         for s in w.sections:
-            if s.kind in ("START", "FULL"):
+            if s.kind in (S.KIND_START, S.KIND_FULL):
                 h = S.section_header_full.parse(b.data[s.offset + 1:])
                 assert (h.section_id, h.idstr, h.instance_id, h.version_id) == (
                     s.section_id, s.idstr, s.instance_id, s.version_id)
-            elif s.kind in ("PART", "END"):
+            elif s.kind in (S.KIND_PART, S.KIND_END):
                 assert S.section_header_part.parse(b.data[s.offset + 1:]).section_id == \
                     s.section_id
-            elif s.kind == "COMMAND":
+            elif s.kind == S.KIND_COMMAND:
                 c = S.command.parse(b.data[s.offset + 1:])
                 assert (c.cmd, s.end - s.offset) == (s.cmd, 5 + c.len)

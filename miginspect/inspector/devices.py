@@ -269,7 +269,7 @@ def decode_devices(cap: Capture, only: str | None = None) -> DevicesReport:
         why = w.trailer.error if w.trailer is not None and w.trailer.error else (
             "the file has no vmdescription trailer (suppress-vmdesc, postcopy or cut short)")
         raise UnsupportedError(f"cannot decode device state: {why}",
-                               w.trailer.offset if w.trailer else None, "vmdescription")
+                               w.trailer_offset, "vmdescription")
     index = device_index(w.trailer.data)
     report = DevicesReport(cap.path, [])
     for sec in w.sections:

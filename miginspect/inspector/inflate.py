@@ -110,7 +110,8 @@ class HoleWriter:
         if self.limit is not None and self.size + len(self._buf) + len(data) > self.limit:
             raise FormatError(
                 f"the compressed data inflates past {self.limit:,} bytes; raise "
-                "MIGINSPECT_MAX_INFLATE if that is expected", None, "container")
+                "MIGINSPECT_MAX_INFLATE if that is expected", None, "container",
+                code="inflate-limit")
         self._buf += data
         if len(self._buf) >= _FLUSH:
             self._flush(len(self._buf) // _PIECE * _PIECE)
@@ -176,7 +177,8 @@ class _Member:
             wlog = int(os.environ.get("MIGINSPECT_ZSTD_WINDOW_LOG", DEFAULT_ZSTD_WINDOW_LOG))
             self._d = zstandard.ZstdDecompressor(max_window_size=1 << wlog).decompressobj()
         else:
-            raise UnsupportedError(f"unknown compression {kind}", None, "container")
+            raise UnsupportedError(f"unknown compression {kind}", None, "container",
+                                   code="unsupported")
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         d = self._d
@@ -298,7 +300,7 @@ def decode_lzop(
     if exe is None:
         raise UnsupportedError(
             f"lzop-compressed data at offset {start}: no maintained Python library reads the "
-            f"lzop format; {LZOP_HINT} and run again", start, "container")
+            f"lzop format; {LZOP_HINT} and run again", start, "container", code="unsupported")
     st = Inflation("lzop", start, start, 0, False)
     fd = os.open(path, os.O_RDONLY)
     errf = tempfile.TemporaryFile(prefix="miginspect-lzop-")

@@ -2,7 +2,8 @@
 
 Every construct parse of file content goes through `parse_at`, which turns
 construct's and struct's errors and short reads into `FormatError`s carrying
-the byte offset.
+the byte offset and the caller's problem code: `code` when the bytes do not parse,
+`cut_code` (default: `code`) when the data ends inside the item.
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ def parse_at(
     what: str,
     limit: int = DEFAULT_LIMIT,
     end: int | None = None,
+    *,
+    code: str | None = None,
+    cut_code: str | None = None,
     **params: Any,
 ) -> tuple[Any, int]:
     """Parse `grammar` at `offset` of `buf`; return (object, bytes consumed)."""
     stop = len(buf) if end is None else min(end, len(buf))
+    cut_code = cut_code or code
     if offset < 0 or offset > stop:
-        raise TruncatedError(f"{what} starts past the end of the data", offset, what)
+        raise TruncatedError(f"{what} starts past the end of the data", offset, what,
+                             code=cut_code)
     chunk = bytes(buf[offset : min(stop, offset + limit)])
     stream = io.BytesIO(chunk)
     try:
@@ -40,11 +46,13 @@ def parse_at(
     except StreamError as e:
         if offset + limit >= stop:
             raise TruncatedError(
-                f"the data ends inside {what} ({stop - offset} bytes left)", offset, what
-            ) from e
-        raise FormatError(f"{what} is larger than {limit} bytes", offset, what) from e
+                f"the data ends inside {what} ({stop - offset} bytes left)", offset, what,
+                code=cut_code) from e
+        raise FormatError(f"{what} is larger than {limit} bytes", offset, what,
+                          code=code) from e
     except (ConstructError, ValueError, UnicodeDecodeError, OverflowError) as e:
-        raise FormatError(f"cannot parse {what}: {short_error(e)}", offset, what) from e
+        raise FormatError(f"cannot parse {what}: {short_error(e)}", offset, what,
+                          code=code) from e
     return obj, stream.tell()
 
 

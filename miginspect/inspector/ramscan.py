@@ -27,6 +27,9 @@ _U32 = struct.Struct(">I")
 PAGE_CONT = R.RAM_SAVE_FLAG_PAGE | R.RAM_SAVE_FLAG_CONTINUE
 ZERO_CONT = R.RAM_SAVE_FLAG_ZERO | R.RAM_SAVE_FLAG_CONTINUE
 
+#: Record types that carry a page (and so name a block or CONTINUE).
+_PAGE_TYPES = frozenset(R.PAGE_RECORD_FLAGS)
+
 #: Known record types (flags without CONTINUE).
 _KNOWN_TYPES = {
     R.RAM_SAVE_FLAG_ZERO,
@@ -134,12 +137,14 @@ class RamScanner:
         release: Callable[[int, int], None] | None = None,
     ) -> None:
         if page_size < 1024 or page_size & (page_size - 1):
-            raise UnsupportedError(f"page size {page_size} is not a power of two >= 1 KiB")
+            raise UnsupportedError(f"page size {page_size} is not a power of two >= 1 KiB",
+                                   code="unsupported")
         self.buf = buf
         self.ps = page_size
         self.shift = page_size.bit_length() - 1
         self.mask = page_size - 1
         self.names = {n: i for i, n in enumerate(block_names)}
+        self.cnames = {n.split("\0", 1)[0]: i for i, n in reversed(list(enumerate(block_names)))}
         self.block_names = list(block_names)
         self.lengths = list(block_lengths)
         self.mapped_ram = mapped_ram
@@ -159,6 +164,7 @@ class RamScanner:
                 f"{max(0, end - pos)} left)",
                 pos,
                 "ram",
+                code="truncated-ram",
             )
         return _U64.unpack_from(self.buf, pos)[0]
 
@@ -168,6 +174,7 @@ class RamScanner:
                 f"the data ends inside {what} ({n} bytes expected, {max(0, end - pos)} left)",
                 rec,
                 "ram",
+                code="truncated-ram",
             )
 
     def _check_page(self, blk: int, addr: int, rec: int) -> int:
@@ -177,6 +184,7 @@ class RamScanner:
                 f"RAMBlock {self.block_names[blk]!r}",
                 rec,
                 "ram",
+                code="page-offset-beyond",
             )
         return addr >> self.shift
 
@@ -207,6 +215,7 @@ class RamScanner:
                         "stream!)",
                         pos,
                         "ram",
+                        code="continue-without-block",
                     )
                 if self.mapped_ram:
                     self._mapped_ram_page(pos, flags)
@@ -234,6 +243,7 @@ class RamScanner:
                         "page with value)",
                         pos,
                         "ram",
+                        code="zero-fill",
                     )
                 a_rec.append(pos)
                 a_data.append(pos + 8)
@@ -308,53 +318,32 @@ class RamScanner:
             "pages at fixed offsets, QEMU refuses these records",
             pos,
             "ram",
+            code="page-record-in-mapped-ram",
         )
 
     def _slow_record(self, pos: int, end: int, w: int, flags: int) -> int:
         """Handle one record other than PAGE|CONT/ZERO|CONT. Returns the next offset, or
         -(offset after EOS) at the end of the section."""
-        buf = self.buf
         rec = pos
         ptype = flags & ~R.RAM_SAVE_FLAG_CONTINUE
-        if ptype not in _KNOWN_TYPES or (
-            flags & R.RAM_SAVE_FLAG_CONTINUE and ptype not in R.PAGE_RECORD_FLAGS
-        ):
-            raise FormatError(
-                f"unknown RAM flags 0x{flags:x} ({R.flag_names(flags)}) in record word "
-                f"0x{w:016x}",
-                rec,
-                "ram",
-            )
-        if ptype == R.RAM_SAVE_FLAG_EOS:
-            self.other_records["EOS"] += 1
-            return -(pos + 8)
-        if ptype == R.RAM_SAVE_FLAG_MULTIFD_FLUSH:
-            self.other_records["MULTIFD_FLUSH"] += 1
-            return pos + 8
-        if ptype == R.RAM_SAVE_FLAG_MEM_SIZE:
-            raise FormatError("MEM_SIZE record outside the ram START section", rec, "ram")
-        if ptype == R.RAM_SAVE_FLAG_HOOK:
-            raise UnsupportedError("RAM_SAVE_FLAG_HOOK (RDMA) record in a file", rec, "ram")
+        if ptype not in _PAGE_TYPES:
+            return self._control_record(pos, w, flags, ptype)
         if self.mapped_ram:
             self._mapped_ram_page(pos, flags)
-        addr = w ^ flags
+        buf = self.buf
         pos += 8
         if flags & R.RAM_SAVE_FLAG_CONTINUE:
             if self.cur < 0:
                 raise FormatError(
-                    "CONTINUE flag set but no RAMBlock was named before", rec, "ram")
+                    "CONTINUE flag set but no RAMBlock was named before", rec, "ram",
+                    code="continue-without-block")
         else:
             self._need(pos, 1, end, "a RAMBlock name", rec)
             n = buf[pos]
             self._need(pos + 1, n, end, "a RAMBlock name", rec)
-            name = bytes(buf[pos + 1 : pos + 1 + n]).decode("latin-1")
-            if name not in self.names:
-                raise InconsistentError(
-                    f"Unknown ramblock {name!r}: not in the MEM_SIZE block list", rec, "ram")
-            self.cur = self.names[name]
+            self.cur = self._block_index(bytes(buf[pos + 1 : pos + 1 + n]), rec)
             pos += 1 + n
-        cur = self.cur
-        page = self._check_page(cur, addr, rec)
+        page = self._check_page(self.cur, w ^ flags, rec)
         data = pos
         if ptype == R.RAM_SAVE_FLAG_PAGE:
             self._need(pos, self.ps, end, "a page payload", rec)
@@ -364,10 +353,7 @@ class RamScanner:
             if buf[pos]:
                 raise FormatError(
                     f"ZERO record with fill byte 0x{buf[pos]:02x} (QEMU: Found a zero page with "
-                    "value)",
-                    rec,
-                    "ram",
-                )
+                    "value)", rec, "ram", code="zero-fill")
             pos += 1
         elif ptype == R.RAM_SAVE_FLAG_XBZRLE:
             self._need(pos, 3, end, "an XBZRLE header", rec)
@@ -376,36 +362,60 @@ class RamScanner:
             if enc != R.ENCODING_FLAG_XBZRLE:
                 raise FormatError(
                     f"XBZRLE record with encoding flag 0x{enc:02x} (must be 0x01: Failed to load "
-                    "XBZRLE page - wrong compression!)",
-                    rec,
-                    "ram",
-                )
+                    "XBZRLE page - wrong compression!)", rec, "ram", code="xbzrle")
             if ln > self.ps:  # QEMU's loader accepts 0 (its encoder never writes it)
                 raise FormatError(
                     f"XBZRLE record length {ln} exceeds the page size {self.ps} (Failed to "
-                    "load XBZRLE page - len overflow!)",
-                    rec,
-                    "ram",
-                )
+                    "load XBZRLE page - len overflow!)", rec, "ram", code="xbzrle")
             self._need(pos + 3, ln, end, "an XBZRLE payload", rec)
-            data = pos  # payload incl. its 3-byte header
-            pos += 3 + ln
-        elif ptype == R.RAM_SAVE_FLAG_COMPRESS_PAGE:
+            pos += 3 + ln  # the data kept is the payload incl. its 3-byte header
+        else:  # RAM_SAVE_FLAG_COMPRESS_PAGE
             self._need(pos, 4, end, "a COMPRESS_PAGE length", rec)
             (ln,) = _U32.unpack_from(buf, pos)
             if ln > self.ps + self.ps // 1000 + 64:
                 raise FormatError(
-                    f"COMPRESS_PAGE length {ln} exceeds a page's compressBound", rec, "ram")
+                    f"COMPRESS_PAGE length {ln} exceeds a page's compressBound", rec, "ram",
+                    code="compress-page-damaged")
             self._need(pos + 4, ln, end, "a COMPRESS_PAGE payload", rec)
-            data = pos
             pos += 4 + ln
         c = self.cols
         c.a_rec.append(rec)
         c.a_data.append(data)
-        c.a_block.append(cur)
+        c.a_block.append(self.cur)
         c.a_page.append(page)
         c.a_kind.append(ptype)
         return pos
+
+    def _control_record(self, pos: int, w: int, flags: int, ptype: int) -> int:
+        """A record that carries no page: EOS (returns -(offset after it)), MULTIFD_FLUSH,
+        or one this position cannot hold."""
+        if ptype not in _KNOWN_TYPES or flags & R.RAM_SAVE_FLAG_CONTINUE:
+            raise FormatError(
+                f"unknown RAM flags 0x{flags:x} ({R.flag_names(flags)}) in record word "
+                f"0x{w:016x}", pos, "ram", code="unknown-ram-flags")
+        if ptype == R.RAM_SAVE_FLAG_EOS:
+            self.other_records["EOS"] += 1
+            return -(pos + 8)
+        if ptype == R.RAM_SAVE_FLAG_MULTIFD_FLUSH:
+            self.other_records["MULTIFD_FLUSH"] += 1
+            return pos + 8
+        if ptype == R.RAM_SAVE_FLAG_MEM_SIZE:
+            raise FormatError("MEM_SIZE record outside the ram START section", pos, "ram",
+                              code="mem-size-misplaced")
+        raise UnsupportedError("RAM_SAVE_FLAG_HOOK (RDMA) record in a file", pos, "ram",
+                               code="rdma-hook")
+
+    def _block_index(self, raw_name: bytes, rec: int) -> int:
+        """The block a record's idstr names (QEMU looks it up as a C string, up to a NUL)."""
+        name = raw_name.decode("latin-1")
+        cur = self.names.get(name)
+        if cur is None:
+            cur = self.cnames.get(name.split("\0", 1)[0])
+        if cur is None:
+            raise InconsistentError(
+                f"Unknown ramblock {name!r}: not in the MEM_SIZE block list", rec, "ram",
+                code="unknown-block-in-record")
+        return cur
 
     def table(self) -> RecordTable:
         return self.cols.table()

@@ -140,8 +140,9 @@ class Source:
         msg = "; ".join(bits)
         if inf is not None and not inf.complete:
             cls = TruncatedError if inf.truncated else FormatError
-            return cls(msg, inf.error_offset, "container")
-        return type(err)(msg, err.offset, err.where)
+            return cls(msg, inf.error_offset, "container",
+                       code="container-truncated" if inf.truncated else "container-damaged")
+        return type(err)(msg, err.offset, err.where, code=err.code)
 
     def close(self) -> None:
         for c in reversed(self._closers):
@@ -181,25 +182,29 @@ def _parse_libvirt(buf: Any) -> LibvirtHeader:
     """The libvirt header, domain XML and cookie at the start of `buf` (which must hold
     at least the 92-byte header and data_len bytes after it)."""
     magic = bytes(buf[:16])
-    hdr, _ = parse_at(lv.virQEMUSaveHeader_le, buf, 0, "libvirt save header")
+    hdr, _ = parse_at(lv.virQEMUSaveHeader_le, buf, 0, "libvirt save header",
+                      code="libvirt-header")
     order = "little"
     if hdr.version > lv.QEMU_SAVE_VERSION or hdr.version < 0:
-        hdr, _ = parse_at(lv.virQEMUSaveHeader_be, buf, 0, "libvirt save header")
+        hdr, _ = parse_at(lv.virQEMUSaveHeader_be, buf, 0, "libvirt save header",
+                          code="libvirt-header")
         order = "big"
     if hdr.version < 1 or hdr.version > lv.QEMU_SAVE_VERSION:
         raise BadMagicError(
-            f"libvirt save image version {hdr.version} is not supported (1..2)", 16, "libvirt"
-        )
+            f"libvirt save image version {hdr.version} is not supported (1..2)", 16, "libvirt",
+            code="libvirt-version")
     if hdr.data_len < 0 or lv.QEMU_SAVE_HEADER_SIZE + hdr.data_len > len(buf):
         raise TruncatedError(
             f"libvirt header says {hdr.data_len} bytes of XML follow, the file has "
             f"{max(0, len(buf) - lv.QEMU_SAVE_HEADER_SIZE)}",
             20,
             "libvirt",
+            code="libvirt-data-len",
         )
     fmt = hdr.format if hdr.version == 2 else lv.QEMU_SAVE_FORMAT_RAW
     if fmt not in lv.QEMU_SAVE_FORMAT_NAMES:
-        raise UnsupportedError(f"unknown libvirt save image format {fmt}", 28, "libvirt")
+        raise UnsupportedError(f"unknown libvirt save image format {fmt}", 28, "libvirt",
+                               code="libvirt-format")
     start = lv.QEMU_SAVE_HEADER_SIZE
     end = start + hdr.data_len
     cookie = None
@@ -243,7 +248,8 @@ def _inflate_into(src: Source, f: Any, kind: str, start: int, progress: Progress
     if size == 0 and st.error:
         cls = TruncatedError if st.truncated else FormatError
         raise cls(f"{kind} data at offset {start} {st.error}; nothing decompressed",
-                  st.error_offset, "container")
+                  st.error_offset, "container",
+                  code="container-truncated" if st.truncated else "container-damaged")
 
 
 def open_source(path: str, progress: Progress | None = None) -> Source:
@@ -271,7 +277,7 @@ def open_source(path: str, progress: Progress | None = None) -> Source:
                     part = "" if hdr.complete else " (incomplete save: LibvirtQemudPart)"
                     raise TruncatedError(
                         f"the {comp} libvirt image ends after its XML: no QEMU data{part}",
-                        hdr.payload_offset, "libvirt")
+                        hdr.payload_offset, "libvirt", code="container-truncated")
                 _inflate_into(src, f, comp, hdr.payload_offset, progress)
             return src
         comp = sniff_compression(head)
@@ -287,7 +293,7 @@ def open_source(path: str, progress: Progress | None = None) -> Source:
                 if hdr.format_name not in ("raw", "sparse"):
                     raise UnsupportedError(
                         f"a {hdr.format_name} libvirt image inside {comp} data: decompress "
-                        f"the outer {comp} layer first", 0, "container")
+                        f"the outer {comp} layer first", 0, "container", code="unsupported")
         return src
     except BaseException:
         f.close()
@@ -316,14 +322,16 @@ def read_container(path: str) -> Container:
         inner = inflate_head(path, f.fileno(), comp, 0, size, lv.QEMU_SAVE_HEADER_SIZE)
         if not _is_libvirt(inner) or len(inner) < lv.QEMU_SAVE_HEADER_SIZE:
             return Container("none", comp, None)
-        first, _ = parse_at(lv.virQEMUSaveHeader_le, inner, 0, "libvirt save header")
+        first, _ = parse_at(lv.virQEMUSaveHeader_le, inner, 0, "libvirt save header",
+                            code="libvirt-header")
         data_len = first.data_len
         if not 0 <= data_len <= MAX_XML * 2 + (1 << 20):
-            first, _ = parse_at(lv.virQEMUSaveHeader_be, inner, 0, "libvirt save header")
+            first, _ = parse_at(lv.virQEMUSaveHeader_be, inner, 0, "libvirt save header",
+                                code="libvirt-header")
             data_len = first.data_len
         if not 0 <= data_len <= MAX_XML * 2 + (1 << 20):
             raise FormatError(f"libvirt header inside {comp} data: data_len {data_len} is "
-                              "out of range", 20, "libvirt")
+                              "out of range", 20, "libvirt", code="libvirt-data-len")
         whole = inflate_head(path, f.fileno(), comp, 0, size,
                              lv.QEMU_SAVE_HEADER_SIZE + data_len)
         return Container("libvirt", comp, _parse_libvirt(whole))

@@ -37,8 +37,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import MigError, UsageError
-from .check import Problem
-from .stream import StreamWalk
+from ..formats import stream as S
+from .model import RamBlock, StreamWalk
+from .problems import Problem, problem
 
 #: A target description is a small file; refuse to slurp anything larger as text.
 MAX_TEXT_TARGET = 16 << 20
@@ -86,18 +87,23 @@ def load_target(path: str) -> TargetDescription:
     return _from_snapshot(path)
 
 
+def _usage(message: str) -> UsageError:
+    """A --target that cannot be used (exit 2)."""
+    return UsageError(message, None, "target", code="usage")
+
+
 def _read_text(path: str) -> str:
     with open(path, "rb") as f:
         data = f.read(MAX_TEXT_TARGET + 1)
     if len(data) > MAX_TEXT_TARGET:
-        raise UsageError(f"--target {path}: larger than {MAX_TEXT_TARGET} bytes for a "
-                         "description", None, "target")
+        raise _usage(f"--target {path}: larger than {MAX_TEXT_TARGET} bytes for a "
+                         "description")
     return data.decode("utf-8", "replace")
 
 
 def _num(v: Any, what: str) -> int:
     if isinstance(v, bool):
-        raise UsageError(f"--target: {what} must be a number, got {v!r}", None, "target")
+        raise _usage(f"--target: {what} must be a number, got {v!r}")
     if isinstance(v, int):
         return v
     if isinstance(v, str):
@@ -105,16 +111,16 @@ def _num(v: Any, what: str) -> int:
             return int(v, 0)
         except ValueError:
             pass
-    raise UsageError(f"--target: {what} must be a number, got {v!r}", None, "target")
+    raise _usage(f"--target: {what} must be a number, got {v!r}")
 
 
 def _from_json(path: str) -> TargetDescription:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise UsageError(f"--target {path}: not valid JSON ({e})", None, "target") from e
+        raise _usage(f"--target {path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
-        raise UsageError(f"--target {path}: the JSON must be an object", None, "target")
+        raise _usage(f"--target {path}: the JSON must be an object")
     t = TargetDescription("json", path)
     if data.get("machine_type") is not None:
         t.machine_type = str(data["machine_type"])
@@ -122,12 +128,11 @@ def _from_json(path: str) -> TargetDescription:
         t.target_page_size = _num(data["target_page_size"], "target_page_size")
     if data.get("ramblocks") is not None:
         if not isinstance(data["ramblocks"], list):
-            raise UsageError("--target: ramblocks must be a list", None, "target")
+            raise _usage("--target: ramblocks must be a list")
         t.blocks = []
         for i, b in enumerate(data["ramblocks"]):
             if not isinstance(b, dict) or "name" not in b or "used_length" not in b:
-                raise UsageError(f"--target: ramblocks[{i}] needs name and used_length", None,
-                                 "target")
+                raise _usage(f"--target: ramblocks[{i}] needs name and used_length")
             t.blocks.append(TargetBlock(
                 str(b["name"]), _num(b["used_length"], f"ramblocks[{i}].used_length"),
                 _num(b["max_length"], f"ramblocks[{i}].max_length")
@@ -136,11 +141,11 @@ def _from_json(path: str) -> TargetDescription:
                 if b.get("page_size") is not None else None))
     if data.get("sections") is not None:
         if not isinstance(data["sections"], list):
-            raise UsageError("--target: sections must be a list", None, "target")
+            raise _usage("--target: sections must be a list")
         t.sections = []
         for i, s in enumerate(data["sections"]):
             if not isinstance(s, dict) or "idstr" not in s:
-                raise UsageError(f"--target: sections[{i}] needs idstr", None, "target")
+                raise _usage(f"--target: sections[{i}] needs idstr")
             t.sections.append(TargetSection(
                 str(s["idstr"]), _num(s.get("instance_id", 0), f"sections[{i}].instance_id"),
                 _num(s["version_id"], f"sections[{i}].version_id")
@@ -170,8 +175,8 @@ def parse_info_ramblock(text: str) -> list[TargetBlock]:
 def _from_info_ramblock(path: str) -> TargetDescription:
     blocks = parse_info_ramblock(_read_text(path))
     if not blocks:
-        raise UsageError(f"--target {path}: no RAMBlock lines found in the `info ramblock` "
-                         "text", None, "target")
+        raise _usage(f"--target {path}: no RAMBlock lines found in the `info ramblock` "
+                         "text")
     return TargetDescription("info ramblock", path, blocks=blocks)
 
 
@@ -181,8 +186,8 @@ def _from_snapshot(path: str) -> TargetDescription:
     try:
         cap = open_capture(path, strict=False)
     except MigError as e:
-        raise UsageError(f"--target {path} is not a description, `info ramblock` text or a "
-                         f"readable snapshot: {e.oneline()}", None, "target") from e
+        raise _usage(f"--target {path} is not a description, `info ramblock` text or a "
+                         f"readable snapshot: {e.oneline()}") from e
     with cap:
         w = cap.walk
         t = TargetDescription("snapshot", path, machine_type=w.machine_type,
@@ -190,10 +195,10 @@ def _from_snapshot(path: str) -> TargetDescription:
                               else None)
         t.blocks = [TargetBlock(b.name, b.used_length, None, None) for b in w.blocks]
         t.sections = [TargetSection(s.idstr or "", s.instance_id or 0, s.version_id)
-                      for s in w.sections if s.kind in ("START", "FULL")]
+                      for s in w.kinds(S.KIND_START, S.KIND_FULL)]
         if w.error is not None and not w.blocks:
-            raise UsageError(f"--target {path}: the snapshot stops before its RAMBlock list "
-                             f"({w.error.oneline()})", None, "target")
+            raise _usage(f"--target {path}: the snapshot stops before its RAMBlock list "
+                             f"({w.error.oneline()})")
     return t
 
 
@@ -215,12 +220,9 @@ def _compare_machine(walk: StreamWalk, t: TargetDescription) -> list[Problem]:
     if t.machine_type == walk.machine_type:
         return []
     off = walk.configuration.offset if walk.configuration else None
-    return [Problem("error", off, "configuration",
+    return [problem("target-machine", off, "configuration",
                     f"Machine type received is '{walk.machine_type}' and local is "
-                    f"'{t.machine_type}'",
-                    f"start the target QEMU with `-machine {walk.machine_type}` (versioned "
-                    "machine types stay available in newer QEMU)", "target-machine",
-                    ["Machine type received is"])]
+                    f"'{t.machine_type}'", machine=walk.machine_type)]
 
 
 def _compare_page_size(walk: StreamWalk, t: TargetDescription) -> list[Problem]:
@@ -230,12 +232,10 @@ def _compare_page_size(walk: StreamWalk, t: TargetDescription) -> list[Problem]:
     if t.target_page_size == walk.page_size:
         return []
     fb, tb = walk.page_size.bit_length() - 1, t.target_page_size.bit_length() - 1
-    return [Problem("error", walk.configuration.offset if walk.configuration else None,
-                    "configuration",
+    return [problem("target-page-size",
+                    walk.configuration.offset if walk.configuration else None, "configuration",
                     f"Received TARGET_PAGE_BITS is {fb} but local is {tb} (file pages are "
-                    f"{walk.page_size} bytes, the target's {t.target_page_size})",
-                    "load it on a target built for the same page size", "target-page-size",
-                    ["TARGET_PAGE_BITS"])]
+                    f"{walk.page_size} bytes, the target's {t.target_page_size})")]
 
 
 def _compare_blocks(walk: StreamWalk, t: TargetDescription) -> list[Problem]:
@@ -249,57 +249,52 @@ def _compare_blocks(walk: StreamWalk, t: TargetDescription) -> list[Problem]:
             continue
         x = tb.get(b.name)
         if x is None:
-            out.append(Problem("error", b.entry_offset, b.name,
+            out.append(problem("target-unknown-block", b.entry_offset, b.name,
                                f"Unknown ramblock \"{b.name}\", cannot accept migration: the "
-                               "target has no such RAMBlock",
-                               "give the target the same devices (ROM/NIC/VGA models, "
-                               "romfile=, memory backends) as the source", "target-unknown-block",
-                               ["Unknown ramblock"]))
+                               "target has no such RAMBlock"))
             continue
         if b.used_length != x.used_length:
-            resizable = x.max_length is not None and x.max_length > x.used_length
-            if resizable and b.used_length <= (x.max_length or 0):
-                out.append(Problem("info", b.entry_offset, b.name,
-                                   f"{b.name}: 0x{b.used_length:x} in the file, 0x"
-                                   f"{x.used_length:x} on the target; resizeable up to 0x"
-                                   f"{x.max_length:x}, QEMU resizes it", "",
-                                   "target-resize", []))
-            elif resizable:
-                out.append(Problem("error", b.entry_offset, b.name,
-                                   f"Size too large: {b.name}: 0x{b.used_length:x} > 0x"
-                                   f"{x.max_length:x} (the target block's maximum)",
-                                   "the source had a larger ACPI table / resizeable block: use "
-                                   "the source's machine type and devices", "target-size",
-                                   ["Size too large", "Size mismatch", "Length mismatch"]))
-            else:
-                what = "-m" if b.name.endswith(".ram") or b.name.endswith("ram") else \
-                    "ROM file / device"
-                out.append(Problem("error", b.entry_offset, b.name,
-                                   f"Size mismatch: {b.name}: 0x{b.used_length:x} != 0x"
-                                   f"{x.used_length:x} (older QEMU: Length mismatch: "
-                                   f"{b.name}: 0x{b.used_length:x} in != 0x{x.used_length:x})",
-                                   f"make the target's {what} match the source "
-                                   f"({b.used_length} bytes)", "target-size",
-                                   ["Size mismatch", "Length mismatch"]))
-        if b.host_page_size is not None and x.page_size is not None \
-                and b.host_page_size != x.page_size:
-            out.append(Problem("error", b.entry_offset, b.name,
-                               f"Mismatched RAM page size {b.name} (local) {x.page_size} != "
-                               f"{b.host_page_size}", "back the block with the same page size "
-                               "(hugepages) as on the source", "target-page-size",
-                               ["Mismatched RAM page size"]))
-        elif x.page_size is not None and x.page_size != walk.page_size:
-            out.append(Problem("info", b.entry_offset, b.name,
-                               f"{b.name} uses {x.page_size}-byte host pages on the target "
-                               f"({walk.page_size} in the file); fine without postcopy", "",
-                               "target-host-page-size", []))
+            out.append(_size_problem(b, x))
+        out += _page_size_problems(walk, b, x)
     names = {b.name for b in walk.blocks}
     extra = [x.name for x in t.blocks if x.name not in names]
     if extra:
-        out.append(Problem("info", None, "target",
+        out.append(problem("target-extra-block", None, "target",
                            f"{len(extra)} target RAMBlock(s) not in the file (they stay zero): "
-                           + ", ".join(extra[:5]), "", "target-extra-block", []))
+                           + ", ".join(extra[:5])))
     return out
+
+
+def _size_problem(b: RamBlock, x: TargetBlock) -> Problem:
+    """A block whose used length differs on the target: QEMU resizes a resizeable block up
+    to its maximum and refuses anything else."""
+    resizable = x.max_length is not None and x.max_length > x.used_length
+    if resizable and b.used_length <= (x.max_length or 0):
+        return problem("target-resize", b.entry_offset, b.name,
+                       f"{b.name}: 0x{b.used_length:x} in the file, 0x{x.used_length:x} on the "
+                       f"target; resizeable up to 0x{x.max_length:x}, QEMU resizes it")
+    if resizable:
+        return problem("target-size-too-large", b.entry_offset, b.name,
+                       f"Size too large: {b.name}: 0x{b.used_length:x} > 0x{x.max_length:x} "
+                       "(the target block's maximum)")
+    what = "-m" if b.name.endswith("ram") else "ROM file / device"
+    return problem("target-size", b.entry_offset, b.name,
+                   f"Size mismatch: {b.name}: 0x{b.used_length:x} != 0x{x.used_length:x} "
+                   f"(older QEMU: Length mismatch: {b.name}: 0x{b.used_length:x} in != "
+                   f"0x{x.used_length:x})", what=what, length=b.used_length)
+
+
+def _page_size_problems(walk: StreamWalk, b: RamBlock, x: TargetBlock) -> list[Problem]:
+    if b.host_page_size is not None and x.page_size is not None \
+            and b.host_page_size != x.page_size:
+        return [problem("target-block-page-size", b.entry_offset, b.name,
+                        f"Mismatched RAM page size {b.name} (local) {x.page_size} != "
+                        f"{b.host_page_size}")]
+    if x.page_size is not None and x.page_size != walk.page_size:
+        return [problem("target-host-page-size", b.entry_offset, b.name,
+                        f"{b.name} uses {x.page_size}-byte host pages on the target "
+                        f"({walk.page_size} in the file); fine without postcopy")]
+    return []
 
 
 def _compare_sections(walk: StreamWalk, t: TargetDescription) -> list[Problem]:
@@ -316,30 +311,21 @@ def _compare_sections(walk: StreamWalk, t: TargetDescription) -> list[Problem]:
     seen: set[tuple[str, int]] = set()
     hedge = (" (a snapshot omits sections whose state is not needed: check the target really "
              "lacks this device)") if t.kind == "snapshot" else ""
-    for s in walk.sections:
-        if s.kind not in ("START", "FULL"):
-            continue
-        key = (s.idstr or "", s.instance_id or 0)
+    for s in walk.kinds(S.KIND_START, S.KIND_FULL):
+        key = s.key
         if key in seen:
             continue
         seen.add(key)
         if key not in have:
-            out.append(Problem("error", s.offset, s.idstr or "",
+            out.append(problem("target-unknown-section", s.offset, s.idstr or "",
                                f"Unknown savevm section or instance '{key[0]}' {key[1]}: the "
-                               f"target has no such device{hedge}",
-                               "Make sure that your current VM setup matches your saved VM "
-                               "setup, including any hotplugged devices (same -device list, "
-                               "same order)", "target-unknown-section",
-                               ["Unknown savevm section or instance",
-                                "Unknown section or instance"]))
+                               f"target has no such device{hedge}"))
             continue
         tv = have[key]
         if tv is not None and s.version_id is not None and s.version_id > tv:
-            out.append(Problem("error", s.offset, s.idstr or "",
-                               f"savevm: unsupported version {s.version_id} for '{key[0]}' v{tv}",
-                               "the target QEMU is older than the source: load with a QEMU at "
-                               "least as new as the one that saved", "target-section-version",
-                               ["unsupported version"]))
+            out.append(problem("target-section-version", s.offset, s.idstr or "",
+                               f"savevm: unsupported version {s.version_id} for '{key[0]}' "
+                               f"v{tv}"))
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..formats.stream import QEMU_VM_VMDESCRIPTION
 
 #: Search at most this far back from the end for the trailer.
 MAX_TRAILER_SEARCH = 64 << 20
+_CHUNK = 4 << 20
 
 
 @dataclass
@@ -29,24 +31,31 @@ class Trailer:
     error: str | None = None
 
 
-def find_trailer(buf: Any, start: int = 0) -> Trailer | None:
+def find_trailer(buf: Any, start: int = 0,
+                 release: Callable[[int, int], None] | None = None) -> Trailer | None:
     """Backward search: a 0x06 byte whose be32 length reaches exactly to the end,
-    followed by `{`. Returns None when there is none."""
+    followed by `{`. Returns None when there is none. The search reads at most
+    MAX_TRAILER_SEARCH bytes, in chunks it hands to `release` once searched (so a file
+    whose tail is a hole costs no memory)."""
     end = len(buf)
     lo = max(start, end - MAX_TRAILER_SEARCH)
-    p = end - 5
+    hi = end - 4  # the marker needs its 4 length bytes after it
     # The JSON is text, so the first 0x06 found from the end is at most a few
     # bytes before the real marker (inside the length field).
     tries = 0
-    while p >= lo and tries < 64:
-        p = _rfind(buf, QEMU_VM_VMDESCRIPTION, lo, p + 1)
+    while hi > lo and tries < 64:
+        wlo = max(lo, hi - _CHUNK)
+        p = _rfind(buf, QEMU_VM_VMDESCRIPTION, wlo, hi)
         if p < 0:
-            return None
+            if release is not None:
+                release(wlo, hi)
+            hi = wlo
+            continue
         tries += 1
         (n,) = struct.unpack_from(">I", buf, p + 1)
         if n == end - (p + 5) and n > 0 and buf[p + 5] == 0x7B:
             return read_trailer_at(buf, p)
-        p -= 1
+        hi = p
     return None
 
 
@@ -100,9 +109,13 @@ def device_index(data: dict[str, Any] | None) -> dict[tuple[str, int], list[dict
     out: dict[tuple[str, int], list[dict[str, Any]]] = {}
     if not data:
         return out
-    for dev in data.get("devices", ()) or ():
+    devices = data.get("devices")
+    for dev in devices if isinstance(devices, list) else ():
         if not isinstance(dev, dict):
             continue
-        key = (str(dev.get("name", "")), int(dev.get("instance_id", 0)))
+        try:
+            key = (str(dev.get("name", "")), int(dev.get("instance_id", 0)))
+        except (TypeError, ValueError, OverflowError):
+            continue  # a damaged entry describes nothing (QEMU never reads the trailer)
         out.setdefault(key, []).append(dev)
     return out

@@ -18,7 +18,7 @@ from ..errors import FormatError
 
 def _bad(why: str, offset: int | None) -> FormatError:
     return FormatError(f"bad XBZRLE delta: {why} (Failed to load XBZRLE page - decode error!)",
-                       offset, "ram")
+                       offset, "ram", code="xbzrle")
 
 
 def xbzrle_apply(page: bytearray, delta: bytes, offset: int | None = None) -> None:
