@@ -28,7 +28,15 @@ from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
 from .capture import Progress, open_capture
+from .mapped_ram import (
+    VERDICT_OTHER_HOST,
+    BitmapTrust,
+    padding_bits,
+    padding_offset,
+    raw_bitmap,
+)
 from .model import Section, StreamWalk
+from .pagemap import LAYOUT_LE64, bitmap_bits
 from .problems import (
     QEMU_EIO,
     SEVERITY_ERROR,
@@ -190,15 +198,17 @@ def check_file(
         return check_source_error(path, e)
     with cap:
         extra = compare(cap.walk, target) if target is not None else []
-        rep = check(cap.source, cap.walk, extra)
+        trust = cap.bitmap_trust if cap.walk.mapped_ram and cap.walk.error is None else None
+        rep = check(cap.source, cap.walk, extra, trust)
     if target is not None:
         rep.target = target.to_json()
     return rep
 
 
-def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None) -> CheckReport:
+def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None,
+          trust: BitmapTrust | None = None) -> CheckReport:
     """Every problem the file shows, in file order, and the verdict. `extra`: problems
-    found elsewhere (the --target comparison)."""
+    found elsewhere (the --target comparison); `trust`: the capture's bitmap verdict."""
     probs: list[Problem] = list(extra or [])
     probs += _container_checks(src, walk)
     if walk.version == 3:
@@ -207,7 +217,7 @@ def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None) -> 
     if walk.error is not None:
         probs.append(_walk_error(src, walk))
     if walk.version == 3:
-        probs += _mapped_ram_checks(src, walk)
+        probs += _mapped_ram_checks(src, walk, trust)
         probs += _section_checks(walk)
         probs += _trailer_checks(walk)
     probs += _ram_checks(walk)
@@ -433,7 +443,8 @@ def _ram_checks(walk: StreamWalk) -> list[Problem]:
     return out
 
 
-def _mapped_ram_checks(src: Source, walk: StreamWalk) -> list[Problem]:
+def _mapped_ram_checks(src: Source, walk: StreamWalk,
+                       trust: BitmapTrust | None = None) -> list[Problem]:
     """Region placement, bitmaps and overlaps; only for blocks the walk accepted."""
     if not walk.mapped_ram:
         return []
@@ -447,26 +458,30 @@ def _mapped_ram_checks(src: Source, walk: StreamWalk) -> list[Problem]:
                                f"pages region of {b.name!r} at 0x{m.pages_offset:x} is not "
                                "1 MiB aligned (QEMU writes it aligned; it only needs page "
                                "alignment to load)"))
-        out += _bitmap_checks(src, b)
+        out += _bitmap_checks(src, b, trust)
     return out + _overlap_checks(walk)
 
 
-def _bitmap_checks(src: Source, b: Any) -> list[Problem]:
-    """Bits past the used length (QEMU ignores them) and a bitmap with no bit set."""
+def _bitmap_checks(src: Source, b: Any, trust: BitmapTrust | None) -> list[Problem]:
+    """Bits past the used length (QEMU ignores them), a bitmap with no bit set, and a
+    bitmap the pages region shows was written by another kind of host (the capture's
+    one bitmap verdict, as every command reports it)."""
     m = b.mapped_ram
     end = m.bitmap_offset + m.bitmap_bytes
     if not (0 <= m.bitmap_offset and end <= len(src.buf) and m.bitmap_bytes):
         return []
     out: list[Problem] = []
-    raw = np.frombuffer(src.buf, np.uint8, count=m.bitmap_bytes, offset=m.bitmap_offset)
-    full = b.pages // 8  # bytes whose 8 bits are all pages (le64: page i = bit i%8)
-    tail = np.unpackbits(raw[full:], bitorder="little")  # at most the last word
-    extra = int(np.count_nonzero(tail[b.pages % 8:]))
+    raw = raw_bitmap(src.buf, b)
+    extra = padding_bits(raw, b.pages)
     if extra:
-        out.append(problem("bitmap-past-used-length", m.bitmap_offset + full, b.name,
-                           f"{extra} bit(s) set in the bitmap of {b.name!r} past its "
+        out.append(problem("bitmap-past-used-length", padding_offset(m.bitmap_offset, b.pages),
+                           b.name, f"{extra} bit(s) set in the bitmap of {b.name!r} past its "
                            f"{b.pages} pages"))
-    if b.pages and not raw[:full].any() and not tail[: b.pages % 8].any():
+    chk = trust.blocks.get(b.name) if trust is not None else None
+    if chk is not None and chk.verdict == VERDICT_OTHER_HOST:
+        out.append(problem("bitmap-other-host", m.bitmap_offset, b.name,
+                           f"bitmap of {b.name!r}: {chk.untrusted}"))
+    if b.pages and not bitmap_bits(raw, b.pages, LAYOUT_LE64).any():
         out.append(problem("bitmap-empty", m.bitmap_offset, b.name,
                            f"bitmap of {b.name!r} has no bit set: every page loads as zero (an "
                            "all-zero block, or a save interrupted before the bitmaps were "

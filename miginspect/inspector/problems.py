@@ -230,6 +230,11 @@ _KINDS = [
     Kind("bitmap-past-used-length", _W, "mapped-ram bitmap bits set past the last page", (),
          "QEMU ignores them; the bitmap is damaged or was written by a big-endian host"),
     Kind("bitmap-empty", _I, "a mapped-ram bitmap with no bit set", (), ""),
+    Kind("bitmap-other-host", _W,
+         "mapped-ram bitmaps written by a host of another byte order or word size", (),
+         "QEMU reads the bitmap as its own host's unsigned longs and loads the wrong pages "
+         "without an error: restore on a host like the one that saved it, or rewrite the "
+         "file with `miginspect convert FILE OUT --to legacy` (pages read the right way)"),
     Kind("ignore-shared-empty", _W,
          "x-ignore-shared blocks with no page in the file (skipped: shared memory)", (),
          "their contents live in the shared memory backend: load with the same backends"),
