@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "miginspect-extract.json describing them. With --physical, write the guest-physical "
         "memory of an x86 pc/q35 or aarch64 virt guest instead: physical.elf (ELF64 core with "
         "one PT_LOAD per RAM range and the vCPU notes QEMU's dump-guest-memory writes; "
-        "Volatility 3 and crash open it), physical.lime or physical.raw (byte at address A at "
+        "Volatility 3 opens it), physical.lime or physical.raw (byte at address A at "
         "offset A), described in miginspect-physical.json with their sha256. With --cpu, "
         "print the vCPU registers instead. "
         "Nothing is written outside DIR; existing files are kept unless --force.")
