@@ -35,7 +35,7 @@ from .corefile import FILE_NAMES, MACHINES, core_notes, image_layout
 from .cpustate import CpuReport, cpu_states
 from .integrity import sha256_file, stale_pages, with_stale
 from .pagemap import PAGE_ABSENT, PAGE_DATA, PAGE_ZERO, BlockMap
-from .physical import PhysicalLayout, physical_layout
+from .physical import PhysicalLayout, machine_family, physical_layout
 
 MANIFEST = "miginspect-extract.json"
 PHYSICAL_MANIFEST = "miginspect-physical.json"
@@ -343,7 +343,7 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
     if others:
         rep.notes.append("only the main RAM block is mapped; ROMs, option ROMs and device "
                          f"memory ({len(others)} other blocks) are not part of the image")
-    machine = MACHINES[cpus.arch] if cpus else _FAMILY_MACHINE.get(lay.family, E.EM_X86_64)
+    machine = MACHINES[cpus.arch] if cpus else _elf_machine(cap.walk.machine_type, lay.family)
     counts = _range_counts(bm, lay, ps)
     for f, fname in zip(formats, names, strict=True):
         il = image_layout(f, lay.ranges, machine, core_notes(cpus), ps)
@@ -368,6 +368,16 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
 
 
 _FAMILY_MACHINE = {"pc": E.EM_X86_64, "q35": E.EM_X86_64, "virt": E.EM_AARCH64}
+
+
+def _elf_machine(machine_type: str | None, family: str) -> int:
+    """e_machine without CPU state: by the machine family (x86_64 when unknown)."""
+    if family not in _FAMILY_MACHINE:
+        try:
+            family = machine_family(machine_type)[0]
+        except MigError:
+            return E.EM_X86_64
+    return _FAMILY_MACHINE[family]
 
 
 def _core_cpus(cap: Capture, rep: ExtractReport) -> CpuReport | None:
