@@ -38,9 +38,10 @@ if [ ! -x "$LAB/qemu72/usr/bin/qemu-system-x86_64" ]; then
   rm -rf "$tmp"
 fi
 
-# Guest kernels with their System.map (the forensics tests walk page tables to symbols):
-# the amd64 one bookworm's linux-image-amd64 depends on, and the arm64 one its
-# linux-image-arm64 depends on. arm64 lists are read into a private apt state folder
+# Guest kernels with their System.map: the amd64 one bookworm's linux-image-amd64 depends on,
+# and the arm64 one its linux-image-arm64 depends on. Debian's System.map is a one-line stub
+# (the real one is in the ~850 MB -dbg package): the forensics tests take linux_banner's
+# address from the kernel's own kallsyms with vmlinux-to-elf (test extra) instead. arm64 lists are read into a private apt state folder
 # (same Debian URI as the machine's source), so the machine's apt setup is not changed.
 put_kernel() {  # put_kernel DEB DEST_DIR: vmlinuz and System.map from one package, together
   local x; x=$(mktemp -d)
@@ -73,4 +74,4 @@ if [ ! -f "$LAB/arm64/vmlinuz" ] || [ ! -f "$LAB/arm64/System.map" ]; then
   put_kernel "$(ls "$tmp"/*.deb)" "$LAB/arm64"
   rm -rf "$tmp"
 fi
-echo "install-lab: QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), QEMU 7.2 in $LAB/qemu72, kernels $LAB/vmlinuz, $LAB/arm64/vmlinuz (each with its System.map)"
+echo "install-lab: QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), QEMU 7.2 in $LAB/qemu72, kernels $LAB/vmlinuz, $LAB/arm64/vmlinuz"
