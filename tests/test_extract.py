@@ -218,7 +218,8 @@ def test_below_4g_rule_follows_qemus_documented_examples() -> None:
 
 def _physical(name: str, tmp_path) -> tuple[dict, bytes, bytes]:  # noqa: ANN001
     out = tmp_path / "phys"
-    assert main(["extract", str(sample_path(name)), "-o", str(out), "--physical"]) == 0
+    assert main(["extract", str(sample_path(name)), "-o", str(out), "--physical",
+                 "--format", "raw", "--format", "elf"]) == 0
     return (json.loads((out / PHYSICAL_MANIFEST).read_text()),
             (out / "physical.raw").read_bytes(),
             (out / "physical.elf").read_bytes())
@@ -237,8 +238,10 @@ def test_physical_images_equal_pmemsave(name: str, tmp_path) -> None:  # noqa: A
     assert man["physical"]["below_4g"] == meta["pmemsave"]["size"]
     _check_against_pmemsave(meta, raw)
     eh = E.Elf64_Ehdr.parse(elf)
-    assert eh.e_type == E.ET_CORE and eh.e_machine == E.EM_X86_64 and eh.e_phnum == 1
-    ph = E.Elf64_Phdr.parse(elf[eh.e_phoff :])
+    assert eh.e_type == E.ET_CORE and eh.e_machine == E.EM_X86_64 and eh.e_phnum == 2
+    note = E.Elf64_Phdr.parse(elf[eh.e_phoff :])  # the vCPU notes, then the RAM
+    assert note.p_type == E.PT_NOTE and note.p_filesz > 0
+    ph = E.Elf64_Phdr.parse(elf[eh.e_phoff + E.PHDR_SIZE :])
     assert ph.p_type == E.PT_LOAD and ph.p_paddr == 0 and ph.p_filesz == len(raw)
     assert ph.p_offset % 4096 == 0
     assert elf[ph.p_offset : ph.p_offset + ph.p_filesz] == raw
@@ -252,7 +255,8 @@ def test_volatility_finds_the_linux_banner_in_the_elf_core(tmp_path) -> None:  #
     if name is None:
         pytest.skip("no samples bundled yet")
     out = tmp_path / "phys"
-    assert main(["extract", str(sample_path(name)), "-o", str(out), "--physical"]) == 0
+    assert main(["extract", str(sample_path(name)), "-o", str(out), "--format", "elf",
+                 "--format", "raw"]) == 0
     elf = out / "physical.elf"
     res = subprocess.run(["vol", "-q", "-f", str(elf), "banners.Banners"], capture_output=True,
                          text=True, timeout=600)
@@ -300,7 +304,7 @@ def test_physical_split_matches_qemu(machine: str, mem_mib: int, below_opt: int 
     views = {(int(a, 16), int(b, 16) + 1, int(o or "0", 16)) for a, b, o in _MTREE.findall(mtree)}
     assert views, mtree
     out = tmp_path / "out"
-    argv = ["extract", str(cap_path), "-o", str(out), "--physical", "--physical-format", "raw"]
+    argv = ["extract", str(cap_path), "-o", str(out), "--physical", "--format", "raw"]
     if below_opt:
         argv += ["--max-ram-below-4g", str(below_opt)]
     assert main(argv) == 0
@@ -353,7 +357,7 @@ def test_libvirt_image_extract_equals_restored_memory(name: str, tmp_path) -> No
         pytest.skip("lzop images are read through the lzop program, which is not installed")
     out = tmp_path / "out"
     assert main(["extract", str(img), "-o", str(out), "--block", "pc.ram"]) == 0
-    assert main(["extract", str(img), "-o", str(out), "--physical"]) == 0
+    assert main(["extract", str(img), "-o", str(out), "--physical", "--format", "raw"]) == 0
     lo, hi = pm["masked_range"]
     for f in ("pc.ram.raw", "physical.raw"):
         data = bytearray((out / f).read_bytes()[: pm["size"]])
@@ -377,7 +381,7 @@ def test_force_replaces_without_touching_hard_links_or_the_input(tmp_path, capsy
     assert main(["extract", str(src), "-o", str(out), "--force"]) == 0
     assert keep.read_bytes() == b"other link"  # replaced by a new file, not truncated
     assert (out / "pc.bios.raw").stat().st_size == 256 * 1024
-    assert main(["extract", str(src), "-o", str(out), "--physical", "--force"]) == 2
+    assert main(["extract", str(src), "-o", str(out), "--format", "raw", "--force"]) == 2
     assert "input file" in capsys.readouterr().err
     with open_capture(str(src)) as cap:  # still the capture
         assert cap.blocks

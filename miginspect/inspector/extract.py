@@ -28,12 +28,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ..errors import MigError, UsageError
 from ..formats import elfcore as E
 from ..outfile import OutputDir
 from .capture import Capture
 from .copier import PageCopier, pwrite_all
+from .corefile import FILE_NAMES, MACHINES, core_notes, image_layout
+from .cpustate import CpuReport, cpu_states
+from .integrity import sha256_file, stale_pages, with_stale
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, BlockMap
-from .physical import PhysicalLayout, x86_layout
+from .physical import PhysicalLayout, machine_family, physical_layout
 
 MANIFEST = "miginspect-extract.json"
 PHYSICAL_MANIFEST = "miginspect-physical.json"
@@ -73,6 +79,9 @@ class ExtractedFile:
     bitmap_layout: str | None = None  # mapped-ram: the layout the bitmap was read with
     bitmap_verdict: str | None = None  # mapped-ram: mapped_ram.VERDICT_*
     bitmap_untrusted: str | None = None
+    stale_pages: int | None = None  # mapped-ram: bytes under clear bitmap bits found
+    stale_included: bool | None = None  # written as data (--include-stale)
+    sha256: str | None = None  # of the file as written (holes read as zeros)
 
 
 @dataclass
@@ -83,6 +92,7 @@ class ExtractReport:
     files: list[ExtractedFile] = field(default_factory=list)
     physical: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    cpu: dict[str, Any] | None = None  # registers written into the ELF notes
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,8 +115,9 @@ def _stopped_note(cap: Capture, rep: ExtractReport) -> None:
 
 def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
                    blocks: list[str] | None = None, progress: Progress | None = None,
-                   manifest: bool = True) -> ExtractReport:
-    """One sparse raw file per RAMBlock in `outdir` (plus a JSON manifest)."""
+                   manifest: bool = True, include_stale: bool = False) -> ExtractReport:
+    """One sparse raw file per RAMBlock in `outdir` (plus a JSON manifest with each
+    file's sha256 and page counts)."""
     chosen = [cap.block(n) for n in blocks] if blocks else list(cap.blocks)
     taken: set[str] = {MANIFEST.lower()}
     names = [safe_name(b.name, taken) for b in chosen]
@@ -125,15 +136,18 @@ def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = F
 
         copier = PageCopier(cap)
         for b, fname in zip(chosen, names, strict=True):
-            bm = maps[b.name]
+            bm, stale = _physical_map(cap, b.name, include_stale, rep)
             fd = out.open(fname)
             try:
                 nbytes = copier.copy_block(bm, fd, 0, 0, bm.pages, tick)
                 os.ftruncate(fd, b.used_length)
             finally:
                 os.close(fd)
-            rep.files.append(_block_file(cap, bm, fname, nbytes))
-            _block_notes(cap, bm, rep)
+            f = _block_file(cap, maps[b.name], fname, nbytes)
+            f.stale_pages, f.stale_included = stale, include_stale
+            f.sha256 = sha256_file(out.target(fname), dir_fd=out.fd)
+            rep.files.append(f)
+            _block_notes(cap, maps[b.name], rep)
         if manifest:
             _write_manifest(out, rep)
     return rep
@@ -163,32 +177,37 @@ def _block_notes(cap: Capture, bm: BlockMap, rep: ExtractReport) -> None:
 
 
 def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
-                     formats: tuple[str, ...] = ("raw", "elf"), ram_block: str | None = None,
+                     formats: tuple[str, ...] = ("elf",), ram_block: str | None = None,
                      max_ram_below_4g: int | None = None, progress: Progress | None = None,
-                     manifest: bool = True) -> ExtractReport:
-    """Guest-physical memory of an x86 pc/q35 guest: `physical.raw` (sparse, byte at
-    guest-physical address A at file offset A) and/or `physical.elf` (ELF64 core, one
-    PT_LOAD per RAM range, sparse)."""
-    name = ram_block or "pc.ram"
+                     manifest: bool = True, base: int | None = None,
+                     include_stale: bool = False) -> ExtractReport:
+    """Guest-physical memory (inspector/physical.py decides the layout or refuses) as
+    `physical.elf` (ELF64 core with QEMU's per-vCPU notes, inspector/corefile.py),
+    `physical.lime` and/or `physical.raw` (byte at address A at offset A); all sparse."""
+    lay = physical_layout(cap.walk.machine_type, {b.name: b.used_length for b in cap.blocks},
+                          ram_block, base, max_ram_below_4g)
+    name = lay.ram_block
     blk = cap.block(name)
-    lay = x86_layout(cap.walk.machine_type, blk.used_length, name, max_ram_below_4g)
-    out = OutputDir(outdir, force, cap.path)
-    files = {"raw": "physical.raw", "elf": "physical.elf"}
-    names = [files[f] for f in formats]
-    try:
+    unknown = [f for f in formats if f not in FILE_NAMES]
+    if unknown or not formats:
+        raise UsageError(f"unknown image format {unknown}: choose from {', '.join(FILE_NAMES)}")
+    names = [FILE_NAMES[f] for f in formats]
+    with OutputDir(outdir, force, cap.path) as out:
         out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))
-        return _physical(cap, out, lay, blk, name, formats, files, progress, manifest)
-    finally:
-        out.close()
+        return _physical(cap, out, lay, blk, formats, names, progress, manifest,
+                         include_stale)
 
 
-def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any, name: str,
-              formats: tuple[str, ...], files: dict[str, str], progress: Progress | None,
-              manifest: bool) -> ExtractReport:
+def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any,
+              formats: tuple[str, ...], names: list[str], progress: Progress | None,
+              manifest: bool, include_stale: bool) -> ExtractReport:
+    name = blk.name
     rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay.to_json())
     _stopped_note(cap, rep)
-    bm = cap.maps[name]
-    total = bm.count(PAGE_DATA) * blk.page_size * len(formats)
+    cpus = _core_cpus(cap, rep) if "elf" in formats else None
+    bm, stale = _physical_map(cap, name, include_stale, rep)
+    ps = blk.page_size
+    total = bm.count(PAGE_DATA) * ps * len(formats)
     done = [0]
 
     def tick(n: int) -> None:
@@ -201,63 +220,82 @@ def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any, name:
     if others:
         rep.notes.append("only the main RAM block is mapped; ROMs, option ROMs and device "
                          f"memory ({len(others)} other blocks) are not part of the image")
-    for f in formats:
-        fname = files[f]
+    machine = MACHINES[cpus.arch] if cpus else _elf_machine(cap.walk.machine_type, lay.family)
+    counts = _range_counts(bm, lay, ps)
+    for f, fname in zip(formats, names, strict=True):
+        il = image_layout(f, lay.ranges, machine, core_notes(cpus), ps)
         fd = out.open(fname)
         try:
-            if f == "raw":
-                nbytes = _write_ranges(cap, bm, lay, fd, lambda gpa: gpa, tick)
-                size = lay.end
-            else:
-                offsets = elf_offsets(lay, blk.page_size)
-                pwrite_all(fd, elf_header(lay, offsets), 0)
-                nbytes = _write_ranges(cap, bm, lay, fd, offsets.__getitem__, tick)
-                size = max((offsets[r.gpa] + r.length for r in lay.ranges),
-                           default=E.EHDR_SIZE)
-            os.ftruncate(fd, size)
+            for off, data in il.headers:
+                pwrite_all(fd, data, off)
+            nbytes = 0
+            for r, at in zip(lay.ranges, il.data_offsets, strict=True):
+                nbytes += write_pages(cap, bm, fd, at, r.block_offset // ps, r.length // ps,
+                                      tick)
+            os.ftruncate(fd, il.size)
         finally:
             os.close(fd)
-        rep.files.append(ExtractedFile(file=fname, kind=f"physical-{f}", size=size,
-                                       data_bytes=nbytes, block=name))
+        rep.files.append(ExtractedFile(
+            file=fname, kind=f"physical-{f}", size=il.size, data_bytes=nbytes, block=name,
+            used_length=blk.used_length, **counts, stale_pages=stale,
+            stale_included=include_stale, sha256=sha256_file(out.target(fname), dir_fd=out.fd)))
     if manifest:
         _write_manifest(out, rep, PHYSICAL_MANIFEST)
     return rep
 
 
-def _write_ranges(cap: Capture, bm: BlockMap, lay: PhysicalLayout, fd: int,
-                  where: Callable[[Any], int], tick: Callable[[int], None]) -> int:
-    ps = bm.block.page_size
-    n = 0
+_FAMILY_MACHINE = {"pc": E.EM_X86_64, "q35": E.EM_X86_64, "virt": E.EM_AARCH64}
+
+
+def _elf_machine(machine_type: str | None, family: str) -> int:
+    """e_machine without CPU state: by the machine family (x86_64 when unknown)."""
+    if family not in _FAMILY_MACHINE:
+        try:
+            family = machine_family(machine_type)[0]
+        except MigError:
+            return E.EM_X86_64
+    return _FAMILY_MACHINE[family]
+
+
+def _core_cpus(cap: Capture, rep: ExtractReport) -> CpuReport | None:
+    """The vCPU registers for the ELF notes, or None (said in the notes) when the file
+    cannot give them."""
+    try:
+        cpus = cpu_states(cap)
+    except MigError as e:
+        rep.notes.append(f"the ELF core has no CPU notes: {e.message}")
+        return None
+    rep.cpu = cpus.to_json()
+    rep.notes.extend(cpus.notes)
+    return cpus
+
+
+def _physical_map(cap: Capture, name: str, include_stale: bool,
+                  rep: ExtractReport) -> tuple[BlockMap, int | None]:
+    """A block's page map (with stale pages as data if asked) and its stale count
+    (None for legacy streams, which have none)."""
+    bm = cap.maps[name]
+    if cap.format != "mapped-ram":
+        return bm, None
+    n = len(stale_pages(cap, name))
+    if n and include_stale:
+        rep.notes.append(f"{name}: {n} stale pages (bytes under clear bitmap bits, zero to "
+                         "QEMU) written as data (--include-stale)")
+        return with_stale(cap, bm), n
+    if n:
+        rep.notes.append(f"{name}: {n} stale pages (bytes under clear bitmap bits) left out "
+                         "as QEMU would; --include-stale writes them")
+    return bm, n
+
+
+def _range_counts(bm: BlockMap, lay: PhysicalLayout, ps: int) -> dict[str, int]:
+    sel = np.zeros(bm.pages, bool)
     for r in lay.ranges:
-        n += write_pages(cap, bm, fd, where(r.gpa), r.block_offset // ps, r.length // ps, tick)
-    return n
-
-
-def elf_offsets(lay: PhysicalLayout, page_size: int) -> dict[int, int]:
-    """File offset of each range's bytes (keyed by guest-physical start), page aligned
-    after the headers."""
-    head = E.EHDR_SIZE + E.PHDR_SIZE * len(lay.ranges)
-    off = (head + page_size - 1) // page_size * page_size
-    out = {}
-    for r in lay.ranges:
-        out[r.gpa] = off
-        off += r.length
-    return out
-
-
-def elf_header(lay: PhysicalLayout, offsets: dict[int, int]) -> bytes:
-    eh = E.Elf64_Ehdr.build(dict(
-        e_ident_class=E.ELFCLASS64, e_ident_data=E.ELFDATA2LSB,
-        e_ident_version=E.EV_CURRENT, e_ident_osabi=E.ELFOSABI_NONE, e_ident_pad=bytes(8),
-        e_type=E.ET_CORE, e_machine=E.EM_X86_64, e_version=E.EV_CURRENT, e_entry=0,
-        e_phoff=E.EHDR_SIZE, e_shoff=0, e_flags=0, e_ehsize=E.EHDR_SIZE,
-        e_phentsize=E.PHDR_SIZE, e_phnum=len(lay.ranges), e_shentsize=0, e_shnum=0,
-        e_shstrndx=0))
-    ph = b"".join(E.Elf64_Phdr.build(dict(
-        p_type=E.PT_LOAD, p_flags=E.PF_R | E.PF_W | E.PF_X, p_offset=offsets[r.gpa],
-        p_vaddr=0, p_paddr=r.gpa, p_filesz=r.length, p_memsz=r.length, p_align=0))
-        for r in lay.ranges)
-    return eh + ph
+        sel[r.block_offset // ps : (r.block_offset + r.length) // ps] = True
+    st = bm.state[sel]
+    return dict(pages=int(sel.sum()), data_pages=int(np.count_nonzero(st == PAGE_DATA)),
+                zero_pages=int(np.count_nonzero(st == PAGE_ZERO)),
+                absent_pages=int(np.count_nonzero(st == PAGE_NEVER_SENT)))
 
 
 def _write_manifest(out: OutputDir, rep: ExtractReport, fname: str = MANIFEST) -> None:

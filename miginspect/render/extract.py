@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
+from ..inspector.cpustate import Aarch64Cpu, CpuReport, X86Cpu
 from ..inspector.extract import ExtractReport
 from . import vocab as V
 from .fmt import hexoff, num, short_size, size
@@ -44,5 +45,41 @@ def render_extract(r: ExtractReport, console: Console) -> None:
             f" {size(p['ram_size'])}): " + ", ".join(
                 f"GPA {hexoff(x['gpa'])}-{hexoff(x['gpa'] + x['length'])} = block "
                 f"{hexoff(x['block_offset'])}" for x in p["ranges"]))
+    if r.cpu:
+        say(console, f"CPU state: {len(r.cpu['cpus'])} vCPU(s), {r.cpu['arch']}, in the ELF "
+            "notes")
+    for f in r.files:
+        if f.sha256:
+            say(console, (f"sha256 {f.sha256}  ", "dim"), f.file)
     for n in r.notes:
         say(console, ("note: ", "dim"), n)
+
+
+def _regs(pairs: list[tuple[str, int]]) -> str:
+    return "  ".join(f"{k}={v:#018x}" for k, v in pairs)
+
+
+def render_cpu(r: CpuReport, console: Console) -> None:
+    """Registers per vCPU, three to a line (80 columns)."""
+    say(console, (f"cpu: {len(r.cpus)} vCPU(s), {r.arch}", "bold"),
+        " (registers from the file's vmdescription)")
+    for c in r.cpus:
+        say(console, (f"cpu {c.index}", "bold"))
+        segs: list[str] = []
+        if isinstance(c, X86Cpu):
+            pairs = [*c.regs.items(), ("rip", c.rip), ("rflags", c.rflags),
+                     *((f"cr{i}", v) for i, v in enumerate(c.cr)),
+                     ("kernel_gs_base", c.kernel_gs_base)]
+            segs = [f"{k}={v.selector:#06x}/{v.base:#x}/{v.limit:#x}/{v.flags:#x}"
+                    for k, v in c.segments.items()]
+        elif isinstance(c, Aarch64Cpu):
+            pairs = [*((f"x{i}", v) for i, v in enumerate(c.x)), ("sp", c.sp), ("pc", c.pc),
+                     ("pstate", c.pstate), *c.sysregs.items()]
+        else:
+            pairs = []
+        for i in range(0, len(pairs), 3):
+            say(console, "  " + _regs(pairs[i : i + 3]))
+        if segs:
+            say(console, ("  segments: selector/base/limit/flags", "dim"))
+        for i in range(0, len(segs), 2):
+            say(console, "  " + "  ".join(segs[i : i + 2]))
