@@ -40,6 +40,7 @@ from .stream import StreamWalk, walk_stream
 from .vmdesc import device_index, vmsd_length
 
 if TYPE_CHECKING:
+    from .prediction import TargetModel
     from .target import TargetDescription
 
 VERDICT_LOADABLE = "loadable"
@@ -363,12 +364,12 @@ def check_file(
     path: str,
     progress: Callable[[int, int], None] | None = None,
     page_size: int | None = None,
-    target: TargetDescription | None = None,
+    target: TargetDescription | TargetModel | None = None,
+    target_qemu: str | None = None,
 ) -> CheckReport:
-    """Open, walk and check `path` (and compare it with `target`). Damage never raises:
-    it becomes a problem in the report."""
-    from .target import compare
-
+    """Open, walk and check `path` (and compare it with `target`, or predict the load on
+    the QEMU of the `target_qemu` command line). Damage never raises: it becomes a problem
+    in the report."""
     try:
         src = open_source(path, progress)
     except UsageError:
@@ -377,11 +378,31 @@ def check_file(
         return check_source_error(path, e)
     with src:
         walk = walk_stream(src.buf, src.base, progress, page_size)
-        extra = compare(walk, target) if target is not None else []
+        extra, tjson = _target_problems(src, walk, target, target_qemu)
         rep = check(src, walk, extra)
-    if target is not None:
-        rep.target = target.to_json()
+    rep.target = tjson
     return rep
+
+
+# -- --target / --target-qemu (issue 14): the prediction lives in prediction.py -------------
+def _target_problems(src: Source, walk: StreamWalk, target: Any,
+                     target_qemu: str | None) -> tuple[list[Problem], dict[str, Any] | None]:
+    from .prediction import TargetModel, predict
+    from .target import compare
+    from .target_formats import from_description
+    from .target_qemu import predict_on_qemu
+
+    if target_qemu is not None:
+        tp = predict_on_qemu(src, walk, target_qemu)
+        return tp.problems, tp.target_json()
+    if isinstance(target, TargetModel):
+        tp = predict(src, walk, target)
+        return tp.problems, tp.target_json()
+    if target is None:
+        return [], None
+    extra = compare(walk, target)  # the older kinds keep their problems; add the prediction
+    pred = predict(src, walk, from_description(target)).prediction
+    return extra, target.to_json() | {"prediction": pred.to_json()}
 
 
 def verdict_of(probs: list[Problem]) -> str:

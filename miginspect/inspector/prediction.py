@@ -87,7 +87,7 @@ class TargetModel:
     def to_json(self) -> dict[str, Any]:
         """A summary (no layouts or payloads) for the report."""
         d: dict[str, Any] = {
-            "kind": self.kind, "path" if self.kind != "qemu" else "command": self.source,
+            "kind": self.kind, "path": self.source,
             "qemu_version": self.qemu_version, "arch": self.arch,
             "machine_type": self.machine_type, "start_error": self.start_error,
             "compared": list(self.compared), "notes": list(self.notes)}
@@ -441,7 +441,8 @@ def predict(src: Source, walk: StreamWalk, t: TargetModel) -> TargetPrediction:
     pred = Prediction(outcome, first.problem.qemu[0] if first else None,
                       first.problem.offset if first else None,
                       first.problem.where if first else None, causes,
-                      certain=t.blocks_complete and t.sections_complete)
+                      certain=t.blocks is not None and t.blocks_complete
+                      and t.sections is not None and t.sections_complete)
     return TargetPrediction(t, pred, summary_problems(causes))
 
 

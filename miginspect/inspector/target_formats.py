@@ -44,8 +44,9 @@ def sniff_target(head: bytes) -> str | None:
     return None
 
 
-def load_target_model(path: str) -> TargetModel:
-    """Any `--target` file as a model for the prediction."""
+def load_any_target(path: str) -> TargetDescription | TargetModel:
+    """`--target T`: a -dump-vmstate JSON or domain XML as a model, the older kinds (JSON
+    description, `info ramblock`, snapshot) as the `target.TargetDescription` they were."""
     with open(path, "rb") as f:
         head = f.read(4096)
     kind = sniff_target(head)
@@ -53,10 +54,7 @@ def load_target_model(path: str) -> TargetModel:
         return from_domain_xml(path)
     if kind == "dump-vmstate":
         return from_dump_vmstate(path)
-    t = load_target(path)
-    if t.kind == "snapshot":
-        return from_saved_state(path, "snapshot", path)
-    return from_description(t)
+    return load_target(path)
 
 
 def _text(path: str) -> str:
@@ -69,7 +67,9 @@ def _text(path: str) -> str:
 
 
 def from_description(t: TargetDescription) -> TargetModel:
-    """The older kinds (JSON description, `info ramblock` text) as a model."""
+    """The older kinds as a model (a snapshot read again, with its field layouts)."""
+    if t.kind == "snapshot":
+        return from_saved_state(t.path, "snapshot", t.path)
     return TargetModel(t.kind, t.path, machine_type=t.machine_type,
                        page_size=t.target_page_size, blocks=t.blocks, sections=t.sections)
 
@@ -291,6 +291,5 @@ def _xml_device(el: ET.Element) -> tuple[str | None, str | None]:
     return None, None
 
 
-__all__ = ["sniff_target", "load_target_model", "from_dump_vmstate", "from_domain_xml",
-           "from_saved_state", "model_from_walk", "from_description", "vmsd_index",
-           "XML_KINDS"]
+__all__ = ["sniff_target", "load_any_target", "from_dump_vmstate", "from_domain_xml",
+           "from_saved_state", "model_from_walk", "from_description", "vmsd_index", "XML_KINDS"]

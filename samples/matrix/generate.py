@@ -39,13 +39,12 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import generate as G  # noqa: E402  (samples/generate.py: guest builder, QMP, QEMU table)
-
 import zstandard  # noqa: E402
 
 QEMUS = {"qemu10": G.QEMU10, "qemu72": G.QEMU72}
@@ -54,8 +53,8 @@ MEM_MIB = 64
 GUEST_TIMEOUT = 20
 NMI_LINE = "NMI received"
 #: The state every source shares: the fill program writes nothing (mig_fill=0).
-APPEND = (f"console=ttyS0 rdinit=/init quiet nokaslr init_on_free=1 panic=-1 mig_fill=0 "
-          f"mig_ws=0 mig_reserve=2 mig_wsdelay=0")
+APPEND = ("console=ttyS0 rdinit=/init quiet nokaslr init_on_free=1 panic=-1 mig_fill=0 "
+          "mig_ws=0 mig_reserve=2 mig_wsdelay=0")
 #: QOM types whose CPU hotplug interface an ACPI guest switches from legacy to modern at boot
 #: (the firmware's AML writes 0 to the legacy port). The tiny guest has no ACPI, so the
 #: generator does the same switch by qom-set before saving, as any ACPI guest would have.
