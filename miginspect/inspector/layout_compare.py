@@ -156,6 +156,7 @@ class _Sim:
         self.diffs: list[LayoutDiff] = []
         self.misaligned = False
         self.certain = True
+        self.tknown = True  # False: no target layout, only what -dump-vmstate knows
 
     # -- values ------------------------------------------------------------------
     def _int(self, buf: Any, pos: int | None, e: _Elem) -> int | None:
@@ -180,9 +181,9 @@ class _Sim:
         if depth > MAX_DEPTH:
             raise ValueError("vmdescription nests too deeply")
         fd = fd or td or {}
-        td = td or fd
-        n = self.fields(fd.get("fields"), td.get("fields"), fpos, tpos, path, depth)
-        tsubpos = None if tpos is None else tpos + self._target_fields_len(td)
+        tf = (td or fd).get("fields")  # no target layout: assume the file's fields
+        n = self.fields(fd.get("fields"), tf, fpos, tpos, path, depth)
+        tsubpos = None if tpos is None or td is None else tpos + self._target_fields_len(td)
         return n + self.subsections(fd, td, fpos + n, tsubpos, path, depth)
 
     def _target_fields_len(self, td: dict[str, Any]) -> int:
@@ -268,12 +269,12 @@ class _Sim:
         self.diffs.append(LayoutDiff(p, off, kind, fv, tv, harmless, note))
 
     # -- the subsection loop (vmstate_subsection_load) ----------------------------
-    def subsections(self, fd: dict[str, Any], td: dict[str, Any], pos: int,
+    def subsections(self, fd: dict[str, Any], td: dict[str, Any] | None, pos: int,
                     tpos: int | None, path: str, depth: int) -> int:
-        vmsd_name = str(td.get("vmsd_name") or fd.get("vmsd_name") or "")
+        vmsd_name = str((td or fd).get("vmsd_name") or "")
         buf = self.fbuf
         start = pos
-        fsubs, tsubs = _subs(fd), _subs(td)
+        fsubs, tsubs = _subs(fd), (_subs(td) if self.tknown else [])
         fat = self._file_sub_offsets(fd, fsubs, pos) if not self.misaligned else {}
         while pos + 2 <= len(buf) and buf[pos] == S.QEMU_VM_SUBSECTION:
             ln = buf[pos + 1]
@@ -351,6 +352,7 @@ def compare_section(
     idstr, inst = sec.idstr or "", sec.instance_id or 0
     out = SectionLayout(idstr, inst, sec.offset)
     sim = _Sim(buf, tpayload, idstr, inst, known)
+    sim.tknown = tdesc is not None
     try:
         n = sim.vmsd(fdesc, tdesc, sec.payload_offset, 0 if tpayload is not None else None,
                      "", 0)
