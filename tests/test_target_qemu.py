@@ -65,6 +65,12 @@ def test_sanitize_makes_the_command_line_harmless(tmp_path: Path) -> None:
     assert out[-8:] == ["-S", "-snapshot", "-display", "none", "-monitor", "none", "-qmp",
                         f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"]
     assert out.count("-S") == 1 and any("-incoming" in n for n in notes)
+    out, _ = sanitize(["-net", "nic,model=e1000", "-net", "tap,script=/x", "-object",
+                       "memory-backend-ram,id=m,size=1G,prealloc=on,host-nodes=0"], tmp_path)
+    assert out[:4] == ["-net", "nic,model=e1000", "-object", "memory-backend-ram,id=m,size=1G"]
+    for dev in ("vfio-pci,host=0000:01:00.0", "usb-host,hostbus=1,hostaddr=2"):
+        with pytest.raises(UsageError):
+            sanitize(["-device", dev], tmp_path)
 
 
 def test_first_error_line() -> None:

@@ -11,8 +11,11 @@ but made harmless:
   `-loadvm`, `-writeconfig`, `-vnc`, `-spice`, `-gdb`;
 * every character device becomes `null` (same ids, so serial ports and other devices
   stay: a missing serial device would change the state), every network backend a hub port
-  (same ids), `-nic` a user-mode NIC of the same model, file- and memfd-backed memory plain
-  RAM of the same id and size (same RAMBlock name and length);
+  (same ids), `-nic` a user-mode NIC of the same model, legacy `-net` backends are dropped
+  (the NICs stay), every memory backend plain RAM of the same id and size (same RAMBlock
+  name and length; no file, no preallocation, no host NUMA binding);
+* a command line with a device that takes a host device at start (vfio-*, usb-host,
+  vhost-scsi/-vsock/-vdpa) is refused: the probe would take the device from the host;
 
 asks it (QMP): `query-version`, `query-target`, the machine type (`qom-get /machine type`)
 and the machines with their aliases (`query-machines`), its RAMBlocks (HMP `info ramblock`),
@@ -63,6 +66,9 @@ _DROP = {"incoming", "qmp", "qmp-pretty", "monitor", "mon", "pidfile", "D", "d",
          "loadvm", "writeconfig", "vnc", "spice", "display", "gdb", "runas", "chroot",
          "run-with", "mem-path", "daemonize", "nographic", "S", "snapshot", "s",
          "mem-prealloc", "dump-vmstate", "no-graphic"}
+#: Devices that take a host device at start (the probe refuses them).
+_HOST_DEVICES = ("vfio-", "usb-host", "pci-assign", "kvm-pci-assign", "vhost-scsi",
+                 "vhost-vsock", "vhost-vdpa")
 #: Lines QEMU writes to stderr that are not errors.
 _NOISE = ("warning:", "failed to open module:")
 #: QOM types of the ACPI devices with a CPU hotplug interface an ACPI guest switches.
@@ -139,12 +145,18 @@ def _rewrite(name: str, value: str) -> list[str] | None:
             return ["-nic", "none"]
         keep = [f"{k}={kv[k]}" for k in ("model", "mac", "id") if kv.get(k)]
         return ["-nic", ",".join(["user", "restrict=on", *keep])]
+    if name == "net":  # legacy -net: keep the NICs, drop the backends (tap runs scripts)
+        return ["-net", value] if value.split(",", 1)[0] == "nic" else None
     if name == "object":
         typ = value.split(",", 1)[0]
-        if typ in ("memory-backend-file", "memory-backend-memfd"):
-            kv = _kv(value)
+        if typ.startswith("memory-backend-"):  # same id and size: same RAMBlock; no files,
+            kv = _kv(value)                    # no preallocation, no host binding
             keep = [f"{k}={kv[k]}" for k in ("id", "size", "merge", "dump") if kv.get(k)]
             return ["-object", ",".join(["memory-backend-ram", *keep])]
+    if name == "device" and value.split(",", 1)[0].startswith(_HOST_DEVICES):
+        raise UsageError(f"--target-qemu: -device {value.split(',', 1)[0]} takes a host device "
+                         "when QEMU starts; the probe will not start such a command line "
+                         "(drop the device from it to check the rest)", None, "target")
     return [f"-{name}", value]
 
 
