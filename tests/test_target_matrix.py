@@ -39,7 +39,8 @@ def test_matrix_records_every_outcome_and_the_issue_cases() -> None:
     phrases = ["unsupported machine type", "Machine type received is", "Size mismatch: pc.ram",
                'Unknown ramblock "0000:00:03.0/e1000.rom"',
                "Unknown savevm section or instance '0000:00:04.0/virtio-balloon' 0",
-               "Missing section footer for 0000:00:01.3/piix4_pm"]
+               "Missing section footer for 0000:00:01.3/piix4_pm",
+               "Received unknown capability mapped-ram"]
     for ph in phrases:
         assert any(ph in (p["first_error"] or "") for p in PAIRS), ph
 
@@ -59,6 +60,10 @@ def _check_offset(pair: dict, pred: dict, path: str) -> None:
         assert buf[off] in (S.QEMU_VM_SECTION_FULL, S.QEMU_VM_SECTION_START)
         n = buf[off + 5]
         assert buf[off + 6:off + 6 + n].decode() == pred["where"]
+    elif line.startswith("Received unknown capability"):
+        n = buf[off + 1]
+        assert buf[off] == S.QEMU_VM_SUBSECTION
+        assert buf[off + 2:off + 2 + n] == b"configuration/capabilities"
     elif line.startswith("Missing section footer"):
         assert buf[off] != S.QEMU_VM_SECTION_FOOTER
     elif line.startswith("Mismatched section id"):

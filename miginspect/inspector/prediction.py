@@ -189,6 +189,33 @@ def _machine(walk: StreamWalk, t: TargetModel) -> list[_F]:
                  f"start the target with `-machine {f}`", "target-machine", "machine")]
 
 
+#: Migration capabilities a file may carry, and the first QEMU that knows each.
+CAPABILITY_SINCE = {"mapped-ram": (9, 0), "x-ignore-shared": (4, 0)}
+
+
+def _version(t: TargetModel) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", t.qemu_version or "")
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def _capabilities(walk: StreamWalk, t: TargetModel) -> list[_F]:
+    """The configuration's capabilities subsection is loaded before the machine type is
+    compared (its post_load runs first): a QEMU that does not know a capability says so
+    first. A target that knows it is assumed to have it set (check's `incoming` says how)."""
+    c, v = walk.configuration, _version(t)
+    if c is None or v is None:
+        return []
+    off = next((o for n, _, o in c.subsections if n.endswith("capabilities")), c.offset)
+    out = []
+    for cap in walk.capabilities:
+        since = CAPABILITY_SINCE.get(cap)
+        if since is not None and v < since:
+            line = f"Received unknown capability {cap}"
+            out.append(_err(off, "configuration", line, f"needs QEMU >= {since[0]}.{since[1]}",
+                            "target-capability", "capability", (cap, since)))
+    return out
+
+
 def _page_bits(walk: StreamWalk, t: TargetModel) -> list[_F]:
     c = walk.configuration
     if t.page_size is None or c is None:
@@ -429,7 +456,8 @@ def predict(src: Source, walk: StreamWalk, t: TargetModel) -> TargetPrediction:
                                        [t.start_error])])
         pred = Prediction(FAILS_TO_START, t.start_error, None, None, [c])
         return TargetPrediction(t, pred, summary_problems([c]))
-    fs = _machine(walk, t) + _page_bits(walk, t) + _sections(src, walk, t)
+    fs = _capabilities(walk, t) + _machine(walk, t) + _page_bits(walk, t)
+    fs += _sections(src, walk, t)
     use, cpu = _cpu(src, walk, t)
     fs += cpu
     first = next((f for f in fs if f.stops), None)

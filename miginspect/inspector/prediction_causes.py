@@ -237,6 +237,14 @@ def _other_cause(key: str, fs: list[_F], walk: StreamWalk, t: TargetModel, use: 
         return _qemu_older(fs, t, first)
     if key == "cpu-features":
         return _cpu_features(fs, t, use, first)
+    if key == "capability":
+        cap, since = fs[0].detail
+        v = f"QEMU {t.qemu_version}" if t.qemu_version else "the target QEMU"
+        fix = ("convert the file for this QEMU: `miginspect convert FILE OUT --to legacy`, "
+               "then load OUT" if cap == "mapped-ram"
+               else f"load it with QEMU >= {since[0]}.{since[1]}")
+        return _cause("capability", f"the file was saved with the {cap} capability, which "
+                      f"QEMU >= {since[0]}.{since[1]} knows; {v} does not", fix, fs, first)
     if key == "page-size":
         return _cause("page-size", p.cause, p.fix, fs, first)
     if key.startswith("layout:"):
