@@ -6,7 +6,10 @@ footer or subsection check fails at the byte the simulation names."""
 from __future__ import annotations
 
 import copy
+import json
 import struct
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,9 +17,11 @@ from target_matrix import matrix, source_path
 
 from miginspect.formats import stream as S
 from miginspect.formats import vmstate as V
+from miginspect.inspector.check import check_file
 from miginspect.inspector.layout_compare import SubsectionInfo, compare_section
-from miginspect.inspector.prediction import cpuhp_layout, find_cpuhp
+from miginspect.inspector.prediction import OUTCOMES, cpuhp_layout, find_cpuhp
 from miginspect.inspector.stream import walk_stream
+from miginspect.inspector.target_formats import from_saved_state
 from miginspect.inspector.vmdesc import device_index
 
 SID = 7
@@ -132,3 +137,39 @@ def test_every_section_reads_cleanly_against_its_own_layout() -> None:
             d = idx[(s.idstr, s.instance_id)][0]
             lay = compare_section(buf, s, d, copy.deepcopy(d))
             assert lay.stop is None and lay.diffs == [], s.idstr
+
+
+def _with_trailer(buf: bytes, w: object, data: dict) -> bytes:
+    body = json.dumps(data).encode()
+    return buf[:w.trailer.offset] + bytes([S.QEMU_VM_VMDESCRIPTION]) + struct.pack(
+        ">I", len(body)) + body
+
+
+@pytest.mark.parametrize("mutate", ["huge-array", "deep", "garbage-types", "negative"])
+def test_hostile_file_description_is_bounded(mutate: str, tmp_path: Path) -> None:
+    """A file whose vmdescription lies (huge arrays, deep nesting, wrong types): the
+    comparison gives up on that device, the check still answers, quickly."""
+    buf, w, _ = _nics()
+    data = copy.deepcopy(w.trailer.data)
+    pm = next(d for d in data["devices"] if d["name"] == "0000:00:01.3/piix4_pm")
+    if mutate == "huge-array":
+        pm["fields"][1]["array_len"] = 10 ** 9
+    elif mutate == "deep":
+        node: dict = {"vmsd_name": "x", "fields": []}
+        pm["fields"][0] = {"name": "deep", "type": "struct", "size": 1, "struct": node}
+        for _ in range(300):
+            node["fields"] = [{"name": "d", "type": "struct", "size": 1,
+                               "struct": {"vmsd_name": "x", "fields": []}}]
+            node = node["fields"][0]["struct"]
+    elif mutate == "garbage-types":
+        pm["fields"] = [{"name": 5, "type": None, "size": "x"}, "junk", None]
+        pm["subsections"] = {"not": "a list"}
+    else:
+        pm["fields"][1]["size"] = -4
+    f = tmp_path / "hostile.mig"
+    f.write_bytes(_with_trailer(buf, w, data))
+    target = from_saved_state(str(source_path("q10-i440fx10-nics")), "snapshot", "t")
+    t0 = time.process_time()
+    rep = check_file(str(f), target=target)
+    assert time.process_time() - t0 < 10
+    assert rep.target["prediction"]["outcome"] in OUTCOMES

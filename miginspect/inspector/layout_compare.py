@@ -36,6 +36,9 @@ _INT_TYPES = {k for k in V.VMSTATE_SCALARS if k not in ("float64", "timer")}
 #: Fixed-size encodings: a size difference is a real layout difference.
 _FIXED = set(V.VMSTATE_SCALARS)
 MAX_DEPTH = 64
+#: Elements of one array, and element visits per section, beyond which a (hostile)
+#: description is not compared.
+MAX_ELEMS = 1 << 20
 
 
 @dataclass
@@ -107,7 +110,7 @@ def _elems(entry: dict[str, Any]) -> list[_Elem]:
     typ = str(entry.get("type", ""))
     size = int(entry.get("size", 0))
     n = int(entry["array_len"]) if "array_len" in entry else 1
-    if size < 0 or n < 0 or n > 1 << 24:
+    if size < 0 or n < 0 or n > MAX_ELEMS:
         raise ValueError("bad size or array_len in a vmdescription")
     sub = entry.get("struct") if typ in V.STRUCT_TYPES else (entry if typ == V.TMP_TYPE
                                                               else None)
@@ -157,6 +160,7 @@ class _Sim:
         self.misaligned = False
         self.certain = True
         self.tknown = True  # False: no target layout, only what -dump-vmstate knows
+        self.visits = 0
 
     # -- values ------------------------------------------------------------------
     def _int(self, buf: Any, pos: int | None, e: _Elem) -> int | None:
@@ -218,6 +222,10 @@ class _Sim:
               sib: list[tuple[int | None, int | None]]) -> int:
         p = f"{path}.{name}" if path else name
         nf, nt = len(fel), len(tel)
+        if nf == nt and fel[0].sub is None and all(  # a scalar array alike on both sides
+                e is fel[0] for e in fel) and all(e is tel[0] for e in tel) and (
+                fel[0].size == tel[0].size) and nf > 1:
+            return nf * fel[0].size
         count = nf
         if nf != nt:
             harmless = self._from_stream(sib, nf, nt)
@@ -245,6 +253,9 @@ class _Sim:
 
     def element(self, fe: _Elem, te: _Elem, fpos: int, tpos: int | None, path: str,
                 depth: int) -> int:
+        self.visits += 1
+        if self.visits > MAX_ELEMS:
+            raise ValueError("the description expands to too many elements to compare")
         if fe.sub is not None or te.sub is not None:
             if fe.sub is None or te.sub is None:
                 self._note(path, "", fpos, "size", fe.size, te.size, harmless=False)

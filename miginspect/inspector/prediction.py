@@ -351,16 +351,17 @@ def _sections(src: Source, walk: StreamWalk, t: TargetModel) -> list[_F]:
 def _layout(src: Source, walk: StreamWalk, s: Any, fdesc: dict[str, Any],
             t: TargetModel) -> SectionLayout | None:
     tl = (t.layouts or {}).get((s.idstr or "", s.instance_id or 0))
-    if tl is None and t.layouts is None and t.cpu is not None and t.cpu.possible:
-        synth = cpuhp_layout(fdesc, t.cpu.possible)
-        tl = TargetLayout(synth) if synth is not None else None
-    if tl is None and t.vmsds is None:
-        return None
     try:
+        if tl is None and t.layouts is None and t.cpu is not None and t.cpu.possible:
+            synth = cpuhp_layout(fdesc, t.cpu.possible)
+            tl = TargetLayout(synth) if synth is not None else None
+        if tl is None and t.vmsds is None:
+            return None
         return compare_section(src.buf, s, fdesc, tl.desc if tl else None,
                                tl.payload if tl else None, t.vmsds, walk.footers is not False)
-    except (ValueError, TypeError, KeyError, IndexError):
-        return None  # a malformed description: nothing to compare
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        t.notes.append(f"the description of {s.idstr!r} could not be compared (malformed)")
+        return None
 
 
 def find_cpuhp(desc: Any, depth: int = 0) -> list[dict[str, Any]]:
