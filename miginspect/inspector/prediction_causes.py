@@ -177,7 +177,8 @@ def _vcpus(fs: list[_F], walk: StreamWalk, t: TargetModel, first: _F | None) -> 
     lay = fs[0].detail
     dev = getattr(lay, "idstr", "?")
     d = lay.stop.diverges if lay is not None and lay.stop is not None else None
-    sized = f"{d.file_value} entries in the file, {d.target_value} on the target" if d else ""
+    sized = (f"{d.file_value} entr{'y' if d.file_value == 1 else 'ies'} in the file, "
+             f"{d.target_value} on the target") if d else ""
     tgt = f"{tc} vCPU(s)" + (f" ({tp} possible)" if tp and tp != tc else "")
     return _cause("vcpu-count", f"vCPU count differs: the file has {fc} vCPU(s), the target "
                   f"{tgt}; the ACPI CPU hotplug state in {dev} is sized by the CPU count "

@@ -45,12 +45,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .prediction import TargetCpu, TargetModel
 from .target import parse_info_ramblock
 from .target_cpu import FEATURES
+
+if TYPE_CHECKING:
+    from .prediction import TargetPrediction
+    from .source import Source
+    from .stream import StreamWalk
 
 #: QEMU options that take no argument (qemu-options.hx); every other option takes one.
 _NO_ARG = {"S", "snapshot", "enable-kvm", "nographic", "no-reboot", "no-shutdown",
@@ -83,7 +88,7 @@ class ProbeHints:
     modern_cpu_hotplug: bool = False
 
 
-def hints_for(walk: Any) -> ProbeHints:
+def hints_for(walk: StreamWalk) -> ProbeHints:
     """ProbeHints from the file's vmdescription: a `*/cpuhp` subsection anywhere (ich9_pm
     nests it in a struct field) means the guest switched to modern CPU hotplug."""
     from .prediction import find_cpuhp
@@ -424,7 +429,8 @@ def _machine_help(binary: str, env: dict[str, str], work: Path,
     return out or None
 
 
-def predict_on_qemu(src: Any, walk: Any, cmdline: str, timeout: float = 120.0) -> Any:
+def predict_on_qemu(src: Source, walk: StreamWalk, cmdline: str,
+                    timeout: float = 120.0) -> TargetPrediction:
     """Probe the target QEMU of `cmdline` (mirroring what the file needs) and predict the
     load of the walked file into it: a `prediction.TargetPrediction`."""
     from .prediction import predict
