@@ -378,31 +378,12 @@ def check_file(
         return check_source_error(path, e)
     with src:
         walk = walk_stream(src.buf, src.base, progress, page_size)
-        extra, tjson = _target_problems(src, walk, target, target_qemu)
+        from .prediction import target_problems  # --target / --target-qemu (issue 14)
+
+        extra, tjson = target_problems(src, walk, target, target_qemu)
         rep = check(src, walk, extra)
     rep.target = tjson
     return rep
-
-
-# -- --target / --target-qemu (issue 14): the prediction lives in prediction.py -------------
-def _target_problems(src: Source, walk: StreamWalk, target: Any,
-                     target_qemu: str | None) -> tuple[list[Problem], dict[str, Any] | None]:
-    from .prediction import TargetModel, predict
-    from .target import compare
-    from .target_formats import from_description
-    from .target_qemu import predict_on_qemu
-
-    if target_qemu is not None:
-        tp = predict_on_qemu(src, walk, target_qemu)
-        return tp.problems, tp.target_json()
-    if isinstance(target, TargetModel):
-        tp = predict(src, walk, target)
-        return tp.problems, tp.target_json()
-    if target is None:
-        return [], None
-    extra = compare(walk, target)  # the older kinds keep their problems; add the prediction
-    pred = predict(src, walk, from_description(target)).prediction
-    return extra, target.to_json() | {"prediction": pred.to_json()}
 
 
 def verdict_of(probs: list[Problem]) -> str:

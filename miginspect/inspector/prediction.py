@@ -475,7 +475,29 @@ def predict(src: Source, walk: StreamWalk, t: TargetModel) -> TargetPrediction:
     return TargetPrediction(t, pred, summary_problems(causes))
 
 
-__all__ = ["predict", "TargetModel", "TargetLayout", "TargetCpu", "Prediction", "Cause",
-           "TargetPrediction", "device_path", "cpuhp_layout",
-           "find_cpuhp", "OUTCOMES", "LOADS", "FAILS_TO_START",
-           "FAILS_TO_LOAD", "GUEST_MAY_NOT_RUN"]
+def target_problems(src: Source, walk: StreamWalk, target: Any = None,
+                    target_qemu: str | None = None) -> tuple[list[Problem],
+                                                         dict[str, Any] | None]:
+    """What `check_file` adds for `--target` / `--target-qemu`: the problems for its
+    problems[] and the report's `target` object (with `prediction`)."""
+    from .target import compare
+    from .target_formats import from_description
+    from .target_qemu import predict_on_qemu
+
+    if target_qemu is not None:
+        tp = predict_on_qemu(src, walk, target_qemu)
+        return tp.problems, tp.target_json()
+    if isinstance(target, TargetModel):
+        tp = predict(src, walk, target)
+        return tp.problems, tp.target_json()
+    if target is None:
+        return [], None
+    extra = compare(walk, target)  # the older kinds keep their problems; add the prediction
+    pred = predict(src, walk, from_description(target)).prediction
+    return extra, target.to_json() | {"prediction": pred.to_json()}
+
+
+__all__ = ["predict", "target_problems", "TargetModel", "TargetLayout", "TargetCpu",
+           "Prediction", "Cause", "TargetPrediction", "device_path", "cpuhp_layout",
+           "find_cpuhp", "OUTCOMES", "LOADS", "FAILS_TO_START", "FAILS_TO_LOAD",
+           "GUEST_MAY_NOT_RUN"]
