@@ -6,7 +6,7 @@ import argparse
 
 from .. import ui
 from ..inspector.check import check_file
-from ..inspector.target import load_target
+from ..inspector.target_formats import load_any_target
 from ..render.check import render_check
 from .common import INPUT_HELP, common_options, emit
 
@@ -24,13 +24,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="compare with the destination: another snapshot from it, a saved "
                    "`info ramblock` text, or a JSON description (see the docs of "
                    "miginspect.inspector.target)")
+    p.add_argument("--target-qemu", metavar="CMDLINE",
+                   help="predict the load on the target QEMU itself: its command line (binary "
+                   "and arguments, split like a shell; leading `env NAME=VALUE` words set its "
+                   "environment). It is started paused and never runs guest code")
     p.add_argument("-v", "--verbose", action="store_true", help="also show info notes")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    target = load_target(args.target) if args.target else None
+    target = load_any_target(args.target) if args.target else None
     with ui.progress("checking") as cb:
-        report = check_file(args.file, cb, args.page_size, target)
+        report = check_file(args.file, cb, args.page_size, target, args.target_qemu)
     emit(args, report, lambda con: render_check(report, con, show_info=args.verbose))
     return report.exit_code

@@ -53,6 +53,7 @@ from .source import Source
 from .vmdesc import device_index
 
 if TYPE_CHECKING:
+    from .prediction import TargetModel
     from .target import TargetDescription
 
 
@@ -184,12 +185,12 @@ def check_file(
     path: str,
     progress: Progress | None = None,
     page_size: int | None = None,
-    target: TargetDescription | None = None,
+    target: TargetDescription | TargetModel | None = None,
+    target_qemu: str | None = None,
 ) -> CheckReport:
-    """Open, walk and check `path` (and compare it with `target`), through the same open
-    path as every command. Damage never raises: it becomes a problem in the report."""
-    from .target import compare
-
+    """Open, walk and check `path` (and compare it with `target`, or predict the load on
+    the QEMU of the `target_qemu` command line). Damage never raises: it becomes a problem
+    in the report."""
     try:
         cap = open_capture(path, progress, strict=False, page_size=page_size)
     except UsageError:
@@ -197,11 +198,12 @@ def check_file(
     except MigError as e:
         return check_source_error(path, e)
     with cap:
-        extra = compare(cap.walk, target) if target is not None else []
+        from .prediction import target_problems  # --target / --target-qemu (issue 14)
+
+        extra, tjson = target_problems(cap.source, cap.walk, target, target_qemu)
         trust = cap.bitmap_trust if cap.walk.mapped_ram and cap.walk.error is None else None
         rep = check(cap.source, cap.walk, extra, trust)
-    if target is not None:
-        rep.target = target.to_json()
+    rep.target = tjson
     return rep
 
 
