@@ -13,7 +13,8 @@ import sys
 from .errors import MigError, UsageError
 
 #: Subcommand modules in miginspect.commands, in help order.
-COMMANDS = ["info", "map", "extract", "size", "diff", "devices", "xml", "check", "convert"]
+COMMANDS = ["info", "map", "extract", "size", "diff", "devices", "xml", "check", "convert",
+            "snapshots"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
