@@ -76,7 +76,7 @@ CODE_PAST_EOF = "qcow2-past-eof"
 CODE_STATE = "qcow2-bad-state"
 
 _COPY_CHUNK = 8 << 20
-_MAX_RUNS_FLOOR = 1 << 16
+_MAX_RUNS_FLOOR = 1 << 20
 
 
 def _err(cls: type[MigError], msg: str, offset: int | None, code: str) -> MigError:
@@ -399,8 +399,8 @@ class Qcow2Image:
         h = self.header
         off = Q.HEADER_FIELD_OFFSETS
         if h.nb_snapshots > Q.QCOW_MAX_SNAPSHOTS:
-            raise _err(FormatError, f"too many snapshots: nb_snapshots {h.nb_snapshots} is "
-                       f"above QEMU's limit of {Q.QCOW_MAX_SNAPSHOTS}", off["nb_snapshots"],
+            raise _err(FormatError, f"snapshot table too large: nb_snapshots {h.nb_snapshots} "
+                       f"is above QEMU's limit of {Q.QCOW_MAX_SNAPSHOTS}", off["nb_snapshots"],
                        CODE_SNAPSHOT_TABLE)
         if h.nb_snapshots and h.snapshots_offset % h.cluster_size:
             raise _err(FormatError, f"snapshot table offset invalid (0x{h.snapshots_offset:x} "
@@ -516,7 +516,9 @@ class _StateMapper:
         self.esz = h.l2_entry_size
         self.start = sn.vm_state_offset
         self.end = sn.vm_state_offset + sn.vm_state_size
-        self.max_runs = max(_MAX_RUNS_FLOOR, sn.vm_state_size // 4096)
+        # QEMU writes a state as data clusters, a handful of runs; a bound on the pieces
+        # keeps memory in proportion to the state's pages whatever the tables say
+        self.max_runs = max(_MAX_RUNS_FLOOR, sn.vm_state_size // 4096 * 2)
         self.runs: list[np.ndarray] = []
         self.nruns = 0
         self.l2_tables = 0
@@ -909,12 +911,23 @@ def open_snapshot(path: str, snapshot: str | None = None,
         raise
 
 
+def state_notes(img: Qcow2Image, layout: StateLayout) -> list[str]:
+    """What is unusual about where a state is: bytes not stored in the image."""
+    notes = []
+    holes = layout.bytes_of(KIND_UNALLOCATED) + layout.bytes_of(KIND_ZERO)
+    if holes:
+        notes.append(f"{holes:,} bytes of the VM state are not allocated in the image (zero or "
+                     "unallocated clusters, read as zeros); QEMU writes every byte of a state, "
+                     "so it is damaged or was not written by QEMU")
+    if img.backing_file and layout.bytes_of(KIND_UNALLOCATED):
+        notes.append(f"QEMU would read the unallocated bytes from the backing file "
+                     f"{img.backing_file!r}")
+    return notes
+
+
 def _state_source(img: Qcow2Image, layout: StateLayout, progress: Progress | None) -> Source:
     c = Qcow2Container(image=image_json(img), snapshot=layout.snapshot, layout=layout)
-    if img.backing_file and layout.bytes_of(KIND_UNALLOCATED):
-        c.notes.append(f"{layout.bytes_of(KIND_UNALLOCATED):,} bytes of the state are "
-                       "unallocated and read as zeros here; QEMU would read them from the "
-                       f"backing file {img.backing_file!r}")
+    c.notes += state_notes(img, layout)
     size = layout.size
     host = int(layout.runs["host_offset"][0])
     if layout.contiguous and host % mmap.ALLOCATIONGRANULARITY == 0:

@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MigError
-from .qcow2 import Qcow2Image, Qcow2Snapshot, image_json, open_image, snapshot_json
+from .qcow2 import (
+    KIND_UNALLOCATED,
+    KIND_ZERO,
+    Qcow2Image,
+    Qcow2Snapshot,
+    image_json,
+    open_image,
+    snapshot_json,
+    state_notes,
+)
 
 
 @dataclass
@@ -23,6 +32,8 @@ class SnapshotRow:
     vm_state_allocated: int | None = None  # host bytes of the state's clusters
     vm_state_runs: int | None = None  # pieces the state is split into in the image
     vm_state_l2_tables: int | None = None
+    vm_state_not_stored: int | None = None  # bytes of zero / unallocated clusters
+    notes: list[str] = field(default_factory=list)
     vm_state_in: str | None = None  # the image holding the VM state of this snapshot's name
     problem: str | None = None  # damage found while mapping the state (one line)
     problem_offset: int | None = None
@@ -30,6 +41,7 @@ class SnapshotRow:
     def to_json(self) -> dict[str, Any]:
         return dict(snapshot_json(self.snapshot), vm_state_allocated=self.vm_state_allocated,
                     vm_state_runs=self.vm_state_runs, vm_state_l2_tables=self.vm_state_l2_tables,
+                    vm_state_not_stored=self.vm_state_not_stored, notes=self.notes,
                     vm_state_in=self.vm_state_in, problem=self.problem,
                     problem_offset=self.problem_offset)
 
@@ -95,6 +107,8 @@ def _row(img: Qcow2Image, sn: Qcow2Snapshot) -> SnapshotRow:
     row.vm_state_allocated = lay.allocated
     row.vm_state_runs = len(lay.runs)
     row.vm_state_l2_tables = lay.l2_tables
+    row.vm_state_not_stored = lay.bytes_of(KIND_ZERO) + lay.bytes_of(KIND_UNALLOCATED)
+    row.notes = state_notes(img, lay)
     return row
 
 

@@ -165,6 +165,11 @@ def render_snapshots(r: SnapshotsReport, console: Console) -> None:
                     + ", ".join(shown(p) for p in g.vm_state_images)
                     + " (snapshots of different VMs that share a name?)[/]")
         console.print(text)
+    for im in r.images:
+        for row in im.snapshots:
+            for note in row.notes:
+                console.print(f"[yellow]{shown(im.path)}: {shown(row.snapshot.label())}: "
+                              f"{shown(note)}[/]")
     for path, row in r.problems:
         at = f" at offset {hexoff(row.problem_offset)}" if row.problem_offset is not None else ""
         console.print(f"[red]{shown(path)}{at}: {shown(row.problem)}[/]")
