@@ -930,8 +930,12 @@ def _state_source(img: Qcow2Image, layout: StateLayout, progress: Progress | Non
     c.notes += state_notes(img, layout)
     size = layout.size
     host = int(layout.runs["host_offset"][0])
+    mm: Any = None
     if layout.contiguous and host % mmap.ALLOCATIONGRANULARITY == 0:
         mm = mmap.mmap(img.fd, size, access=mmap.ACCESS_READ, offset=host)
+    else:
+        mm = _stitched(img.fd, layout)
+    if mm is not None:  # the image's own pages: no copy
         _advise(mm)
         c.zero_copy = True
         src = Source(img.path, mm, 0, img.file_size, img.allocated_size, c, fd=None)
@@ -948,6 +952,51 @@ def _state_source(img: Qcow2Image, layout: StateLayout, progress: Progress | Non
     src = Source(img.path, mm, 0, img.file_size, img.allocated_size, c, fd=tmp.fileno())
     src._closers += [tmp, mm]
     return src
+
+
+_MAP_FIXED = 0x10  # Linux, every architecture QEMU hosts
+_libc: Any = None
+
+
+def _stitched(fd: int, layout: StateLayout) -> mmap.mmap | None:
+    """The state as one read-only mapping built from the image's own pages: an anonymous
+    mapping of the state's size (zeros) with each data run mapped over its place
+    (mmap MAP_FIXED). Only on Linux, and only when every data run starts on a page
+    boundary in the image and in the state (clusters of 4 KiB or more) and nothing is
+    compressed; None otherwise (the caller copies instead)."""
+    global _libc
+    g = mmap.ALLOCATIONGRANULARITY
+    r = layout.runs
+    if not os.uname().sysname == "Linux" or (r["kind"] == KIND_COMPRESSED).any():
+        return None
+    d = r[r["kind"] == KIND_DATA]
+    ends_inside = d["state_offset"] + d["length"] < np.uint64(layout.size)
+    if ((d["host_offset"] % np.uint64(g)).any() or (d["state_offset"] % np.uint64(g)).any()
+            or ((d["length"] % np.uint64(g) != 0) & ends_inside).any()):
+        return None
+    try:
+        import ctypes
+
+        if _libc is None:
+            lib = ctypes.CDLL(None, use_errno=True)
+            lib.mmap.restype = ctypes.c_void_p
+            lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                 ctypes.c_int, ctypes.c_int64]
+            _libc = lib
+        mm = mmap.mmap(-1, layout.size)
+        view = ctypes.c_char.from_buffer(mm)
+        base = ctypes.addressof(view)
+        del view
+    except (OSError, AttributeError, ValueError, TypeError):
+        return None
+    for so, ho, ln in zip(d["state_offset"].tolist(), d["host_offset"].tolist(),
+                          d["length"].tolist(), strict=True):
+        n = (ln + g - 1) // g * g
+        got = _libc.mmap(base + so, n, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, ho)
+        if got != base + so:
+            mm.close()
+            return None
+    return mm
 
 
 def _advise(mm: mmap.mmap) -> None:
