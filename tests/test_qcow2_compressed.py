@@ -244,3 +244,69 @@ def test_reordered_clusters_are_read_in_place(tmp_path) -> None:  # noqa: ANN001
 
         chk = subprocess.run(["qemu-img", "check", str(path)], capture_output=True, text=True)
         assert chk.returncode == 0, chk.stdout + chk.stderr
+
+
+def _strip_extra_data(base: Path, out: Path) -> None:
+    """The image with its snapshot table rewritten as QEMU before 1.1 wrote it: no extra
+    data (no 64-bit state size, no disk size, no icount), at the end of the file."""
+    import os
+
+    shutil.copyfile(base, out)
+    with R.open_image(str(out)) as img:
+        h = img.header
+        raws = [img.pread(s.entry_offset, 40 + s.extra_data_size + len(s.id) + len(s.name), "e")
+                for s in img.snapshots]
+    table = b""
+    for r in raws:
+        e = Q.QCowSnapshotEntry.parse(r)
+        e.extra_data_size = 0
+        e.extra_data = dict(vm_state_size_large=None, disk_size=None, icount=None, unknown=b"")
+        table += Q.QCowSnapshotEntryPadded.build(e)
+    with open(out, "r+b") as f:
+        at = (os.path.getsize(out) + h.cluster_size - 1) // h.cluster_size * h.cluster_size
+        f.seek(at)
+        f.write(table)
+        f.seek(Q.HEADER_FIELD_OFFSETS["snapshots_offset"])
+        f.write(struct.pack(">Q", at))
+
+
+def test_entries_without_extra_data_use_the_current_disk_size(tmp_path) -> None:  # noqa: ANN001
+    name = "q10-snapshots"
+    if name not in COMMITTED:
+        pytest.skip(f"{name} is not bundled")
+    out = tmp_path / "old.qcow2"
+    _strip_extra_data(image_file(name), out)
+    man, _ = scenario(name)
+    with R.open_image(str(out)) as img:
+        for sn in img.snapshots:
+            assert sn.extra_data_size == 0 and not sn.disk_size_recorded
+            assert sn.disk_size == img.header.size and sn.icount is None
+            assert sn.vm_state_size == sn.vm_state_size32
+    with R.open_snapshot(str(out), "s2") as src:
+        assert hashlib.sha256(src.buf).hexdigest() == man["snapshots"]["s2"][
+            "qemu_read_state"]["sha256"]
+    if shutil.which("qemu-img"):
+        import json
+        import subprocess
+
+        q = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(out)],
+                                      capture_output=True, text=True, check=True).stdout)
+        with R.open_image(str(out)) as img:
+            assert [(s.id, s.name, s.vm_state_size) for s in img.snapshots] == [
+                (x["id"], x["name"], x["vm-state-size"]) for x in q["snapshots"]]
+
+
+def test_without_its_disk_size_a_resized_snapshot_points_past_its_l1(tmp_path) -> None:  # noqa: ANN001
+    """Why the disk size is recorded: without it QEMU takes the current (grown) size, and
+    the state of a snapshot taken before the resize is looked for past its L1 table."""
+    name = "q10-extl2-resized"
+    if name not in COMMITTED:
+        pytest.skip(f"{name} is not bundled")
+    out = tmp_path / "old.qcow2"
+    _strip_extra_data(image_file(name), out)
+    with R.open_image(str(out)) as img:
+        sn = img.find_snapshot("before-resize")
+        assert sn.vm_state_offset == img.find_snapshot("after-resize").vm_state_offset
+    with pytest.raises(R.InconsistentError, match="runs past the snapshot's L1 table") as e:
+        R.open_snapshot(str(out), "before-resize")
+    assert e.value.offset == sn.entry_offset + 8

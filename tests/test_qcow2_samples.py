@@ -29,7 +29,7 @@ from miginspect.inspector.stream import walk_stream
 
 QDIR = SAMPLES / "qcow2"
 #: Scenarios the tests make with QEMU (not committed: quick to produce).
-RUNTIME = ["q10-two-disks", "q72-extl2-resized"]
+RUNTIME = ["q10-two-disks", "q72-extl2-resized", "q10-compat-0.10"]
 PAGE = 4096
 MASK = range(0xA0000 // PAGE, 0xFFFFF // PAGE + 1)  # pmemsave differs from pc.ram there
 
@@ -114,7 +114,7 @@ def snapshot_cases() -> list[tuple[str, str]]:
             man = json.loads((QDIR / f"{n}.json").read_text())
             out += [(n, s) for s in man["snapshots"]]
         else:  # made at test time: its snapshots are known from the scenario
-            snaps = {"q10-two-disks": ["both"],
+            snaps = {"q10-two-disks": ["both"], "q10-compat-0.10": ["v2"],
                      "q72-extl2-resized": ["before-resize", "after-resize"]}[n]
             out += [(n, s) for s in snaps]
     return out
@@ -326,3 +326,74 @@ def test_state_volume_reads_with_its_zero_padding_reported() -> None:
     ref = zstandard.ZstdDecompressor().decompress((QDIR / meta["pmem_pages_file"]).read_bytes())
     assert [i for i in range(len(ours)) if i not in MASK and ours[i] != ref[i * 8 : i * 8 + 8]
             ] == []
+
+
+# -- the reader's struct unpacking against the grammar ---------------------------------------
+def _entries_by_grammar(path: Path) -> list:
+    from miginspect.formats import qcow2 as Q
+
+    raw = path.read_bytes()
+    h = Q.QCowHeader.parse(raw[:112])
+    out, pos = [], h.snapshots_offset
+    for _ in range(h.nb_snapshots):
+        pos = (pos + 7) // 8 * 8
+        e = Q.QCowSnapshotEntry.parse(raw[pos:])
+        out.append((pos, e))
+        pos += 40 + e.extra_data_size + e.id_str_size + e.name_size
+    return out
+
+
+def _check_entries(path: Path) -> None:
+    with R.open_image(str(path)) as img:
+        ours = img.snapshots
+        size = img.header.size
+    theirs = _entries_by_grammar(path)
+    assert len(ours) == len(theirs)
+    for s, (pos, e) in zip(ours, theirs, strict=True):
+        x = e.extra_data
+        assert s.entry_offset == pos
+        assert (s.id, s.name) == (e.id_str.decode(), e.name.decode())
+        assert (s.l1_table_offset, s.l1_size, s.date_sec, s.date_nsec, s.vm_clock_nsec,
+                s.vm_state_size32, s.extra_data_size) == (
+            e.l1_table_offset, e.l1_size, e.date_sec, e.date_nsec, e.vm_clock_nsec,
+            e.vm_state_size, e.extra_data_size)
+        assert s.vm_state_size == (x.vm_state_size_large if x.vm_state_size_large is not None
+                                   else e.vm_state_size)
+        assert s.disk_size == (x.disk_size if x.disk_size is not None else size)
+        assert s.icount == (None if x.icount in (None, (1 << 64) - 1) else x.icount)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_snapshot_entries_equal_the_grammar(name: str) -> None:
+    man, _ = scenario(name)
+    for i in range(len(man["images"])):
+        _check_entries(image_file(name, i))
+
+
+@pytest.mark.parametrize("extra", [0, 8, 12, 16, 20, 24, 36, 1024])
+def test_snapshot_entries_with_any_extra_data_size_equal_the_grammar(extra, tmp_path) -> None:  # noqa: ANN001
+    """Entries built by the grammar with every extra-data length QEMU accepts (partial
+    fields, unknown trailing bytes), two per table, the last unpadded at the end."""
+    import struct
+
+    from miginspect.formats import qcow2 as Q
+
+    name = "q10-snapshots"
+    if name not in COMMITTED:
+        pytest.skip(f"{name} is not bundled")
+    base = image_file(name).read_bytes()
+    words = (123_456_789_012, 1 << 33, 42, 7)
+    fields = dict(zip(("vm_state_size_large", "disk_size", "icount"), words, strict=False))
+    x = {k: (v if extra >= 8 * (i + 1) else None) for i, (k, v) in enumerate(fields.items())}
+    x["unknown"] = b"\x5a" * max(0, extra - 24) + (b"\x33" * (extra % 8) if extra < 24 else b"")
+    entries = [dict(l1_table_offset=0x70000 * (i + 1), l1_size=3 + i, date_sec=1_700_000_000 + i,
+                    date_nsec=999_999_999, vm_clock_nsec=(1 << 40) + i, vm_state_size=4096 * i,
+                    extra_data_size=extra, extra_data=x, id_str=str(10 + i).encode(),
+                    name=("snap/" * (i + 1)).encode()) for i in range(2)]
+    table = Q.QCowSnapshotEntryPadded.build(entries[0]) + Q.QCowSnapshotEntry.build(entries[1])
+    at = (len(base) + 0xFFFF) // 0x10000 * 0x10000
+    img = bytearray(base) + bytes(at - len(base)) + table
+    img[60:72] = struct.pack(">IQ", 2, at)
+    p = tmp_path / "t.qcow2"
+    p.write_bytes(bytes(img))
+    _check_entries(p)

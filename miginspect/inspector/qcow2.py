@@ -24,6 +24,7 @@ import errno
 import io
 import mmap
 import os
+import struct
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -253,6 +254,26 @@ class StateLayout:
         }
 
 
+#: QCowSnapshotHeader for struct (checked against the grammar by the tests).
+_SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
+_WINDOW = 1 << 20
+
+
+class _Window:
+    """Bounded reads of a table: one pread of up to 1 MiB serves many small gets."""
+
+    def __init__(self, img: Qcow2Image) -> None:
+        self.img, self.start, self.data = img, 0, b""
+
+    def get(self, offset: int, n: int, what: str) -> bytes:
+        if not (self.start <= offset and offset + n <= self.start + len(self.data)):
+            want = min(max(n, _WINDOW), max(n, self.img.file_size - offset))
+            self.data = self.img.pread(offset, want, what, CODE_SNAPSHOT_TABLE)
+            self.start = offset
+        k = offset - self.start
+        return self.data[k : k + n]
+
+
 # -----------------------------------------------------------------------------------------
 class Qcow2Image:
     """An opened qcow2 image: header, extensions, snapshot table. Read-only."""
@@ -429,12 +450,16 @@ class Qcow2Image:
 
     # -- snapshot table -------------------------------------------------------------------
     def _read_snapshots(self) -> list[Qcow2Snapshot]:
+        """The snapshot table, read through a bounded window (the table may hold 65,536
+        entries: the entries are unpacked with struct; tests check them against the
+        QCowSnapshotEntry grammar)."""
         h = self.header
         out: list[Qcow2Snapshot] = []
+        win = _Window(self)
         pos = h.snapshots_offset
         for i in range(h.nb_snapshots):
             pos = (pos + 7) // 8 * 8
-            sn, pos = self._read_snapshot(i, pos)
+            sn, pos = self._read_snapshot(win, i, pos)
             out.append(sn)
             if pos - h.snapshots_offset > Q.QCOW_MAX_SNAPSHOTS_SIZE:
                 raise _err(FormatError, f"snapshot table is too big (more than "
@@ -442,30 +467,30 @@ class Qcow2Image:
                            CODE_SNAPSHOT_TABLE)
         return out
 
-    def _read_snapshot(self, i: int, pos: int) -> tuple[Qcow2Snapshot, int]:
+    def _read_snapshot(self, win: _Window, i: int, pos: int) -> tuple[Qcow2Snapshot, int]:
         h = self.header
         what = f"snapshot table entry {i}"
-        raw = self.pread(pos, Q.QCOW_SNAPSHOT_HEADER_SIZE, what, CODE_SNAPSHOT_TABLE)
-        fixed, _ = parse_at(Q.QCowSnapshotHeader, raw, 0, what)
-        if fixed.extra_data_size > Q.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
-            raise _err(FormatError, f"too much extra metadata in {what} ({fixed.extra_data_size}"
-                       f" bytes; QEMU's limit is {Q.QCOW_MAX_SNAPSHOT_EXTRA_DATA})", pos + 36,
+        (l1_off, l1_size, id_size, name_size, dsec, dnsec, clock, size32,
+         extra_size) = _SNAPSHOT_HEADER.unpack(win.get(pos, Q.QCOW_SNAPSHOT_HEADER_SIZE, what))
+        if extra_size > Q.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
+            raise _err(FormatError, f"too much extra metadata in {what} ({extra_size} bytes; "
+                       f"QEMU's limit is {Q.QCOW_MAX_SNAPSHOT_EXTRA_DATA})", pos + 36,
                        CODE_SNAPSHOT_TABLE)
-        n = Q.QCOW_SNAPSHOT_HEADER_SIZE + fixed.extra_data_size + fixed.id_str_size \
-            + fixed.name_size
-        e, _ = parse_at(Q.QCowSnapshotEntry, self.pread(pos, n, what, CODE_SNAPSHOT_TABLE), 0,
-                        what, limit=n)
-        x = e.extra_data
-        size = x.vm_state_size_large if x.vm_state_size_large is not None else e.vm_state_size
-        recorded = x.disk_size is not None
-        disk = x.disk_size if recorded else (h.size + 511) // 512 * 512
-        icount = x.icount if x.icount is not None and x.icount != (1 << 64) - 1 else None
+        n = Q.QCOW_SNAPSHOT_HEADER_SIZE + extra_size + id_size + name_size
+        body = win.get(pos, n, what)
+        extra = [int.from_bytes(body[40 + k : 48 + k], "big")
+                 for k in range(0, min(extra_size, 24) - 7, 8)]
+        size = extra[0] if len(extra) > 0 else size32
+        recorded = len(extra) > 1
+        disk = extra[1] if recorded else (h.size + 511) // 512 * 512
+        icount = extra[2] if len(extra) > 2 and extra[2] != (1 << 64) - 1 else None
+        at = 40 + extra_size
         sn = Qcow2Snapshot(
-            index=i, id=_text(e.id_str), name=_text(e.name), entry_offset=pos,
-            l1_table_offset=e.l1_table_offset, l1_size=e.l1_size, date_sec=e.date_sec,
-            date_nsec=e.date_nsec, vm_clock_nsec=e.vm_clock_nsec, vm_state_size=size,
-            vm_state_size32=e.vm_state_size, disk_size=disk, disk_size_recorded=recorded,
-            icount=icount, extra_data_size=e.extra_data_size,
+            index=i, id=_text(body[at : at + id_size]),
+            name=_text(body[at + id_size : at + id_size + name_size]), entry_offset=pos,
+            l1_table_offset=l1_off, l1_size=l1_size, date_sec=dsec, date_nsec=dnsec,
+            vm_clock_nsec=clock, vm_state_size=size, vm_state_size32=size32, disk_size=disk,
+            disk_size_recorded=recorded, icount=icount, extra_data_size=extra_size,
             vm_state_offset=Q.vm_state_offset(disk, h.cluster_bits, h.extended_l2))
         return sn, pos + n
 

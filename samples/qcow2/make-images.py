@@ -306,6 +306,16 @@ def sc_extl2_resized(ctx) -> None:
     vm.quit()
 
 
+def sc_compat_010(ctx) -> None:
+    """A version-2 header (compat=0.10, QEMU's format before 1.1): 72-byte header, no
+    feature bits, no zero flag."""
+    d = ctx.disk("", "256M", {"compat": "0.10"})
+    vm = boot(ctx.qemu, ctx.guest, ctx.work, [d])
+    ctx.vm_info, ctx.workload = vm.info(), vm.workload
+    _paused_snapshot(ctx, vm, "v2", "hmp", [d])
+    vm.quit()
+
+
 def sc_two_disks(ctx) -> None:
     """A VM with two disks: savevm keeps the state in the first; the second gets a
     snapshot of the same name with vm_state_size 0."""
@@ -430,6 +440,8 @@ SCENARIOS = {
     "q10-two-disks": (sc_two_disks, "qemu10",
                       "QEMU 10, two IDE disks; one savevm: disk -a holds the VM state, disk -b "
                       "a snapshot of the same name with vm_state_size 0."),
+    "q10-compat-0.10": (sc_compat_010, "qemu10",
+                        "QEMU 10, a version-2 image (compat=0.10), 256 MiB disk; one savevm."),
     "q72-extl2-resized": (sc_extl2_resized, "qemu72",
                           "As q10-extl2-resized, with QEMU 7.2."),
     "libvirt-snapshot": (sc_libvirt, "qemu10",
