@@ -4,6 +4,7 @@ or an allocation sized by a length field), through the reader and through the CL
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import struct
@@ -253,10 +254,17 @@ def test_header_only_and_not_qcow2(tmp_path, capsys) -> None:  # noqa: ANN001
     with pytest.raises(TruncatedError) as e:
         R.open_image(str(p))
     one_line(e.value, 0)
-    q = tmp_path / "x.mig"
-    q.write_bytes(b"QEVM\0\0\0\3" + bytes(100))
+    q = tmp_path / "x.bin"
+    q.write_bytes(b"\x01\x02" * 100)
     rc, _, err = cli(capsys, str(q))
     assert rc == 1 and "not a qcow2 image" in err and err.count("\n") == 1
+    m = tmp_path / "x.mig"
+    m.write_bytes(b"QEVM\0\0\0\3" + bytes(100))
+    rc, out, err = cli(capsys, "--json", str(m))
+    assert rc == 0 and json.loads(out)["images"] == [
+        {"path": str(m), "format": "QEMU migration stream", "snapshots": []}]
+    rc, out, err = cli(capsys, str(m))
+    assert rc == 0 and "not a qcow2 image: a QEMU migration stream" in out
 
 
 def test_encrypted_image_lists_but_its_state_is_refused(base, tmp_path, capsys) -> None:  # noqa: ANN001

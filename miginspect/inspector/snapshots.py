@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MigError
+from ..formats import libvirt as lv
 from .qcow2 import (
     KIND_UNALLOCATED,
     KIND_ZERO,
     Qcow2Image,
     Qcow2Snapshot,
     image_json,
+    is_qcow2,
     open_image,
     snapshot_json,
     state_notes,
@@ -48,12 +50,16 @@ class SnapshotRow:
 
 @dataclass
 class ImageSnapshots:
-    image: dict[str, Any]  # qcow2.image_json
+    image: dict[str, Any]  # qcow2.image_json and "format" ("qcow2", or what else it is)
     snapshots: list[SnapshotRow] = field(default_factory=list)
 
     @property
     def path(self) -> str:
         return self.image["path"]
+
+    @property
+    def is_qcow2(self) -> bool:
+        return self.image.get("format") == "qcow2"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.image, snapshots=[r.to_json() for r in self.snapshots])
@@ -112,14 +118,35 @@ def _row(img: Qcow2Image, sn: Qcow2Snapshot) -> SnapshotRow:
     return row
 
 
+def other_kind(head: bytes) -> str | None:
+    """What a file that is not a qcow2 image holds, when it is one of the files the other
+    commands read (their VM state is read directly, there are no snapshots to list)."""
+    from .source import sniff_compression
+
+    if head[:16] in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL):
+        return "libvirt save image"
+    if head[:4] == b"QEVM":
+        return "QEMU migration stream"
+    comp = sniff_compression(head)
+    return f"{comp}-compressed file" if comp else None
+
+
+def _image(path: str) -> ImageSnapshots:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    kind = None if is_qcow2(head) else other_kind(head)
+    if kind is not None:
+        return ImageSnapshots({"path": path, "format": kind})
+    with open_image(path) as img:  # not a qcow2 image either: open_image says so
+        return ImageSnapshots(dict(image_json(img), format="qcow2"),
+                              [_row(img, sn) for sn in img.snapshots])
+
+
 def list_snapshots(paths: list[str]) -> SnapshotsReport:
-    """The snapshot tables of `paths` (qcow2 images). A damaged header or snapshot table
-    raises; damage inside one snapshot's state is reported on its row."""
-    images = []
-    for p in paths:
-        with open_image(p) as img:
-            images.append(ImageSnapshots(image_json(img),
-                                         [_row(img, sn) for sn in img.snapshots]))
+    """The snapshot tables of `paths` (qcow2 images; a migration file or libvirt save image
+    is listed as such, with no snapshots). A damaged header or snapshot table raises;
+    damage inside one snapshot's state is reported on its row."""
+    images = [_image(p) for p in paths]
     groups: dict[str, StateGroup] = {}
     for im in images:
         for r in im.snapshots:

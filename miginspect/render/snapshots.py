@@ -183,6 +183,11 @@ def _stacked(im: ImageSnapshots, console: Console) -> None:
 
 def _image(im: ImageSnapshots, console: Console) -> None:
     console.print()
+    if not im.is_qcow2:
+        console.print(f"[bold]{wrapped(im.path, console.width)}[/]\n  not a qcow2 image: a "
+                      f"{shown(im.image['format'])}, no internal snapshots (the other "
+                      "commands read its VM state directly)")
+        return
     console.print(_image_line(im, console.width))
     if not im.snapshots:
         console.print("  no internal snapshots")
