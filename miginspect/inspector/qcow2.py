@@ -723,8 +723,8 @@ class _StateMapper:
         self.nruns += len(runs)
         if self.nruns > self.max_runs:
             raise self.fail(FormatError, f"the VM state is split into more than "
-                            f"{self.max_runs:,} pieces (damaged or hostile tables)", None,
-                            CODE_STATE)
+                            f"{self.max_runs:,} pieces (damaged or hostile tables)",
+                            self.sn.entry_offset, CODE_STATE)
         self.runs.append(runs)
 
     def _check_overlaps(self, runs: np.ndarray) -> None:
@@ -1008,9 +1008,9 @@ def _stitched(fd: int, layout: StateLayout) -> mmap.mmap | None:
             lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                                  ctypes.c_int, ctypes.c_int64]
             _libc = lib
-        mm = mmap.mmap(-1, layout.size)
-        view = ctypes.c_char.from_buffer(mm)
-        base = ctypes.addressof(view)
+        mm = mmap.mmap(-1, layout.size, prot=mmap.PROT_READ)  # read-only, like the others
+        view = np.frombuffer(mm, np.uint8)
+        base = view.ctypes.data
         del view
     except (OSError, AttributeError, ValueError, TypeError):
         return None
