@@ -22,7 +22,8 @@ from . import __version__
 from .errors import FormatError, MigError, UsageError
 
 #: Subcommand modules in miginspect.commands, in help order.
-COMMANDS = ["info", "map", "extract", "size", "diff", "devices", "xml", "check", "convert"]
+COMMANDS = ["info", "map", "extract", "size", "diff", "devices", "xml", "check", "convert",
+            "snapshots"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
