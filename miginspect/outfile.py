@@ -70,14 +70,14 @@ def refuse_existing(shown: str, st: os.stat_result | None, force: bool,
     if st is None:
         return
     if stat.S_ISLNK(st.st_mode):
-        raise UsageError(f"refusing to write through the symlink {shown!r}")
+        raise UsageError(f"refusing to write through the symlink {shown!r}", code="usage")
     if not stat.S_ISREG(st.st_mode):
         raise UsageError(f"{shown!r} exists and is {_kind(st.st_mode)}: only regular files "
-                         "are written (even with --force)")
+                         "are written (even with --force)", code="usage")
     if _same_file(st, protect):
-        raise UsageError(f"{shown!r} is the input file; the input is never modified")
+        raise UsageError(f"{shown!r} is the input file; the input is never modified", code="usage")
     if not force:
-        raise UsageError(f"{shown!r} exists; use --force to replace it")
+        raise UsageError(f"{shown!r} exists; use --force to replace it", code="usage")
 
 
 def _lstat(name: str, dir_fd: int | None = None) -> os.stat_result | None:
@@ -94,7 +94,7 @@ def check_output_file(path: str | os.PathLike[str], force: bool = False,
     refuse_existing(p, _lstat(p), force, protect)
     parent = os.path.dirname(os.path.abspath(p))
     if not os.path.isdir(parent):
-        raise UsageError(f"output folder {parent!r} does not exist")
+        raise UsageError(f"output folder {parent!r} does not exist", code="usage")
 
 
 def _umask() -> int:
@@ -117,7 +117,8 @@ class AtomicFile:
         parent = os.path.dirname(os.path.abspath(self.path))
         self.name = os.path.basename(self.path)
         if self.name in ("", ".", ".."):
-            raise UsageError(f"{self.path!r} names a folder; give the output file's name")
+            raise UsageError(f"{self.path!r} names a folder; give the output file's name",
+                             code="usage")
         self.dir_fd = os.open(parent, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
         self.fd = -1
         self.tmp = ""
@@ -131,7 +132,8 @@ class AtomicFile:
                 except FileExistsError:
                     continue
             else:
-                raise UsageError(f"cannot create a temporary file beside {self.path!r}")
+                raise UsageError(f"cannot create a temporary file beside {self.path!r}",
+                                 code="usage")
             os.fchmod(self.fd, mode & ~_umask())
         except BaseException:
             self.abort()
@@ -152,7 +154,8 @@ class AtomicFile:
             try:
                 os.link(self.tmp, self.name, src_dir_fd=d, dst_dir_fd=d, follow_symlinks=False)
             except FileExistsError as e:
-                raise UsageError(f"{self.path!r} exists; use --force to replace it") from e
+                raise UsageError(f"{self.path!r} exists; use --force to replace it",
+                                 code="usage") from e
             except OSError as e:  # no hard links on this file system
                 if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
                     raise
@@ -210,22 +213,23 @@ class OutputDir:
         st = _lstat(p)
         if st is not None and stat.S_ISLNK(st.st_mode):
             raise UsageError(f"refusing to write through the symlink {p!r} (give the folder "
-                             "it points to)")
+                             "it points to)", code="usage")
         if st is None:
             try:
                 os.mkdir(p)
             except FileNotFoundError as e:
                 raise UsageError(f"cannot create output folder {p!r}: its parent does not "
-                                 "exist") from e
+                                 "exist", code="usage") from e
             except FileExistsError as e:
-                raise UsageError(f"{p!r} appeared while it was being created") from e
+                raise UsageError(f"{p!r} appeared while it was being created", code="usage") from e
         elif not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"{p!r} exists and is not a folder")
+            raise UsageError(f"{p!r} exists and is not a folder", code="usage")
         try:
             self.fd = os.open(p, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UsageError(f"refusing to write through the symlink {p!r}") from e
+                raise UsageError(f"refusing to write through the symlink {p!r}",
+                                 code="usage") from e
             raise
         self.root = os.path.realpath(p)
 
@@ -233,7 +237,7 @@ class OutputDir:
         """`name` checked to be a bare file name inside the folder, never a path."""
         if name in ("", ".", "..") or os.sep in name or "/" in name or "\0" in name:
             raise UsageError(f"refusing to write {name!r}: it would land outside "
-                             f"{self.root!r}")
+                             f"{self.root!r}", code="usage")
         return name
 
     def check(self, names: list[str]) -> None:
@@ -255,7 +259,7 @@ class OutputDir:
                            0o644, dir_fd=self.fd)
         except FileExistsError as e:
             raise UsageError(f"{shown!r} appeared while it was being written; nothing was "
-                             "replaced") from e
+                             "replaced", code="usage") from e
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -108,7 +108,7 @@ def _export_kind(path: str) -> str:
     for suffix, kind in EXPORT_KINDS.items():
         if path.lower().endswith(suffix):
             return kind
-    raise UsageError(f"--export {path}: the name must end in .html, .svg or .txt")
+    raise UsageError(f"--export {path}: the name must end in .html, .svg or .txt", code="usage")
 
 
 _FONT_FACE = re.compile(r"@font-face \{\{.*?\}\}\s*", re.S)

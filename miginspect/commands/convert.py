@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if is_stream_input(args.input):
         raise UsageError(f"convert reads IN more than once: save the stream from {args.input} "
-                         "to a file first")
+                         "to a file first", code="usage")
     # one bar (rich allows one live display): bytes read while walking IN, then page
     # bytes written to OUT
     with ui.progress("converting") as cb:
@@ -53,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     emit(args, report, lambda con: render_convert(report, con), data)
     if report.verify is not None and not report.verify.ok:
         raise FormatError("verification failed: " + "; ".join(report.verify.problems[:3]),
-                          None, args.output)
+                          None, args.output, code="convert-verify")
     return 0

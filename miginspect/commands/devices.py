@@ -37,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     with cap:
         report = decode_devices(cap, only=args.device)
     if args.device is not None and not report.devices:
-        raise UsageError(f"no device section matches {args.device!r}")
+        raise UsageError(f"no device section matches {args.device!r}", code="usage")
     emit(args, report, lambda con: render_devices(report, con, flat=args.flat))
     return 0

@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.a == "-" and args.b == "-":
-        raise UsageError("standard input (-) can be only one of A and B")
+        raise UsageError("standard input (-) can be only one of A and B", code="usage")
     if args.page is not None:
         return _run_page(args)
     strict = not args.partial

@@ -82,9 +82,10 @@ def _formats(args: argparse.Namespace) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     physical = args.physical or bool(args.formats) or args.physical_format is not None
     if physical and args.block:
-        raise UsageError("--block and --physical exclude each other (use --ram-block)")
+        raise UsageError("--block and --physical exclude each other (use --ram-block)",
+                         code="usage")
     if args.output is None and not args.cpu:
-        raise UsageError("extract needs -o DIR (or --cpu to print the registers)")
+        raise UsageError("extract needs -o DIR (or --cpu to print the registers)", code="usage")
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, page_size=args.page_size)
     if args.cpu:

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.rows < 1 or (args.pages_per_cell is not None and args.pages_per_cell < 1):
-        raise UsageError("--rows and --pages-per-cell must be at least 1")
+        raise UsageError("--rows and --pages-per-cell must be at least 1", code="usage")
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, page_size=args.page_size)
     with cap:

@@ -52,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
     h = c.libvirt
     if h is None:
         raise FormatError("not a libvirt save image (no LibvirtQemudSave/LibvirtQemudPart "
-                          "header), so there is no domain XML in it", 0, "libvirt")
+                          "header), so there is no domain XML in it", 0, "libvirt",
+                          code="not-libvirt")
     text = h.cookie if args.cookie else h.xml
     if text is None and not args.json:
-        raise FormatError("this image has no save cookie (cookieOffset is 0)", 32, "libvirt")
+        raise FormatError("this image has no save cookie (cookieOffset is 0)", 32, "libvirt",
+                          code="libvirt-no-cookie")
     emit(args, c, lambda con: _show(text or "", con), image_summary(c))
     if not h.complete:
         ui.err_console().print("note: incomplete save image (LibvirtQemudPart): libvirt never "

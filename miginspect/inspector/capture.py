@@ -51,7 +51,7 @@ class Capture:
             if b.name == name:
                 return b
         names = ", ".join(b.name for b in self.walk.blocks)
-        raise UsageError(f"no RAMBlock named {name!r} (blocks: {names})")
+        raise UsageError(f"no RAMBlock named {name!r} (blocks: {names})", code="usage")
 
     # -- derived facts -----------------------------------------------------
     @property
@@ -99,7 +99,7 @@ class Capture:
     def page(self, block: str, index: int) -> bytes:
         bm = self.maps[block]
         if not 0 <= index < bm.pages:
-            raise UsageError(f"page {index} is outside {block!r} ({bm.pages} pages)")
+            raise UsageError(f"page {index} is outside {block!r} ({bm.pages} pages)", code="usage")
         return self.reader.page(bm, index)
 
     def hashes(self, block: str, progress: Callable[[int], None] | None = None) -> np.ndarray:

@@ -94,10 +94,11 @@ class PageReader:
                     data = zlib.decompress(bytes(self.buf[off + 4 : off + 4 + ln]))
                 except zlib.error as e:
                     raise FormatError(f"COMPRESS_PAGE data does not inflate: {e}",
-                                      int(rt.rec_off[r]), "ram") from e
+                                      int(rt.rec_off[r]), "ram",
+                                      code="compress-page-damaged") from e
                 if len(data) != self.ps:
                     raise FormatError(f"COMPRESS_PAGE inflates to {len(data)} bytes",
-                                      int(rt.rec_off[r]), "ram")
+                                      int(rt.rec_off[r]), "ram", code="compress-page-damaged")
                 page[:] = data
         return bytes(page)
 

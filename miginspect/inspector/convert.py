@@ -297,7 +297,7 @@ class LibvirtPrefix:
                 chunk = f.read(min(left, RUN_BYTES))
                 if not chunk:
                     raise TruncatedError("the libvirt XML area is shorter than data_len",
-                                         20, "libvirt")
+                                         20, "libvirt", code="libvirt-data-len")
                 out.write(chunk)
                 left -= len(chunk)
 
@@ -331,30 +331,34 @@ def libvirt_prefix(cap: Capture, to: str) -> LibvirtPrefix | None:
 def _check_convertible(cap: Capture, to: str) -> None:
     w = cap.walk
     if to not in TARGETS:
-        raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})")
+        raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})",
+                         code="usage")
     if w.error is not None:
         raise w.error
     if w.configuration is None:
         raise UnsupportedError(
             "the stream has no configuration record (machine type <= 2.3 or Xen), so the "
-            "mapped-ram capability cannot be recorded", w.base + 8, "configuration")
+            "mapped-ram capability cannot be recorded", w.base + 8, "configuration",
+            code="convert-unsupported")
     if not w.blocks:
-        raise UnsupportedError("the stream has no ram section", w.base, "ram")
+        raise UnsupportedError("the stream has no ram section", w.base, "ram",
+                               code="convert-unsupported")
     if to == MAPPED_RAM and w.ignore_shared:
         raise UnsupportedError(
             "x-ignore-shared streams: which RAMBlocks are shared is not recorded, and QEMU 10 "
-            "refuses mapped-ram with shared blocks", w.configuration.offset, "configuration")
+            "refuses mapped-ram with shared blocks", w.configuration.offset, "configuration",
+            code="convert-unsupported")
     for b in w.blocks:
         if b.host_page_size is not None:
             raise UnsupportedError("postcopy host page sizes in the RAMBlock list",
-                                   b.entry_offset, b.name)
+                                   b.entry_offset, b.name, code="convert-unsupported")
     secs = w.sections
     expect = w.configuration.end
     for s in secs:
         if s.offset != expect:
             raise InconsistentError(
                 f"records are not contiguous: {s.kind} at 0x{s.offset:x}, previous record ends "
-                f"at 0x{expect:x}", s.offset, "stream")
+                f"at 0x{expect:x}", s.offset, "stream", code="convert-unsupported")
         expect = s.end
 
 
@@ -590,7 +594,8 @@ def convert(
     time the disk needs to take the whole file)."""
     t0 = time.monotonic()
     if to not in TARGETS:
-        raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})")
+        raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})",
+                         code="usage")
     _check_paths(in_path, out_path, force)
     with open_capture(in_path, progress=read_progress, strict=True) as cap:
         _check_convertible(cap, to)

@@ -204,7 +204,7 @@ class PageCopier:
             n = os.preadv(self.fd, [mv[got:]], off + got)
             if n <= 0:
                 raise TruncatedError(f"the input ends inside page data ({length - got} bytes "
-                                     "missing)", off + got, "ram")
+                                     "missing)", off + got, "ram", code="truncated-ram")
             got += n
         return mv
 
@@ -273,7 +273,8 @@ class PageCopier:
                 while length:
                     n = os.copy_file_range(self.fd, out_fd, length, src, to)
                     if n <= 0:
-                        raise TruncatedError("the input ends inside page data", src, "ram")
+                        raise TruncatedError("the input ends inside page data", src, "ram",
+                                             code="truncated-ram")
                     length, src, to = length - n, src + n, to + n
                 return
             except OSError:  # not between these files: read and write instead

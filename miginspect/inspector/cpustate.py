@@ -138,7 +138,7 @@ class _Fields:
         n = self.leaves.get(path)
         if n is None:
             raise FormatError(f"the cpu section has no field {path!r} in its vmdescription",
-                              self.dev.section_offset, self.dev.key)
+                              self.dev.section_offset, self.dev.key, code="cpu-state")
         return n
 
     def ints(self, path: str, width: int = 8) -> list[int]:
@@ -146,7 +146,7 @@ class _Fields:
         n = self.node(path)
         if n.size % width:
             raise FormatError(f"field {path!r} is {n.size} bytes, not a multiple of {width}",
-                              n.offset, self.dev.key)
+                              n.offset, self.dev.key, code="cpu-state")
         return np.frombuffer(self.buf, f">u{width}", count=n.size // width,
                              offset=n.offset).tolist()
 
@@ -167,7 +167,7 @@ def cpu_states(cap: Capture) -> CpuReport:
     devs = [d for d in decode_devices(cap, "cpu").devices if d.idstr == "cpu"]
     if not devs:
         raise UnsupportedError("the file has no 'cpu' device section to take registers from",
-                               None, "cpu")
+                               None, "cpu", code="cpu-state-unavailable")
     devs.sort(key=lambda d: d.instance_id)
     buf = cap.source.buf
     out: list[X86Cpu | Aarch64Cpu] = []
@@ -175,7 +175,7 @@ def cpu_states(cap: Capture) -> CpuReport:
     for d in devs:
         if d.error:
             raise FormatError(f"cpu {d.instance_id} does not decode: {d.error}",
-                              d.section_offset, d.key)
+                              d.section_offset, d.key, code="cpu-state")
         f = _Fields(d, buf)
         if f.has("env.eip"):
             out.append(_x86(f))
@@ -184,11 +184,11 @@ def cpu_states(cap: Capture) -> CpuReport:
         else:
             raise UnsupportedError("the cpu section is neither x86 (env.eip) nor aarch64 "
                                    "(env.xregs): registers of this target are not decoded",
-                                   d.section_offset, d.key)
+                                   d.section_offset, d.key, code="cpu-state-unavailable")
     kinds = {type(c) for c in out}
     if len(kinds) > 1:
         raise FormatError("cpu sections of different architectures", devs[0].section_offset,
-                          "cpu")
+                          "cpu", code="cpu-state")
     first = out[0]
     arch = "aarch64" if isinstance(first, Aarch64Cpu) else (
         "x86_64" if first.long_mode else "i386")
@@ -199,7 +199,7 @@ def _x86(f: _Fields) -> X86Cpu:
     regs = f.ints("env.regs")
     if len(regs) < 8:
         raise FormatError(f"env.regs holds {len(regs)} registers", f.node("env.regs").offset,
-                          f.dev.key)
+                          f.dev.key, code="cpu-state")
     regs += [0] * (16 - len(regs))  # a 32-bit target saves 8
 
     def seg(prefix: str) -> Segment:
@@ -224,7 +224,7 @@ def _aarch64(f: _Fields, notes: list[str]) -> Aarch64Cpu:
     xregs = f.ints("env.xregs")
     if len(xregs) != 32:
         raise FormatError(f"env.xregs holds {len(xregs)} registers, not 32",
-                          f.node("env.xregs").offset, f.dev.key)
+                          f.node("env.xregs").offset, f.dev.key, code="cpu-state")
     pstate = f.int("cpsr")
     a64 = not pstate & PSTATE_nRW
     vregs: list[int] = []

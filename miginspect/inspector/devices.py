@@ -161,13 +161,13 @@ class _Decoder:
         self.nodes += n
         if self.nodes > MAX_NODES:
             raise FormatError(f"the vmdescription expands to more than {MAX_NODES} fields for "
-                              "this section", pos, self.idstr)
+                              "this section", pos, self.idstr, code="vmdesc-mismatch")
 
     def vmsd(self, desc: dict[str, Any], pos: int, end: int, depth: int) -> tuple[list[StateNode],
                                                                                   int]:
         if depth > MAX_DEPTH:
             raise FormatError(f"vmdescription nests deeper than {MAX_DEPTH} levels", pos,
-                              self.idstr)
+                              self.idstr, code="vmdesc-mismatch")
         out: list[StateNode] = []
         seen: dict[str, int] = {}
         last_index: dict[str, int] = {}
@@ -189,10 +189,11 @@ class _Decoder:
         for sub in _list(desc.get("subsections")):
             want = str(sub.get("vmsd_name", ""))
             hdr, n = parse_at(V.vmstate_subsection_header, self.buf, pos,
-                              f"subsection {want!r}", limit=1 + 256 + 4, end=end)
+                              f"subsection {want!r}", limit=1 + 256 + 4, end=end,
+                              code="vmdesc-mismatch")
             if hdr.name != want:
                 raise FormatError(f"subsection {hdr.name!r} where the vmdescription lists "
-                                  f"{want!r}", pos, self.idstr)
+                                  f"{want!r}", pos, self.idstr, code="vmdesc-mismatch")
             children, p = self.vmsd(sub, pos + n, end, depth + 1)
             out.append(StateNode(want, "subsection", pos, p - pos, children=children,
                                  version=hdr.version_id))
@@ -208,13 +209,14 @@ class _Decoder:
         count = int(f["array_len"]) if "array_len" in f else None
         n = 1 if count is None else count
         if size < 0 or n < 0:
-            raise FormatError(f"negative size or array_len for field {name!r}", pos, self.idstr)
+            raise FormatError(f"negative size or array_len for field {name!r}", pos, self.idstr,
+                              code="vmdesc-mismatch")
         total = size * n
         if pos + total > end:
             raise FormatError(
                 f"field {name!r} ({typ}, {total} bytes) runs {pos + total - end} bytes past the "
                 "end of the section: the vmdescription does not match the bytes", pos,
-                self.idstr)
+                self.idstr, code="vmdesc-mismatch")
         self._count(1, pos)
         if typ in V.STRUCT_TYPES or typ == V.TMP_TYPE:
             sub = f.get("struct") if typ in V.STRUCT_TYPES else f
@@ -228,7 +230,7 @@ class _Decoder:
                 if p != p0 + size:
                     raise FormatError(
                         f"struct {name!r} decodes to {p - p0} bytes, the vmdescription says "
-                        f"{size}", p0, self.idstr)
+                        f"{size}", p0, self.idstr, code="vmdesc-mismatch")
                 ver = sub.get("version")
                 elems.append(StateNode(f"[{i}]" if count is not None else name, typ, p0, size,
                                        children=children,
@@ -269,7 +271,7 @@ def decode_devices(cap: Capture, only: str | None = None) -> DevicesReport:
         why = w.trailer.error if w.trailer is not None and w.trailer.error else (
             "the file has no vmdescription trailer (suppress-vmdesc, postcopy or cut short)")
         raise UnsupportedError(f"cannot decode device state: {why}",
-                               w.trailer_offset, "vmdescription")
+                               w.trailer_offset, "vmdescription", code="no-trailer")
     index = device_index(w.trailer.data)
     report = DevicesReport(cap.path, [])
     for sec in w.sections:

@@ -434,7 +434,7 @@ def diff_ram(a: Side, b: Side) -> list[BlockDiff]:
     if a.page_size != b.page_size:
         raise UnsupportedError(
             f"the files use different target page sizes ({a.page_size} and {b.page_size}); "
-            "they come from different guest architectures")
+            "they come from different guest architectures", code="page-size-differs")
     names = [blk.name for blk in a.blocks]
     names += [blk.name for blk in b.blocks if blk.name not in names]
     return [diff_block(a, b, name) for name in names]
@@ -571,13 +571,14 @@ def parse_page_spec(spec: str) -> tuple[str, int]:
     (block, byte offset)."""
     block, sep, off = spec.rpartition(":")
     if not sep or not block:
-        raise UsageError(f"--page wants BLOCK:OFFSET (e.g. pc.ram:0x1000), got {spec!r}")
+        raise UsageError(f"--page wants BLOCK:OFFSET (e.g. pc.ram:0x1000), got {spec!r}",
+                         code="usage")
     try:
         value = int(off, 0)
     except ValueError as e:
-        raise UsageError(f"--page offset {off!r} is not a number") from e
+        raise UsageError(f"--page offset {off!r} is not a number", code="usage") from e
     if value < 0:
-        raise UsageError(f"--page offset {off!r} is negative")
+        raise UsageError(f"--page offset {off!r} is negative", code="usage")
     return block, value
 
 
@@ -587,11 +588,12 @@ def page_hexdiff(a: Capture, b: Capture, block: str, offset: int) -> PageHexDiff
     if ma is None and mb is None:
         names = sorted({x.name for x in a.blocks} | {x.name for x in b.blocks})
         raise UsageError(f"no RAMBlock named {block!r} in either file (blocks: "
-                         f"{', '.join(names)})")
+                         f"{', '.join(names)})", code="usage")
     page = offset // ps
     n = max(ma.pages if ma else 0, mb.pages if mb else 0)
     if page >= n:
-        raise UsageError(f"offset 0x{offset:x} is past the end of {block!r} ({n} pages)")
+        raise UsageError(f"offset 0x{offset:x} is past the end of {block!r} ({n} pages)",
+                         code="usage")
 
     def content(c: Capture, m: Any) -> tuple[bytes, str]:
         if m is None:

@@ -190,7 +190,8 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
     blk = cap.block(name)
     unknown = [f for f in formats if f not in FILE_NAMES]
     if unknown or not formats:
-        raise UsageError(f"unknown image format {unknown}: choose from {', '.join(FILE_NAMES)}")
+        raise UsageError(f"unknown image format {unknown}: choose from {', '.join(FILE_NAMES)}",
+                         code="usage")
     names = [FILE_NAMES[f] for f in formats]
     with OutputDir(outdir, force, cap.path) as out:
         out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))

@@ -118,7 +118,7 @@ def machine_family(machine_type: str | None) -> tuple[str, tuple[int, int] | Non
     raise UnsupportedError(
         f"guest-physical layout is known for x86 pc/q35 and aarch64 virt machines, not "
         f"{machine_type!r}: extract the RAMBlocks without --physical, or place one block "
-        "with --ram-block NAME --base ADDR", None, "physical")
+        "with --ram-block NAME --base ADDR", None, "physical", code="physical-layout-unknown")
 
 
 def below_4g_size(machine_type: str, ram_size: int,
@@ -127,9 +127,9 @@ def below_4g_size(machine_type: str, ram_size: int,
     family, ver = machine_family(machine_type)
     if family not in ("pc", "q35"):
         raise UnsupportedError(f"{machine_type!r} is not an x86 PC machine: no PCI-hole split",
-                               None, "physical")
+                               None, "physical", code="physical-layout-unknown")
     if max_ram_below_4g is not None and not 0 < max_ram_below_4g <= FOUR_GIB:
-        raise UsageError("max-ram-below-4g must be between 1 byte and 4 GiB")
+        raise UsageError("max-ram-below-4g must be between 1 byte and 4 GiB", code="usage")
     if family == "pc":
         limit = max_ram_below_4g or PC_DEFAULT_BELOW_4G
         why = f"pc: limit 0x{limit:x}"
@@ -159,7 +159,7 @@ def x86_layout(machine_type: str | None, ram_size: int, ram_block: str = DEFAULT
         raise UnsupportedError(
             f"RAM above 4 GiB would end at 0x{FOUR_GIB + above:x}, past 0x{AMD_HT_START:x}: "
             "on AMD hosts QEMU then moves it to 1 TiB and the file does not record the CPU "
-            "vendor", None, "physical")
+            "vendor", None, "physical", code="physical-layout-unknown")
     ranges = [PhysRange(0, 0, below)] if below else []
     if above:
         ranges.append(PhysRange(FOUR_GIB, below, above))
@@ -186,7 +186,7 @@ def physical_layout(machine_type: str | None, blocks: dict[str, int],
     RAM block name of the file to its used length (in file order). Refuses (UnsupportedError,
     with the reason and the overrides) where the file cannot tell."""
     if base is not None and base < 0:
-        raise UsageError("--base must not be negative")
+        raise UsageError("--base must not be negative", code="usage")
     try:
         family: str | None = machine_family(machine_type)[0]
     except UnsupportedError:
@@ -202,9 +202,10 @@ def physical_layout(machine_type: str | None, blocks: dict[str, int],
         elif base is not None and len(candidates) == 1:
             block = candidates[0]
         else:
-            raise UnsupportedError(_ambiguous(default, blocks, candidates), None, "physical")
+            raise UnsupportedError(_ambiguous(default, blocks, candidates), None, "physical",
+                                   code="physical-layout-unknown")
     if block not in blocks:
-        raise UsageError(f"no RAMBlock named {block!r} (blocks: {', '.join(blocks)})")
+        raise UsageError(f"no RAMBlock named {block!r} (blocks: {', '.join(blocks)})", code="usage")
     size = blocks[block]
     if base is not None:
         return _placed(machine_type, "base", block, size, base,

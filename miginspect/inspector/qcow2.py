@@ -81,9 +81,7 @@ _MAX_RUNS_FLOOR = 1 << 20
 
 
 def _err(cls: type[MigError], msg: str, offset: int | None, code: str) -> MigError:
-    e = cls(msg, offset, WHERE)
-    e.code = code  # type: ignore[attr-defined]
-    return e
+    return cls(msg, offset, WHERE, code=code)
 
 
 def is_qcow2(head: bytes) -> bool:
@@ -324,7 +322,7 @@ class Qcow2Image:
         if version not in (2, 3):
             raise _err(UnsupportedError, f"qcow2 version {version} is not supported (2, 3)",
                        4, CODE_HEADER)
-        h, _ = parse_at(Q.QCowHeader, head, 0, "qcow2 header")
+        h, _ = parse_at(Q.QCowHeader, head, 0, "qcow2 header", code="qcow2-bad-header")
         v3 = {}
         if version >= 3:
             v3 = dict(incompatible_features=h.incompatible_features,
@@ -389,7 +387,7 @@ class Qcow2Image:
             if ln > len(area) - pos - 8:
                 raise _err(FormatError, "header extension too large", start + pos, CODE_HEADER)
             ext, n = parse_at(Q.Qcow2HeaderExtension, area, pos, "a header extension",
-                              limit=len(area) - pos)
+                              limit=len(area) - pos, code="qcow2-bad-header")
             self.extensions.append(HeaderExtension(
                 ext.magic, Q.QCOW2_EXT_NAMES.get(ext.magic, "unknown"), start + pos, ext.len))
             if ext.magic == Q.QCOW2_EXT_MAGIC_END:
@@ -904,10 +902,7 @@ class Qcow2Container(Container):
         where = f"image offset 0x{at:x}" if at is not None else "not stored in the image"
         msg = (f"{err.message} (VM state of {sn.label()} in {self.image.get('path')}: state "
                f"offset 0x{err.offset:x}, {where})")
-        e = type(err)(msg, err.offset, err.where)
-        if hasattr(err, "code"):
-            e.code = err.code  # type: ignore[attr-defined]
-        return e
+        return type(err)(msg, err.offset, err.where, code=err.code)
 
     def how_to_load(self) -> list[str]:
         sn = self.snapshot

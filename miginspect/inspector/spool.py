@@ -60,18 +60,18 @@ def _open(path: str) -> int:
         if os.isatty(fd):
             os.close(fd)
             raise UsageError("standard input is a terminal: pipe a stream into `-` (e.g. "
-                             "zstd -dc save.mig.zst | miginspect info -)")
+                             "zstd -dc save.mig.zst | miginspect info -)", code="usage")
         return fd
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if os.isatty(fd):
-            raise UsageError(f"{path} is a terminal, not a migration stream")
+            raise UsageError(f"{path} is a terminal, not a migration stream", code="usage")
         p = select.poll()
         p.register(fd, select.POLLIN | select.POLLHUP)
         wait = _wait()
         if not p.poll(int(wait * 1000)):
             raise UsageError(f"{path}: no data within {wait:g} s (a FIFO with no writer?); "
-                             "MIGINSPECT_INPUT_WAIT sets the wait")
+                             "MIGINSPECT_INPUT_WAIT sets the wait", code="usage")
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
     except BaseException:
@@ -109,7 +109,7 @@ def open_stream_input(path: str, progress: Progress | None = None) -> IO[bytes]:
             name = "standard input" if path == STDIN else path
             raise BadMagicError(f"{name} does not start like a QEMU migration stream, a "
                                 f"libvirt save image or compressed data (first bytes "
-                                f"{head[:8].hex()})", 0, "header")
+                                f"{head[:8].hex()})", 0, "header", code="bad-magic")
         tmp = tempfile.TemporaryFile(prefix="miginspect-input-", dir=temp_dir())
         w = HoleWriter(tmp.fileno(), max_inflate())
         w.write(head)

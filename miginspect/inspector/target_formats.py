@@ -62,7 +62,7 @@ def _text(path: str) -> str:
         data = f.read(MAX_TEXT + 1)
     if len(data) > MAX_TEXT:
         raise UsageError(f"--target {path}: larger than {MAX_TEXT} bytes for a description",
-                         None, "target")
+                         None, "target", code="usage")
     return data.decode("utf-8", "replace")
 
 
@@ -83,7 +83,7 @@ def from_saved_state(path: str, kind: str, source: str) -> TargetModel:
         cap = open_capture(path, strict=False)
     except MigError as e:
         raise UsageError(f"--target {source}: not a readable saved state: {e.oneline()}",
-                         None, "target") from e
+                         None, "target", code="usage") from e
     with cap:
         return model_from_walk(cap.source.buf, cap.walk, kind, source)
 
@@ -118,10 +118,10 @@ def from_dump_vmstate(path: str) -> TargetModel:
         data = json.loads(_text(path))
     except (json.JSONDecodeError, RecursionError) as e:
         raise UsageError(f"--target {path}: not valid -dump-vmstate JSON ({e})", None,
-                         "target") from e
+                         "target", code="usage") from e
     if not isinstance(data, dict):
         raise UsageError(f"--target {path}: -dump-vmstate JSON must be an object", None,
-                         "target")
+                         "target", code="usage")
     t = TargetModel("dump-vmstate", path)
     m = data.get("vmschkmachine")
     if isinstance(m, dict) and isinstance(m.get("Name"), str):
@@ -204,10 +204,10 @@ def from_domain_xml(path: str) -> TargetModel:
         root = ET.fromstring(_text(path))
     except ET.ParseError as e:
         raise UsageError(f"--target {path}: not a well-formed domain XML ({e})", None,
-                         "target") from e
+                         "target", code="usage") from e
     if root.tag != "domain":
         raise UsageError(f"--target {path}: the XML root is <{root.tag}>, not <domain>", None,
-                         "target")
+                         "target", code="usage")
     t = TargetModel("domain-xml", path, blocks=[], blocks_complete=False, sections=[],
                     sections_complete=False, pci_devices={}, pci_kinds=set(XML_KINDS))
     typ = root.find("os/type")

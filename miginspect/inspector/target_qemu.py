@@ -106,7 +106,7 @@ def parse_cmdline(cmdline: str) -> tuple[dict[str, str], str, list[str]]:
         words = shlex.split(cmdline)
     except ValueError as e:
         raise UsageError(f"--target-qemu: cannot split the command line ({e})", None,
-                         "target") from e
+                         "target", code="usage") from e
     env: dict[str, str] = {}
     if words and words[0] == "env":
         words = words[1:]
@@ -114,7 +114,8 @@ def parse_cmdline(cmdline: str) -> tuple[dict[str, str], str, list[str]]:
         k, v = words.pop(0).split("=", 1)
         env[k] = v
     if not words:
-        raise UsageError("--target-qemu: no QEMU binary in the command line", None, "target")
+        raise UsageError("--target-qemu: no QEMU binary in the command line", None, "target",
+                         code="usage")
     return env, words[0], words[1:]
 
 
@@ -161,7 +162,8 @@ def _rewrite(name: str, value: str) -> list[str] | None:
     if name == "device" and value.split(",", 1)[0].startswith(_HOST_DEVICES):
         raise UsageError(f"--target-qemu: -device {value.split(',', 1)[0]} takes a host device "
                          "when QEMU starts; the probe will not start such a command line "
-                         "(drop the device from it to check the rest)", None, "target")
+                         "(drop the device from it to check the rest)", None, "target",
+                         code="usage")
     return [f"-{name}", value]
 
 
@@ -268,7 +270,8 @@ def probe_qemu(cmdline: str, hints: ProbeHints | None = None, timeout: float = 1
     """Start the target QEMU paused, learn what it accepts, stop it (see the module doc)."""
     env, binary, args = parse_cmdline(cmdline)
     if shutil.which(binary) is None:
-        raise UsageError(f"--target-qemu: {binary!r} is not an executable", None, "target")
+        raise UsageError(f"--target-qemu: {binary!r} is not an executable", None, "target",
+                         code="usage")
     work = Path(tempfile.mkdtemp(prefix="miginspect-target-", dir=tmpdir))
     deadline = time.monotonic() + timeout
     try:
