@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ...errors import MigError, UsageError
@@ -187,6 +187,8 @@ class Incoming:
     uri: str | None  # the migrate-incoming URI (None: not restored by migrate-incoming)
     commands: list[str]  # command line + QMP (or HMP / libvirt), in order
     method: str = "migrate-incoming"  # or "loadvm" (a disk image's internal snapshot)
+    #: what the destination needs beyond capabilities, in words (check's verdict line)
+    needs: list[str] = field(default_factory=list)
 
 
 def shell_word(s: str) -> str:
@@ -208,6 +210,7 @@ def migration_incoming(src: Source, walk: StreamWalk, pipe: str | None = None,
     caps = [c for c in walk.capabilities if c in ("mapped-ram", "x-ignore-shared")]
     path = src.path if path is None else path
     cmds: list[str] = []
+    needs: list[str] = []
     if pipe is None:
         uri = f"file:{path}" + (f",offset=0x{seek_off:x}" if seek_off else "")
     elif "mapped-ram" in caps:
@@ -216,9 +219,13 @@ def migration_incoming(src: Source, walk: StreamWalk, pipe: str | None = None,
         out = "/path/to/decompressed.mig"
         cmds.append(f"{pipe} > {out}   (mapped-ram needs a seekable file, not a pipe)")
         uri = f"file:{out}" + (f",offset=0x{seek_off:x}" if seek_off else "")
+        needs.append("decompressing into a seekable file first")
     else:
         tail = f" | tail -c +{seek_off + 1}" if seek_off else ""
         uri = f"exec:{pipe}{tail}"
+        words = uri.split(" ", 2)
+        needs.append(f"its stream fed through a pipe ({words[0]}"
+                     f"{' ' + words[1] if len(words) > 1 else ''})")
     cmds.append("qemu-system-<arch> <the same devices and -machine as the source> "
                 "-incoming defer")
     if caps:
@@ -230,7 +237,7 @@ def migration_incoming(src: Source, walk: StreamWalk, pipe: str | None = None,
         cmds.append("optional, faster: also set the `multifd` capability and "
                     '{"execute": "migrate-set-parameters", "arguments": {"multifd-channels": 4}} '
                     "before migrate-incoming")
-    return Incoming(caps, uri, cmds)
+    return Incoming(caps, uri, cmds, needs=needs)
 
 
 # -- the output of a conversion -----------------------------------------------------------

@@ -222,7 +222,8 @@ class Qcow2Container(Container):
             "--to legacy, then -incoming defer and migrate-incoming file:STATE.mig (the "
             "disks as they were at the snapshot: qemu-img snapshot -a on copies)",
         ]
-        return Incoming([], None, cmds, method="loadvm")
+        return Incoming([], None, cmds, method="loadvm",
+                        needs=[f"loadvm {tag} with the VM's disks (or convert it first)"])
 
 
 def state_notes(img: R.Qcow2Image, layout: R.StateLayout) -> list[str]:
