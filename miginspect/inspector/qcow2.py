@@ -838,6 +838,15 @@ def choose_snapshot(img: Qcow2Image, key: str | None = None) -> Qcow2Snapshot:
     return sn
 
 
+def vm_clock(ns: int) -> str:
+    """Guest run time as qemu-img shows it: hours:minutes:seconds.milliseconds."""
+    ms = ns // 1_000_000
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:04d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
 def _iso(sec: int, nsec: int) -> str:
     import datetime as _dt
 

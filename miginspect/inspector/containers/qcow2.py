@@ -72,13 +72,6 @@ class StateFacts:
         return cls(len(lay.runs), lay.contiguous, lay.allocated, lay.l2_tables, b, zero_copy)
 
 
-def vm_clock(ns: int) -> str:
-    """QEMU's VM CLOCK column: HH:MM:SS.mmm (hours grow past 99)."""
-    secs, ms = divmod(ns // 1_000_000, 1000)
-    h, rest = divmod(secs, 3600)
-    return f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}.{ms:03d}"
-
-
 @dataclass
 class Qcow2Info(ContainerInfo):
     """`info --json` `container` of a qcow2 internal snapshot: `kind` "qcow2", the image,
@@ -109,7 +102,7 @@ class Qcow2Info(ContainerInfo):
         if sn is not None:
             out.append(Fact("snapshot", [(
                 f"ID {sn.id} {sn.name!r}, taken {sn.date[:19].replace('T', ' ')} UTC, VM clock "
-                f"{vm_clock(sn.vm_clock_ns)}, disk size {size(sn.disk_size)}", PLAIN)]))
+                f"{R.vm_clock(sn.vm_clock_ns)}, disk size {size(sn.disk_size)}", PLAIN)]))
             where = f"{size(sn.vm_state_size)} at guest offset 0x{sn.vm_state_offset or 0:x}"
             if st is not None:
                 if st.zero_copy:
@@ -224,10 +217,6 @@ class Qcow2Container(Container):
         ]
         return Incoming([], None, cmds, method="loadvm",
                         needs=[f"loadvm {tag} with the VM's disks (or convert it first)"])
-
-
-def state_notes(img: R.Qcow2Image, layout: R.StateLayout) -> list[str]:
-    return R.state_notes(img, layout)
 
 
 def open_state(img: R.Qcow2Image, snapshot: str | None,
