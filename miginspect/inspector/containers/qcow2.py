@@ -36,6 +36,7 @@ from .base import (
     OpenOptions,
     StreamExtent,
     _extent_facts,
+    decompress_command,
     shell_word,
 )
 
@@ -202,7 +203,7 @@ class Qcow2Container(Container):
         cmds = []
         if self.compression:
             cmds.append(f"decompress the image first (loadvm writes to it): "
-                        f"{self.compression} -dc {img} > disk.qcow2")
+                        f"{decompress_command(self.compression)} {img} > disk.qcow2")
         cmds += [
             f"qemu-system-<arch> <the same devices and -machine as when it was saved, with "
             f"this image and the VM's other disks> -loadvm {t}",
