@@ -9,13 +9,17 @@ A snapshot's VM state is a QEMU migration stream of `vm_state_size` bytes at gue
 offsets from `vm_state_offset` (formats.qcow2.vm_state_offset), mapped by the
 snapshot's L1 table. `Qcow2Image.state_layout` maps it once into runs of
 (state_offset, host_offset, length, kind) with kind data / zero / unallocated /
-compressed; `open_snapshot` turns the runs into the buffer the stream walker reads:
+compressed; `state_buffer` turns the runs into the buffer the stream walker reads:
 an mmap of the image when the state is one contiguous, page-aligned host run (no
-copy), else an unnamed sparse temporary file (zero and unallocated runs are holes,
-data runs copied in the kernel, compressed clusters inflated).
+copy), the image's pages stitched into one mapping when every run is page aligned,
+else an unnamed sparse temporary file (zero and unallocated runs are holes, data runs
+copied in the kernel, compressed clusters inflated).
 
-Offsets in the walk of such a Source are offsets in the VM state;
-`Qcow2Container.image_offset` gives the image offset of a state offset.
+This module is the reader; the container kind that makes a snapshot's state the
+`Source` every command reads (which snapshot, what `info` shows, how to load it) is
+`containers/qcow2.py`. `open_snapshot` gives that Source directly. Offsets in its walk
+are offsets in the VM state; `Qcow2Container.image_offset` gives the image offset of a
+state offset.
 """
 
 from __future__ import annotations

@@ -91,9 +91,6 @@ def mmap_fd(fd: int, size: int) -> Any:
     return mm
 
 
-_mmap_fd = mmap_fd  # the name older callers use
-
-
 def mmap_input(inp: Input) -> Source:
     """The input itself as the Source's buffer (the container kind sets `container`)."""
     mm = mmap_fd(inp.fd, inp.size)
