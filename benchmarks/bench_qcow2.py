@@ -22,26 +22,23 @@ from benchlib import Timing, cat_argv, interleaved, report, run_once  # noqa: E4
 
 
 def child(img: str, snap: str | None, maps: bool) -> None:
-    """What the timed process does: open the state and walk it (with `maps`, also build
-    the page maps, as `info` does)."""
-    from miginspect.inspector.capture import Capture
-    from miginspect.inspector.qcow2 import open_snapshot
-    from miginspect.inspector.stream import walk_stream
+    """What the timed process does: open the state through the path every command takes
+    (`open_capture(IMG, snapshot=...)`: the container layer picks the qcow2 kind) and walk
+    it (with `maps`, also build the page maps, as `info` does)."""
+    from miginspect.inspector.capture import open_capture
 
-    src = open_snapshot(img, snap)
-    walk = walk_stream(src.buf, src.base, None, None, src.release)
-    if walk.error is not None:
-        sys.exit(f"walk stopped: {walk.error}")
-    with Capture(src, walk) as cap:
+    with open_capture(img, snapshot=snap) as cap:
+        src = cap.source
         pages = sum(m.pages for m in cap.maps.values()) if maps else 0
         print(f"{len(src.buf)} bytes, {pages} pages, zero-copy {src.container.zero_copy}")
 
 
 def state_file(img: str, snap: str | None) -> tuple[str, int, bool]:
     """A plain file with exactly the state's bytes, beside IMG (made once)."""
-    from miginspect.inspector.qcow2 import open_snapshot
+    from miginspect.inspector.containers.base import OpenOptions
+    from miginspect.inspector.source import open_source
 
-    with open_snapshot(img, snap) as src:
+    with open_source(img, options=OpenOptions(snapshot=snap)) as src:
         size, zero_copy = len(src.buf), src.container.zero_copy
         name = src.container.snapshot.name
         out = f"{img}.{name}.state"

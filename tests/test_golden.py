@@ -40,6 +40,9 @@ CASES = {
     "check-live": ["check", "samples/q10-live-legacy.mig.zst"],
     "check-mapped-ram": ["check", "samples/q10-paused-mapped-ram.mig.zst"],
     "check-damaged": ["check", "samples/damaged/trunc-ram.mig.zst"],
+    "info-qcow2": ["info", "samples/qcow2/q10-snapshots.qcow2.zst", "--snapshot", "s2",
+                   "--no-sections"],
+    "check-qcow2": ["check", "samples/qcow2/q10-snapshots.qcow2.zst", "--snapshot", "1"],
 }
 
 VARIANTS = {

@@ -29,6 +29,7 @@ from miginspect.inspector.info import info
 from miginspect.inspector.libvirt_image import memory_kib, parse_domain
 from miginspect.inspector.pagemap import PAGE_DATA
 from miginspect.inspector.source import open_source, read_container
+from miginspect.ui import jsonable
 
 LV_DIR = Path(os.environ.get("MIGINSPECT_LIBVIRT_SAMPLES", SAMPLES / "libvirt"))
 VGA = (0xA0000, 0xC0000)  # pmemsave shows VGA memory here, pc.ram holds something else
@@ -123,7 +124,7 @@ def test_header_fields_match_libvirt(name, caps):
     m = lv_meta(name)
     hr, exp = m["header_read"], m["expected_header"]
     cap = cap_of(caps, name)
-    c = info(cap).container
+    c = jsonable(info(cap).container)  # as info --json shows it
     assert c["kind"] == "libvirt"
     assert c["magic"] == exp["magic"] == hr["magic"]
     assert c["complete"] is (exp["magic"] == "LibvirtQemudSave")
@@ -194,20 +195,20 @@ def test_stream_matches_qemu_counters(name, caps):
     cap = cap_of(caps, name)
     assert cap.walk.error is None
     r = info(cap)
-    assert r.container["stream"]["complete"] is True
+    assert jsonable(r.container)["stream"]["complete"] is True
     assert r.ram_total == ev["memory_total"]
     if r.format == "legacy":
         assert sum(b.page_records for b in r.ramblocks) == ev["memory_normal"]
         assert sum(b.zero_records for b in r.ramblocks) == ev["memory_constant"]
         # QEMU's byte count is the stream libvirt wrote (before compression)
-        assert r.container["stream"]["bytes"] == ev["data_processed"]
+        assert jsonable(r.container)["stream"]["bytes"] == ev["data_processed"]
     else:  # sparse: mapped-ram, the guest was paused, so every page was written once
         assert r.format == "mapped-ram" and m["expected_header"]["format_name"] == "sparse"
         assert sum(b.data_pages for b in r.ramblocks) == ev["memory_normal"]
         assert sum(b.zero_pages for b in r.ramblocks) == ev["memory_constant"]
         # absolute offsets: every region lies behind libvirt's header
         for b in r.ramblocks:
-            assert b.mapped_ram["pages_offset"] > r.container["payload_offset"]
+            assert b.mapped_ram["pages_offset"] > r.container.payload_offset
 
 
 @pytest.mark.parametrize("name", _params(COMPLETE, "complete libvirt images"))
@@ -272,7 +273,7 @@ def test_every_format_of_one_saved_state(fmt, caps, tmp_path):
         subprocess.run(TOOLS[fmt], stdin=fi, stdout=fo, check=True)
     ref = cap_of(caps, name)
     with open_capture(str(p)) as cap:
-        c = info(cap).container
+        c = jsonable(info(cap).container)  # as info --json shows it
         assert c["format"] == fmt and c["compression"] == fmt and c["stream"]["complete"]
         assert c["stream"]["bytes"] == lv_meta(name)["job_completed_event"]["stats"][
             "data_processed"]
@@ -451,7 +452,7 @@ def test_version_1_header_is_raw(tmp_path):
     with open(p, "r+b") as f:
         f.write(LV.virQEMUSaveHeader_le.build(h))
     with open_capture(str(p)) as cap:
-        c = info(cap).container
+        c = jsonable(info(cap).container)  # as info --json shows it
         assert c["version"] == 1 and c["format"] == "raw" and c["stream"]["complete"]
 
 
@@ -654,7 +655,7 @@ def test_whole_image_compressed_by_hand(fmt, caps):
     if name is None or not z.exists():
         pytest.skip(f"no {fmt} image stored as .img.zst")
     with open_capture(str(z)) as cap:
-        c = info(cap).container
+        c = jsonable(info(cap).container)  # as info --json shows it
         assert c["kind"] == "libvirt" and c["format"] == fmt and c["compression"] == "zstd"
         assert c["stream"]["complete"] is True
         ref = cap_of(caps, name)

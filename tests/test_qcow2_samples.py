@@ -305,10 +305,12 @@ def test_disk_only_snapshot_is_refused_by_name_and_skipped_by_default() -> None:
 
 # -- the state volume (Proxmox-style) -------------------------------------------------------
 def test_state_volume_reads_with_its_zero_padding_reported() -> None:
-    """A raw volume: a savevm stream, then zeros up to a round size. Today the walker
-    reads it cleanly and reports the padding as bytes after the vmdescription trailer;
-    the trailer is not found by its backward search, so the page size is assumed."""
+    """A raw volume: a savevm stream, then zeros up to a round size. The walker skips the
+    zeros before its backward trailer search (so the page size and the device sizes come
+    from the vmdescription, as for the stream alone) and reports them as padding (info),
+    not as bytes after the trailer; check calls it loadable."""
     from miginspect.inspector.capture import open_capture
+    from miginspect.inspector.check import check_file
 
     meta_p = QDIR / "q10-state-volume.json"
     if not meta_p.exists():
@@ -317,12 +319,22 @@ def test_state_volume_reads_with_its_zero_padding_reported() -> None:
     path = unpack(QDIR / meta["file"])
     assert os.path.getsize(path) == meta["volume_bytes"]
     with open_capture(str(path)) as cap:
-        assert cap.walk.error is None
-        warn = [n for n in cap.walk.notices if n.severity == "warning"]
-        assert [(n.offset, n.message) for n in warn] == [
-            (meta["stream_bytes"], f"{meta['padding_bytes']} bytes after the vmdescription "
-                                   "trailer")]
+        w = cap.walk
+        assert w.error is None
+        assert [(n.severity, n.code, n.offset) for n in w.notices] == [
+            ("info", "zero-padding", meta["stream_bytes"])]
+        assert f"{meta['padding_bytes']} zero bytes" in w.notices[0].message
+        assert w.page_size_source == "vmdescription"
+        assert w.trailer.offset + 5 + w.trailer.length == meta["stream_bytes"]
+        assert "footer-search" not in {s.sized_by for s in w.sections}
+        alone = walk_stream(bytes(cap.source.buf[: meta["stream_bytes"]]))
+        assert [(s.kind, s.offset, s.end, s.sized_by) for s in w.sections] == [
+            (s.kind, s.offset, s.end, s.sized_by) for s in alone.sections]
+        assert alone.notices == [] and alone.page_size == w.page_size
         ours = page_digests(cap)
+    rep = check_file(str(path))
+    assert rep.verdict == "loadable" and rep.exit_code == 0
+    assert [p.code for p in rep.problems if p.severity != "info"] == []
     ref = zstandard.ZstdDecompressor().decompress((QDIR / meta["pmem_pages_file"]).read_bytes())
     assert [i for i in range(len(ours)) if i not in MASK and ours[i] != ref[i * 8 : i * 8 + 8]
             ] == []

@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     target = load_any_target(args.target) if args.target else None
     with ui.progress("checking") as cb:
-        report = check_file(args.file, cb, args.page_size, target, args.target_qemu)
+        report = check_file(args.file, cb, args.page_size, target, args.target_qemu,
+                            snapshot=args.snapshot)
     emit(args, report, lambda con: render_check(report, con, show_info=args.verbose))
     return report.exit_code

@@ -28,8 +28,12 @@ EXPORT_KINDS = {".html": "html", ".htm": "html", ".svg": "svg", ".txt": "txt"}
 #: export width when the report has no width of its own (a pipe without COLUMNS)
 EXPORT_WIDTH = 100
 
-INPUT_HELP = ("migration stream, mapped-ram file or libvirt save image (.gz/.bz2/.xz/.lzo/.zst "
-              "read transparently); - reads a stream from standard input")
+INPUT_HELP = ("migration stream, mapped-ram file, libvirt save image or qcow2 disk image with "
+              "internal snapshots (--snapshot; .gz/.bz2/.xz/.lzo/.zst read transparently); - "
+              "reads a stream from standard input")
+SNAPSHOT_HELP = ("for a qcow2 disk image: the internal snapshot whose VM state to read (ID or "
+                 "name, as QEMU looks it up; may be left out when exactly one snapshot holds "
+                 "VM state; `miginspect snapshots IMG` lists them)")
 
 
 def _width(text: str) -> int:
@@ -52,9 +56,11 @@ def _page_size(text: str) -> int:
     return n
 
 
-def common_options(page_size: bool = True) -> argparse.ArgumentParser:
+def common_options(page_size: bool = True, snapshot: bool | None = None
+                   ) -> argparse.ArgumentParser:
     """The parent parser of every subcommand: --json, --export, --width, --force,
-    --traceback, and (for commands that read a capture) --page-size."""
+    --traceback, and (for commands that read a capture) --page-size and --snapshot
+    (`snapshot` defaults to `page_size`)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true",
@@ -73,6 +79,8 @@ def common_options(page_size: bool = True) -> argparse.ArgumentParser:
     if page_size:
         p.add_argument("--page-size", type=_page_size, default=None, metavar="BYTES",
                        help="target page size when the file does not record it")
+    if page_size if snapshot is None else snapshot:
+        p.add_argument("--snapshot", metavar="ID|NAME", default=None, help=SNAPSHOT_HELP)
     return p
 
 

@@ -16,14 +16,17 @@ from .common import common_options, emit
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert", help="legacy stream <-> mapped-ram file",
-        parents=[common_options(page_size=False)],
+        parents=[common_options(page_size=False, snapshot=True)],
         description="Write OUT holding the final state of every page of IN in the chosen RAM "
         "layout: mapped-ram (bounded by the RAM size, sparse, zero pages as holes; restore with "
         "the mapped-ram capability on) or legacy (every page once; restore on any QEMU). "
         "Device state is copied byte for byte. libvirt save images stay libvirt images (format "
-        "sparse or raw). IN is never modified; OUT is written to a temporary name and renamed.")
-    p.add_argument("input", metavar="IN", help="migration stream, mapped-ram file or libvirt "
-                   "save image (.gz/.xz/.zst read transparently)")
+        "sparse or raw); the VM state of a qcow2 image's internal snapshot (--snapshot) becomes a "
+        "standalone migration file (restore it with -incoming). IN is never modified; OUT is "
+        "written to a temporary name and renamed.")
+    p.add_argument("input", metavar="IN", help="migration stream, mapped-ram file, libvirt "
+                   "save image or qcow2 image with --snapshot (.gz/.xz/.zst read "
+                   "transparently)")
     p.add_argument("output", metavar="OUT", help="file to write")
     p.add_argument("--to", required=True, choices=TARGETS, help="RAM layout of OUT")
     p.add_argument("--verify", action="store_true",
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     with ui.progress("converting") as cb:
         report = convert(args.input, args.output, args.to, force=args.force,
                          verify=args.verify, progress=cb, read_progress=cb,
-                         update_vmdesc=args.update_vmdesc, sync=args.sync)
+                         update_vmdesc=args.update_vmdesc, sync=args.sync,
+                         snapshot=args.snapshot)
     data = report.to_json()
     data = {"path": data.pop("input"), **data}  # the input is `path` in every report
     emit(args, report, lambda con: render_convert(report, con), data)

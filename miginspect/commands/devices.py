@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size)
+        cap = open_capture(args.file, progress=cb, page_size=args.page_size,
+                           snapshot=args.snapshot)
     with cap:
         report = decode_devices(cap, only=args.device)
     if args.device is not None and not report.devices:

@@ -25,7 +25,7 @@ from ..inspector.diff import (
     summarize_path,
 )
 from ..render.diff import render_diff, render_page_hexdiff
-from .common import common_options, emit
+from .common import SNAPSHOT_HELP, common_options, emit
 
 EXIT_SAME = 0
 EXIT_DIFFERENT = 1
@@ -44,12 +44,19 @@ Exit status: 0 identical, 1 different, 2 error."""
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "diff", help="compare two captures page by page and field by field",
-        parents=[common_options()],
+        parents=[common_options(snapshot=False)],
         description="Compare the RAM (per RAMBlock, page by page) and the device state of\n"
         "two captures, across layouts (legacy / mapped-ram) and QEMU versions.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", help="first capture (A); - reads it from standard input")
-    p.add_argument("b", help="second capture (B)")
+    p.add_argument("b", nargs="?", default=None,
+                   help="second capture (B); left out: A again (two snapshots of one image, "
+                   "with --snapshot-a and --snapshot-b)")
+    p.add_argument("--snapshot-a", metavar="ID|NAME", default=None,
+                   help="A is a qcow2 image: the internal snapshot to compare (" + SNAPSHOT_HELP
+                   .split("(", 1)[1])
+    p.add_argument("--snapshot-b", metavar="ID|NAME", default=None,
+                   help="B (or A again, when B is left out) is a qcow2 image: its snapshot")
     p.add_argument("--pages", action="store_true",
                    help="list every differing page with both hashes")
     p.add_argument("--page", metavar="BLOCK:OFFSET",
@@ -65,9 +72,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, error_exit=EXIT_TROUBLE)
 
 
-def run(args: argparse.Namespace) -> int:
+def _sides(args: argparse.Namespace) -> None:
+    """B left out: the same image as A, another snapshot of it."""
+    if args.b is None:
+        if args.snapshot_a is None or args.snapshot_b is None:
+            raise UsageError("diff needs two captures A B, or one disk image with "
+                             "--snapshot-a X --snapshot-b Y", code="usage")
+        args.b = args.a
     if args.a == "-" and args.b == "-":
         raise UsageError("standard input (-) can be only one of A and B", code="usage")
+
+
+def run(args: argparse.Namespace) -> int:
+    _sides(args)
     if args.page is not None:
         return _run_page(args)
     strict = not args.partial
@@ -78,10 +95,12 @@ def run(args: argparse.Namespace) -> int:
             # A is read and hashed in a second process while this one does B
             pool = stack.enter_context(
                 ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("fork")))
-            worker = pool.submit(summarize_path, args.a, strict, args.page_size, devices)
+            worker = pool.submit(summarize_path, args.a, strict, args.page_size, devices,
+                                 args.snapshot_a)
         with ui.progress(f"reading {args.b}") as cb:
             cap_b = stack.enter_context(open_capture(args.b, progress=cb, strict=strict,
-                                                     page_size=args.page_size))
+                                                     page_size=args.page_size,
+                                                     snapshot=args.snapshot_b))
         with ui.progress("hashing pages") as cb:
             side_b = summarize(cap_b, cb, devices)
         if worker is not None:
@@ -92,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             with ui.progress(f"reading {args.a}") as cb:
                 cap_a = stack.enter_context(open_capture(args.a, progress=cb, strict=strict,
-                                                         page_size=args.page_size))
+                                                         page_size=args.page_size,
+                                                         snapshot=args.snapshot_a))
             side_a = summarize(cap_a, None, devices)
         report = diff_sides(side_a, side_b, devices)
     emit(args, report, lambda con: render_diff(report, con, pages=args.pages),
@@ -104,10 +124,11 @@ def _run_page(args: argparse.Namespace) -> int:
     block, offset = parse_page_spec(args.page)
     with ExitStack() as stack:
         caps = []
-        for path in (args.a, args.b):
+        for path, snap in ((args.a, args.snapshot_a), (args.b, args.snapshot_b)):
             with ui.progress(f"reading {path}") as cb:
                 caps.append(stack.enter_context(open_capture(
-                    path, progress=cb, strict=not args.partial, page_size=args.page_size)))
+                    path, progress=cb, strict=not args.partial, page_size=args.page_size,
+                    snapshot=snap)))
         h = page_hexdiff(caps[0], caps[1], block, offset)
     emit(args, h, lambda con: render_page_hexdiff(h, con))
     return EXIT_SAME if not h.rows else EXIT_DIFFERENT

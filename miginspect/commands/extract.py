@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None and not args.cpu:
         raise UsageError("extract needs -o DIR (or --cpu to print the registers)", code="usage")
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size)
+        cap = open_capture(args.file, progress=cb, page_size=args.page_size,
+                           snapshot=args.snapshot)
     if args.cpu:
         with cap:
             cpus = cpu_states(cap)

@@ -24,17 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size, strict=False)
+        cap = open_capture(args.file, progress=cb, page_size=args.page_size, strict=False,
+                           snapshot=args.snapshot)
     with cap:
         err = cap.walk.error
-        lv = cap.source.container.libvirt
-        partial = lv is not None and not lv.complete
-        if isinstance(err, FormatError) and not partial:
+        if isinstance(err, FormatError) and not cap.source.container.incomplete:
             raise cap.source.explain(err)
         report = info(cap)
     emit(args, report, lambda con: render_info(report, con,
                                                show_sections=not args.no_sections))
-    # an incomplete libvirt save is reported in full; exit 1 when its stream is cut
-    # or the compressed data around it is damaged
-    inf = cap.source.container.inflation
-    return 1 if isinstance(err, FormatError) or (inf is not None and inf.error) else 0
+    # an incomplete save (libvirt's LibvirtQemudPart) is reported in full; exit 1 when
+    # its stream is cut or the container's data around it is damaged
+    return 1 if isinstance(err, FormatError) or cap.source.container.damaged else 0

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rows < 1 or (args.pages_per_cell is not None and args.pages_per_cell < 1):
         raise UsageError("--rows and --pages-per-cell must be at least 1", code="usage")
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size)
+        cap = open_capture(args.file, progress=cb, page_size=args.page_size,
+                           snapshot=args.snapshot)
     with cap:
         report = page_map(cap, args.block)
         emit(args, report, lambda con: render_map(report, con, rows=args.rows,

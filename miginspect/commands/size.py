@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, strict=not args.partial,
-                           page_size=args.page_size)
+                           page_size=args.page_size, snapshot=args.snapshot)
     with cap:
         report = size_report(cap, top=max(0, args.top))
     emit(args, report, lambda con: render_size(report, con))

@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from ..errors import FormatError, MigError, UsageError
+from .containers.base import OpenOptions
 from .content import PageReader
 from .mapped_ram import BitmapTrust, raw_bitmap, source_bitmap_trust
 from .pagemap import BlockMap, legacy_maps, mapped_ram_map
@@ -125,10 +126,13 @@ def open_capture(
     progress: Progress | None = None,
     strict: bool = True,
     page_size: int | None = None,
+    snapshot: str | None = None,
 ) -> Capture:
     """Open and walk `path`. With `strict`, damage (a FormatError) is raised; other
-    stops (an unsupported feature) stay in `capture.walk.error` for the caller to show."""
-    src = open_source(path, progress)
+    stops (an unsupported feature) stay in `capture.walk.error` for the caller to show.
+    `snapshot`: which internal snapshot of a disk image (ID or name; the container kind
+    refuses it for inputs that have none)."""
+    src = open_source(path, progress, OpenOptions(snapshot=snapshot))
     try:
         walk = walk_stream(src.buf, src.base, progress, page_size, src.release)
     except BaseException:

@@ -16,7 +16,6 @@ A stop the tool cannot judge (a feature it does not read) makes the verdict
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
 from .capture import Progress, open_capture
+from .containers.base import Incoming
 from .mapped_ram import (
     VERDICT_OTHER_HOST,
     BitmapTrust,
@@ -58,22 +58,13 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Incoming:
-    """What the destination QEMU must be told before it can read this file."""
-
-    capabilities: list[str]
-    uri: str
-    commands: list[str]  # command line + QMP, in order
-
-
-@dataclass
 class CheckReport:
     path: str
     format: str | None
     loadable: bool
     verdict: str
     problems: list[Problem]
-    offsets_in: str = "file"  # "file" or "decompressed stream"
+    offsets_in: str = "file"  # "file", "decompressed stream", "VM state" (the container's)
     machine_type: str | None = None
     capabilities: list[str] = field(default_factory=list)
     incoming: Incoming | None = None
@@ -170,6 +161,9 @@ def _walk_error(src: Source, walk: StreamWalk) -> Problem:
         p = _missing_eos(p, src, walk)
     if is_cut(p):
         p.cause += f" (the data ends at 0x{len(src.buf):x})"
+    where = src.container.locate(p.offset) if p.offset is not None else None
+    if where is not None:  # e.g. the image offset of a snapshot's state offset
+        p.cause += f" [{where}]"
     return p
 
 
@@ -187,12 +181,14 @@ def check_file(
     page_size: int | None = None,
     target: TargetDescription | TargetModel | None = None,
     target_qemu: str | None = None,
+    snapshot: str | None = None,
 ) -> CheckReport:
     """Open, walk and check `path` (and compare it with `target`, or predict the load on
     the QEMU of the `target_qemu` command line). Damage never raises: it becomes a problem
-    in the report."""
+    in the report. `snapshot`: which internal snapshot of a disk image."""
     try:
-        cap = open_capture(path, progress, strict=False, page_size=page_size)
+        cap = open_capture(path, progress, strict=False, page_size=page_size,
+                           snapshot=snapshot)
     except UsageError:
         raise
     except MigError as e:
@@ -212,7 +208,7 @@ def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None,
     """Every problem the file shows, in file order, and the verdict. `extra`: problems
     found elsewhere (the --target comparison); `trust`: the capture's bitmap verdict."""
     probs: list[Problem] = list(extra or [])
-    probs += _container_checks(src, walk)
+    probs += src.container.problems(src, walk)
     if walk.version == 3:
         probs += _configuration_checks(walk)  # QEMU checks this before anything else
     probs += [problem(n.code, n.offset, n.where, n.message) for n in walk.notices]
@@ -234,7 +230,7 @@ def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None,
         loadable=verdict == VERDICT_LOADABLE,
         verdict=verdict,
         problems=probs,
-        offsets_in="decompressed stream" if src.decompressed else "file",
+        offsets_in=src.container.offsets_in,
         machine_type=walk.machine_type,
         capabilities=list(walk.capabilities),
         incoming=incoming_for(src, walk),
@@ -249,47 +245,6 @@ def _dedupe(probs: list[Problem]) -> list[Problem]:
         if key not in seen:
             seen.add(key)
             out.append(p)
-    return out
-
-
-def _container_checks(src: Source, walk: StreamWalk) -> list[Problem]:
-    out: list[Problem] = []
-    c = src.container
-    inf = getattr(c, "inflation", None)
-    if inf is not None and not inf.complete:
-        out.append(problem("container-truncated" if inf.truncated else "container-damaged",
-                           inf.error_offset, "container",
-                           f"{inf.describe()}; offsets of the QEMU stream below are in the "
-                           "decompressed data"))
-    elif inf is not None and inf.trailing:
-        out.append(problem("container-trailing", inf.end, "container",
-                           f"{inf.trailing} bytes after the end of the {inf.compression} data"))
-    h = c.libvirt
-    if h is None:
-        if c.compression:
-            out.append(problem("compressed", None, "container",
-                               f"{c.compression}-compressed stream; offsets are in the "
-                               "decompressed data", command=_decompress_cmd(c.compression)))
-        return out
-    if not h.complete:
-        out.append(problem("libvirt-partial", 0, "libvirt",
-                           "the libvirt header magic is LibvirtQemudPart: libvirt never "
-                           "finished writing this image"))
-    if not h.xml.strip():
-        out.append(problem("libvirt-no-xml", 92, "libvirt",
-                           "the libvirt header holds no domain XML"))
-    if h.format_name == "sparse" and walk.version == 3 and walk.configuration is not None \
-            and not walk.mapped_ram:
-        out.append(problem("libvirt-format-mismatch", 28, "libvirt",
-                           "libvirt format is 'sparse' but the QEMU stream is not mapped-ram",
-                           qemu=["Capability mapped-ram is on, but received capability is "
-                                 "off"]))
-    if h.format_name != "sparse" and walk.mapped_ram:
-        out.append(problem("libvirt-format-mismatch", 28, "libvirt",
-                           f"libvirt format is '{h.format_name}' but the QEMU stream is "
-                           "mapped-ram",
-                           qemu=["Capability mapped-ram is off, but received capability is "
-                                 "on"]))
     return out
 
 
@@ -531,58 +486,10 @@ def _overlap_checks(walk: StreamWalk) -> list[Problem]:
 
 
 # ---------------------------------------------------------------------------
-def _decompress_cmd(kind: str) -> str:
-    return {"gzip": "gzip -dc", "bzip2": "bzip2 -dc", "xz": "xz -dc", "zstd": "zstd -dc",
-            "lzop": "lzop -dc"}.get(kind, f"{kind} -dc")
-
-
 def incoming_for(src: Source, walk: StreamWalk) -> Incoming:
-    """The destination setup the file needs, with the exact QMP."""
-    caps = [c for c in walk.capabilities if c in ("mapped-ram", "x-ignore-shared")]
-    path = _sh(src.path)
-    c = src.container
-    comp = c.compression
-    inner = c.kind == "libvirt" and c.libvirt is not None and src.base == 0 and bool(comp)
-    pipe = None  # a shell pipeline that yields the QEMU stream from its first byte
-    seek_off = src.base  # where the stream starts in the file QEMU is given
-    if comp and inner:
-        assert c.libvirt is not None
-        pipe = f"tail -c +{c.libvirt.payload_offset + 1} {path} | {_decompress_cmd(comp)}"
-        seek_off = 0
-    elif comp:  # the whole file is compressed (a libvirt header may be inside)
-        pipe = f"{_decompress_cmd(comp)} {path}"
-    cmds: list[str] = []
-    if pipe is None:
-        uri = f"file:{src.path}" + (f",offset=0x{seek_off:x}" if seek_off else "")
-    elif "mapped-ram" in caps:
-        # mapped-ram reads pages at file offsets: QEMU refuses a pipe ("Migration requires
-        # seekable transport (e.g. file)"), so decompress into a file first
-        out = "/path/to/decompressed.mig"
-        cmds.append(f"{pipe} > {out}   (mapped-ram needs a seekable file, not a pipe)")
-        uri = f"file:{out}" + (f",offset=0x{seek_off:x}" if seek_off else "")
-    else:
-        tail = f" | tail -c +{seek_off + 1}" if seek_off else ""
-        uri = f"exec:{pipe}{tail}"
-    cmds.append("qemu-system-<arch> <the same devices and -machine as the source> "
-                "-incoming defer")
-    if caps:
-        cap_json = ", ".join(f'{{"capability": "{x}", "state": true}}' for x in caps)
-        cmds.append('{"execute": "migrate-set-capabilities", "arguments": '
-                    f'{{"capabilities": [{cap_json}]}}}}')
-    cmds.append(f'{{"execute": "migrate-incoming", "arguments": {{"uri": {json.dumps(uri)}}}}}')
-    if "mapped-ram" in caps:
-        cmds.append("optional, faster: also set the `multifd` capability and "
-                    '{"execute": "migrate-set-parameters", "arguments": {"multifd-channels": 4}} '
-                    "before migrate-incoming")
-    if c.kind == "libvirt":
-        cmds.append(f"or let libvirt do all of it: virsh restore {path}")
-    return Incoming(caps, uri, cmds)
-
-
-def _sh(s: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_./+:=,-]+", s):
-        return s
-    return "'" + s.replace("'", "'\\''") + "'"
+    """How to load the file: its container says (`-incoming defer` + migrate-incoming for
+    a migration file, `loadvm` for a disk image's internal snapshot, ...)."""
+    return src.container.how_to_load(src, walk)
 
 
 __all__ = ["check", "check_file", "verdict_of", "check_source_error", "CheckReport", "Problem",

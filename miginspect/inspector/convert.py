@@ -15,9 +15,11 @@ input byte for byte, in the input's order. Only three things are rewritten:
   the first PART (or the END) carries every page once, in block and page
   order (PAGE for data, ZERO for zero pages, CONTINUE after a block's first
   record), every other PART/END holds only EOS;
-* a libvirt header: same XML, cookie and padding (`data_len` unchanged), the
-  format field set to `sparse` or `raw`. The mapped-ram offsets are absolute
-  in the output file, so they include the libvirt header.
+* the container: the input's container writes what goes in front of the output
+  (`Container.output`): a libvirt header (same XML, cookie and padding, `data_len`
+  unchanged, the format field set to `sparse` or `raw`; the mapped-ram offsets are
+  absolute in the output file, so they include it), or nothing: a compressed input and
+  a qcow2 internal snapshot become a standalone migration file.
 
 The output is written to a temporary file in the output's folder and renamed
 over OUT once complete (`outfile.AtomicFile`: only a regular file is ever
@@ -46,18 +48,17 @@ import xxhash
 from ..errors import (
     InconsistentError,
     MigError,
-    TruncatedError,
     UnsupportedError,
     UsageError,
 )
 from ..formats import configuration as C
-from ..formats import libvirt as LV
 from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
 from ..formats.common import CountedString
 from ..outfile import AtomicFile, check_output_file
 from .capture import Capture, open_capture
+from .containers.base import ContainerBrief, OutputPrefix
 from .copier import RUN_BYTES, PageCopier, pwrite_all
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
 from .size import mapped_ram_bounds
@@ -117,8 +118,8 @@ class ConvertReport:
     output: str
     from_format: str
     to_format: str
-    input_container: dict[str, Any]
-    output_container: dict[str, Any]
+    input_container: ContainerBrief
+    output_container: ContainerBrief
     machine_type: str | None
     page_size: int
     capabilities_in: list[str]
@@ -141,7 +142,10 @@ class ConvertReport:
     verify: VerifyResult | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["input_container"] = self.input_container.to_json()
+        d["output_container"] = self.output_container.to_json()
+        return d
 
 
 # ---------------------------------------------------------------------------------
@@ -268,60 +272,11 @@ def _entry_size(b: RamBlock, ignore_shared: bool) -> int:
     return M.ramblock_entry_size(len(b.name.encode("latin-1")), False, ignore_shared)
 
 
-@dataclass
-class LibvirtPrefix:
-    """What goes before the QEMU stream in a libvirt output: a new virQEMUSaveHeader,
-    then the input's XML + cookie + padding (`data_len` bytes, copied in chunks, never
-    held whole: its size comes from the file)."""
-
-    head: bytes
-    path: str  # file holding the XML area, when `buf` does not
-    body_offset: int
-    body_len: int
-    buf: Any = None  # the input's buffer, when it holds the XML area
-
-    def __len__(self) -> int:
-        return len(self.head) + self.body_len
-
-    def write_to(self, out: _Output) -> None:
-        out.write(self.head)
-        if self.buf is not None:
-            end = self.body_offset + self.body_len
-            for p in range(self.body_offset, end, RUN_BYTES):
-                out.write(self.buf[p : min(end, p + RUN_BYTES)])
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self.body_offset)
-            left = self.body_len
-            while left:
-                chunk = f.read(min(left, RUN_BYTES))
-                if not chunk:
-                    raise TruncatedError("the libvirt XML area is shorter than data_len",
-                                         20, "libvirt", code="libvirt-data-len")
-                out.write(chunk)
-                left -= len(chunk)
-
-
-def libvirt_prefix(cap: Capture, to: str) -> LibvirtPrefix | None:
-    """The libvirt header and XML area for the output (None if the input is not a
-    libvirt image): data_len, was_running, cookieOffset and byte order unchanged, the
-    format field set to sparse (mapped-ram) or raw (legacy)."""
-    lv = cap.source.container.libvirt
-    if lv is None:
-        return None
-    src = cap.source
-    # raw/sparse images: the header is at the start of `buf` (= the file, or the inflated
-    # data of a compressed file that holds a whole image); compressed-format images keep
-    # it in the file itself, in front of the compressed QEMU stream
-    in_buf = src.base == lv.payload_offset and bytes(src.buf[:16]) in (
-        LV.QEMU_SAVE_MAGIC, LV.QEMU_SAVE_PARTIAL)
-    grammar = LV.virQEMUSaveHeader_le if lv.byte_order == "little" else LV.virQEMUSaveHeader_be
-    fmt = LV.QEMU_SAVE_FORMAT_SPARSE if to == MAPPED_RAM else LV.QEMU_SAVE_FORMAT_RAW
-    head = grammar.build(dict(magic=LV.QEMU_SAVE_MAGIC, version=LV.QEMU_SAVE_VERSION,
-                              data_len=lv.data_len, was_running=int(lv.was_running),
-                              format=fmt, cookieOffset=lv.cookie_offset))
-    return LibvirtPrefix(head, src.path, LV.QEMU_SAVE_HEADER_SIZE, lv.data_len,
-                         src.buf if in_buf else None)
+def libvirt_prefix(cap: Capture, to: str) -> OutputPrefix | None:
+    """What goes in front of the output's QEMU stream so that it stays of the input's
+    container kind (a libvirt image stays one: the container writes its header); None
+    for a plain migration file (also the output of a disk image's snapshot)."""
+    return cap.source.container.output(cap.source, to)
 
 
 # ---------------------------------------------------------------------------------
@@ -405,7 +360,7 @@ def mapped_ram_bound(cap: Capture, prefix_len: int | None = None,
 
 
 class _Converter:
-    def __init__(self, cap: Capture, to: str, out: _Output, prefix: LibvirtPrefix | None,
+    def __init__(self, cap: Capture, to: str, out: _Output, prefix: OutputPrefix | None,
                  progress: Progress | None, update_vmdesc: bool = False) -> None:
         self.cap = cap
         self.w = cap.walk
@@ -560,15 +515,6 @@ def _sizes(path: str) -> FileSizes:
     return FileSizes(st.st_size, getattr(st, "st_blocks", 0) * 512)
 
 
-def _container(cap: Capture) -> dict[str, Any]:
-    c = cap.source.container
-    d: dict[str, Any] = {"kind": c.kind, "compression": c.compression}
-    if c.libvirt is not None:
-        d.update(libvirt_format=c.libvirt.format_name, data_len=c.libvirt.data_len,
-                 was_running=c.libvirt.was_running, byte_order=c.libvirt.byte_order)
-    return d
-
-
 def _check_paths(in_path: str, out_path: str, force: bool) -> None:
     """Refuse an output that may not be written (before the input is read)."""
     check_output_file(out_path, force, protect=in_path)
@@ -584,6 +530,7 @@ def convert(
     read_progress: Progress | None = None,
     sync: bool = False,
     update_vmdesc: bool = False,
+    snapshot: str | None = None,
 ) -> ConvertReport:
     """Convert `in_path` into `out_path` with the `to` layout ("mapped-ram" or "legacy").
 
@@ -591,13 +538,14 @@ def convert(
     `update_vmdesc` its "configuration" object is made to describe the new capabilities
     subsection as QEMU itself writes it (what analyze-migration.py reads). With `sync`
     the output is fsync'ed before the rename (like cp, off by default: it costs the
-    time the disk needs to take the whole file)."""
+    time the disk needs to take the whole file). `snapshot`: which internal snapshot of a
+    disk image IN is (its output is a standalone migration file)."""
     t0 = time.monotonic()
     if to not in TARGETS:
         raise UsageError(f"unknown target layout {to!r} (choose {', '.join(TARGETS)})",
                          code="usage")
     _check_paths(in_path, out_path, force)
-    with open_capture(in_path, progress=read_progress, strict=True) as cap:
+    with open_capture(in_path, progress=read_progress, strict=True, snapshot=snapshot) as cap:
         _check_convertible(cap, to)
         prefix = libvirt_prefix(cap, to)
         with AtomicFile(out_path, force, protect=in_path) as out:
@@ -606,13 +554,13 @@ def convert(
             out.commit(sync)
         report = _report(cap, conv, in_path, out_path, to, prefix, t0)
     if verify:
-        report.verify = verify_conversion(in_path, out_path, to)
+        report.verify = verify_conversion(in_path, out_path, to, snapshot)
     report.seconds = round(time.monotonic() - t0, 3)
     return report
 
 
 def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str,
-            prefix: LibvirtPrefix | None, t0: float) -> ConvertReport:
+            prefix: OutputPrefix | None, t0: float) -> ConvertReport:
     w = cap.walk
     blocks = []
     notices = [f"{n.severity}: {n.message}" for n in w.notices]
@@ -629,12 +577,10 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
             notices.append(f"warning: {b.name}: {chk.untrusted}")
     plen = len(prefix) if prefix is not None else 0
     bound, alloc, source = _bound(cap, plen)
-    out_cont: dict[str, Any] = {"kind": "libvirt" if prefix else "none", "compression": None}
-    if prefix is not None:
-        out_cont["libvirt_format"] = "sparse" if to == MAPPED_RAM else "raw"
     return ConvertReport(
         input=in_path, output=out_path, from_format=cap.format, to_format=to,
-        input_container=_container(cap), output_container=out_cont,
+        input_container=cap.source.container.brief(),
+        output_container=cap.source.container.output_brief(to),
         machine_type=w.machine_type, page_size=cap.page_size,
         capabilities_in=list(w.capabilities), capabilities_out=output_capabilities(cap, to),
         input_size=FileSizes(cap.source.file_size, cap.source.allocated_size),
@@ -653,9 +599,9 @@ def _bound(cap: Capture, prefix_len: int) -> tuple[int, int | None, str]:
     own apparent bound (a stream the audit cannot lay out)."""
     b = mapped_ram_bounds(cap)
     if b.bound:
-        # an inflated libvirt image: the audit measures the stream without the header
-        extra = prefix_len if cap.source.container.libvirt is not None and \
-            cap.source.base == 0 else 0
+        # the audit measures the input's buffer: when the container's header is not in
+        # it (an inflated libvirt image), the output's prefix comes on top
+        extra = prefix_len if cap.source.base == 0 else 0
         return b.bound + extra, b.allocated + extra, "size audit (inspector.size)"
     return mapped_ram_bound(cap, prefix_len), None, "format-spec §4.3 layout (inspector.convert)"
 
@@ -689,12 +635,14 @@ def _device_digests(cap: Capture) -> list[tuple[str, int]]:
     return out
 
 
-def verify_conversion(in_path: str, out_path: str, to: str) -> VerifyResult:
-    """Read OUT back with our own readers and compare it with IN: same RAMBlocks, same
-    page states (never-sent counts as zero in mapped-ram), same final page contents
-    (xxh3-64 of every page), same non-RAM records byte for byte, right layout."""
+def verify_conversion(in_path: str, out_path: str, to: str,
+                      snapshot: str | None = None) -> VerifyResult:
+    """Read OUT back with our own readers and compare it with IN (`snapshot`: IN's internal
+    snapshot): same RAMBlocks, same page states (never-sent counts as zero in mapped-ram),
+    same final page contents (xxh3-64 of every page), same non-RAM records byte for byte,
+    right layout and container."""
     problems: list[str] = []
-    with open_capture(in_path) as a, open_capture(out_path) as b:
+    with open_capture(in_path, snapshot=snapshot) as a, open_capture(out_path) as b:
         if b.format != to:
             problems.append(f"output reads as {b.format}, expected {to}")
         names_a = [(x.name, x.used_length) for x in a.blocks]
@@ -726,15 +674,7 @@ def verify_conversion(in_path: str, out_path: str, to: str) -> VerifyResult:
         for n in b.walk.notices:
             if n.severity == "warning" and n.message not in known:
                 problems.append(f"output: {n.message}")
-        la, lb = a.source.container.libvirt, b.source.container.libvirt
-        if (la is None) != (lb is None):
-            problems.append("libvirt header present in only one of the files")
-        elif la is not None and lb is not None:
-            want = "sparse" if to == MAPPED_RAM else "raw"
-            if lb.format_name != want:
-                problems.append(f"libvirt format field is {lb.format_name}, expected {want}")
-            if (la.xml, la.cookie, la.data_len) != (lb.xml, lb.cookie, lb.data_len):
-                problems.append("libvirt XML, cookie or data_len changed")
+        problems += a.source.container.verify_output(b.source.container, to)
         return VerifyResult(not problems, len(a.blocks), pages, data, len(da), problems)
 
 

@@ -240,6 +240,8 @@ class DiffReport:
     bitmap_layout_b: str | None = None
     bitmap_untrusted_a: dict[str, str] = field(default_factory=dict)  # block -> why
     bitmap_untrusted_b: dict[str, str] = field(default_factory=dict)
+    snapshot_a: str | None = None  # a disk image's internal snapshot ("ID NAME")
+    snapshot_b: str | None = None
 
     @property
     def ram_identical(self) -> bool:
@@ -258,13 +260,18 @@ class DiffReport:
         return {k: sum(getattr(b, k) for b in self.blocks) for k in keys}
 
     def to_json(self, pages: bool = False) -> dict[str, Any]:
-        return {
-            "a": {"path": self.path_a, "format": self.format_a, "machine_type": self.machine_a,
+        sides = [{"path": self.path_a, "format": self.format_a, "machine_type": self.machine_a,
                   "bitmap_layout": self.bitmap_layout_a,
                   "bitmap_untrusted": dict(self.bitmap_untrusted_a)},
-            "b": {"path": self.path_b, "format": self.format_b, "machine_type": self.machine_b,
+                 {"path": self.path_b, "format": self.format_b, "machine_type": self.machine_b,
                   "bitmap_layout": self.bitmap_layout_b,
-                  "bitmap_untrusted": dict(self.bitmap_untrusted_b)},
+                  "bitmap_untrusted": dict(self.bitmap_untrusted_b)}]
+        for side, snap in zip(sides, (self.snapshot_a, self.snapshot_b), strict=True):
+            if snap is not None:  # a qcow2 image's internal snapshot
+                side["snapshot"] = snap
+        return {
+            "a": sides[0],
+            "b": sides[1],
             "identical": self.identical,
             "ram_identical": self.ram_identical,
             "devices_identical": self.devices_identical,
@@ -302,6 +309,7 @@ class Side:
     devices_error: str | None = None
     bitmap_layout: str | None = None  # mapped-ram: the layout its bitmaps were read with
     bitmap_untrusted: dict[str, str] = field(default_factory=dict)  # block -> why
+    snapshot: str | None = None  # "ID NAME" of a disk image's internal snapshot
 
     def block(self, name: str) -> SideBlock | None:
         return next((b for b in self.blocks if b.name == name), None)
@@ -327,7 +335,8 @@ def summarize(cap: Capture, progress: Progress | None = None, devices: bool = Tr
                 cap.walk.error.oneline() if cap.walk.error is not None else None,
                 bitmap_layout=cap.bitmap_layout,
                 bitmap_untrusted={n: c.untrusted for n, c in trust.blocks.items()
-                                  if c.untrusted})
+                                  if c.untrusted},
+                snapshot=cap.source.container.brief().snapshot)
     if devices:
         try:
             side.devices = decode_devices(cap).devices
@@ -337,11 +346,13 @@ def summarize(cap: Capture, progress: Progress | None = None, devices: bool = Tr
 
 
 def summarize_path(path: str, strict: bool = True, page_size: int | None = None,
-                   devices: bool = True) -> Side | tuple[str, str, int | None, str]:
-    """`summarize` of the file at `path`, for a worker process: a MigError comes back as
-    (class name, message, offset, where) so that it crosses the process boundary whole."""
+                   devices: bool = True, snapshot: str | None = None
+                   ) -> Side | tuple[str, str, int | None, str]:
+    """`summarize` of the file at `path` (`snapshot`: of a disk image), for a worker
+    process: a MigError comes back as (class name, message, offset, where) so that it
+    crosses the process boundary whole."""
     try:
-        with open_capture(path, strict=strict, page_size=page_size) as cap:
+        with open_capture(path, strict=strict, page_size=page_size, snapshot=snapshot) as cap:
             return summarize(cap, devices=devices)
     except MigError as e:
         return (type(e).__name__, e.message, e.offset, e.where)
@@ -522,7 +533,7 @@ def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
         notices.append(f"machine types differ: {a.machine_type} vs {b.machine_type}")
     return DiffReport(a.path, b.path, a.format, b.format, a.machine_type, b.machine_type,
                       a.page_size, blocks, dd, notices, a.bitmap_layout, b.bitmap_layout,
-                      a.bitmap_untrusted, b.bitmap_untrusted)
+                      a.bitmap_untrusted, b.bitmap_untrusted, a.snapshot, b.snapshot)
 
 
 def diff_captures(a: Capture, b: Capture, progress: Progress | None = None,

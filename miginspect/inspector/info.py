@@ -10,7 +10,7 @@ import numpy as np
 from ..formats import ram as R
 from ..formats.stream import MIG_CMD_NAMES
 from .capture import Capture
-from .libvirt_image import container_report
+from .containers.base import ContainerInfo, StreamExtent
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
 
 
@@ -63,10 +63,12 @@ class InfoReport:
     vmdescription: dict[str, Any] | None
     notices: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why the walk stopped early, if it did
-    container: dict[str, Any] | None = None
+    container: ContainerInfo | None = None  # what wraps the stream (its kind's own type)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["container"] = self.container  # in its own key order (ContainerInfo.to_json)
+        return d
 
 
 def block_infos(cap: Capture) -> list[BlockInfo]:
@@ -172,7 +174,28 @@ def info(cap: Capture) -> InfoReport:
     )
 
 
-def container_info(cap: Capture) -> dict[str, Any]:
-    """What wraps the QEMU stream (libvirt header, compression) and how much of the
-    stream is there; see libvirt_image.container_report."""
-    return container_report(cap)
+def stream_extent(cap: Capture) -> StreamExtent:
+    """How much of the QEMU stream the input holds, and whether it is whole."""
+    w = cap.walk
+    src = cap.source
+    err = w.error
+    pages = absent = 0
+    for bm in cap.maps.values():
+        pages += bm.pages
+        absent += bm.count(PAGE_NEVER_SENT)
+    return StreamExtent(
+        complete=err is None and w.eof_offset is not None,
+        bytes=len(src.buf) - src.base,
+        stopped_at=err.offset if err is not None else None,
+        stopped=src.explain(err).oneline() if err is not None else None,
+        ram_pages=pages,
+        ram_pages_sent=pages - absent,
+        decompressed=src.container.inflation,
+    )
+
+
+def container_info(cap: Capture) -> ContainerInfo:
+    """What wraps the QEMU stream, as its container kind describes it, and how much of
+    the stream is there."""
+    src = cap.source
+    return src.container.describe(src, stream_extent(cap))

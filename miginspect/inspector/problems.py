@@ -257,6 +257,8 @@ _KINDS = [
          ("Expected vmdescription section, but got",),
          "QEMU reads one byte after EOF, says so and loads the rest; these bytes may be a "
          "sign of a concatenated or overwritten file"),
+    Kind("zero-padding", _I, "zero bytes after the end of the stream (a state volume's "
+         "padding)", (), "none needed: QEMU stops reading at the end of the stream"),
     Kind("trailing-bytes", _W, "bytes after the vmdescription trailer", (),
          "QEMU never reads these bytes; they may be a sign of a concatenated or overwritten "
          "file"),
@@ -439,6 +441,10 @@ _KINDS = [
          "the image is cut short: re-copy it", cut=True),
     Kind("qcow2-bad-state", _E, "the snapshot's VM state is not all in the image", (),
          "the snapshot's state is incomplete: loadvm would fail; use another snapshot"),
+    Kind("qcow2-state-not-stored", _W, "VM state bytes in zero or unallocated clusters of "
+         "the image (read as zeros)", (),
+         "QEMU writes every byte of a state: the image was damaged or rewritten; compare with "
+         "a backup copy"),
     # -- catch-alls (raise sites outside the engine that name no code) -----------------------
     Kind("damaged", _E, "damage of no more specific kind", (),
          "the stream is damaged here: use an intact copy"),

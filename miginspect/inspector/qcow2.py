@@ -9,13 +9,17 @@ A snapshot's VM state is a QEMU migration stream of `vm_state_size` bytes at gue
 offsets from `vm_state_offset` (formats.qcow2.vm_state_offset), mapped by the
 snapshot's L1 table. `Qcow2Image.state_layout` maps it once into runs of
 (state_offset, host_offset, length, kind) with kind data / zero / unallocated /
-compressed; `open_snapshot` turns the runs into the buffer the stream walker reads:
+compressed; `state_buffer` turns the runs into the buffer the stream walker reads:
 an mmap of the image when the state is one contiguous, page-aligned host run (no
-copy), else an unnamed sparse temporary file (zero and unallocated runs are holes,
-data runs copied in the kernel, compressed clusters inflated).
+copy), the image's pages stitched into one mapping when every run is page aligned,
+else an unnamed sparse temporary file (zero and unallocated runs are holes, data runs
+copied in the kernel, compressed clusters inflated).
 
-Offsets in the walk of such a Source are offsets in the VM state;
-`Qcow2Container.image_offset` gives the image offset of a state offset.
+This module is the reader; the container kind that makes a snapshot's state the
+`Source` every command reads (which snapshot, what `info` shows, how to load it) is
+`containers/qcow2.py`. `open_snapshot` gives that Source directly. Offsets in its walk
+are offsets in the VM state; `Qcow2Container.image_offset` gives the image offset of a
+state offset.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -46,7 +50,7 @@ from ..errors import (
 from ..formats import qcow2 as Q
 from .inflate import max_inflate, temp_dir
 from .parsing import parse_at
-from .source import Container, Source
+from .source import Source
 
 Progress = Callable[[int, int], None]
 
@@ -276,9 +280,10 @@ class _Window:
 class Qcow2Image:
     """An opened qcow2 image: header, extensions, snapshot table. Read-only."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int | None = None) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
+        # `fd`: an open descriptor of the image (a spooled or decompressed copy): dup'ed
+        self.fd = os.dup(fd) if fd is not None else os.open(path, os.O_RDONLY)
         try:
             st = os.fstat(self.fd)
             self.file_size = st.st_size
@@ -517,9 +522,10 @@ class Qcow2Image:
         self.close()
 
 
-def open_image(path: str) -> Qcow2Image:
-    """Open a qcow2 image read-only and read its header, extensions and snapshot table."""
-    return Qcow2Image(path)
+def open_image(path: str, fd: int | None = None) -> Qcow2Image:
+    """Open a qcow2 image read-only and read its header, extensions and snapshot table
+    (`fd`: read it from this descriptor, e.g. a decompressed copy, instead of `path`)."""
+    return Qcow2Image(path, fd)
 
 
 # -----------------------------------------------------------------------------------------
@@ -836,6 +842,15 @@ def choose_snapshot(img: Qcow2Image, key: str | None = None) -> Qcow2Snapshot:
     return sn
 
 
+def vm_clock(ns: int) -> str:
+    """Guest run time as qemu-img shows it: hours:minutes:seconds.milliseconds."""
+    ms = ns // 1_000_000
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:04d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
 def _iso(sec: int, nsec: int) -> str:
     import datetime as _dt
 
@@ -843,89 +858,82 @@ def _iso(sec: int, nsec: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{nsec:09d}Z"
 
 
+@dataclass
+class SnapshotFacts:
+    """A snapshot table entry as the reports show it (`snapshots --json`, and
+    `info --json` `container.snapshot`)."""
+
+    id: str
+    name: str
+    date: str  # ISO 8601, UTC
+    date_sec: int
+    date_nsec: int
+    vm_clock_ns: int
+    vm_state_size: int
+    disk_size: int
+    disk_size_recorded: bool
+    icount: int | None
+    vm_state_offset: int | None  # guest offset of the VM state (None: no VM state)
+    l1_table_offset: int
+    l1_size: int
+    entry_offset: int
+
+    @classmethod
+    def of(cls, sn: Qcow2Snapshot) -> SnapshotFacts:
+        return cls(sn.id, sn.name, _iso(sn.date_sec, sn.date_nsec), sn.date_sec, sn.date_nsec,
+                   sn.vm_clock_nsec, sn.vm_state_size, sn.disk_size, sn.disk_size_recorded,
+                   sn.icount, sn.vm_state_offset if sn.has_vm_state else None,
+                   sn.l1_table_offset, sn.l1_size, sn.entry_offset)
+
+
+@dataclass
+class ImageFacts:
+    """The image facts of the reports."""
+
+    path: str
+    version: int
+    cluster_size: int
+    virtual_size: int
+    extended_l2: bool
+    compression_type: str
+    encryption: str | None
+    data_file: str | None
+    backing_file: str | None
+    backing_format: str | None
+    file_size: int
+    dirty: bool
+    corrupt: bool
+
+    @classmethod
+    def of(cls, img: Qcow2Image) -> ImageFacts:
+        h = img.header
+        return cls(img.path, h.version, h.cluster_size, h.size, h.extended_l2, h.compression,
+                   h.encryption, img.data_file, img.backing_file, img.backing_format,
+                   img.file_size, bool(h.incompatible_features & Q.QCOW2_INCOMPAT_DIRTY),
+                   bool(h.incompatible_features & Q.QCOW2_INCOMPAT_CORRUPT))
+
+
 def snapshot_json(sn: Qcow2Snapshot) -> dict[str, Any]:
     """A snapshot table entry as the JSON reports show it."""
-    return {
-        "id": sn.id, "name": sn.name, "date": _iso(sn.date_sec, sn.date_nsec),
-        "date_sec": sn.date_sec, "date_nsec": sn.date_nsec, "vm_clock_ns": sn.vm_clock_nsec,
-        "vm_state_size": sn.vm_state_size, "disk_size": sn.disk_size,
-        "disk_size_recorded": sn.disk_size_recorded, "icount": sn.icount,
-        "vm_state_offset": sn.vm_state_offset if sn.has_vm_state else None,
-        "l1_table_offset": sn.l1_table_offset, "l1_size": sn.l1_size,
-        "entry_offset": sn.entry_offset,
-    }
+    return asdict(SnapshotFacts.of(sn))
 
 
 def image_json(img: Qcow2Image) -> dict[str, Any]:
     """The image facts of the JSON reports."""
-    h = img.header
-    return {
-        "path": img.path, "version": h.version, "cluster_size": h.cluster_size,
-        "virtual_size": h.size, "extended_l2": h.extended_l2,
-        "compression_type": h.compression, "encryption": h.encryption,
-        "data_file": img.data_file, "backing_file": img.backing_file,
-        "backing_format": img.backing_format, "file_size": img.file_size,
-        "dirty": bool(h.incompatible_features & Q.QCOW2_INCOMPAT_DIRTY),
-        "corrupt": bool(h.incompatible_features & Q.QCOW2_INCOMPAT_CORRUPT),
-    }
-
-
-@dataclass
-class Qcow2Container(Container):
-    """What wraps a VM state read from a qcow2 internal snapshot."""
-
-    kind: str = "qcow2"
-    image: dict[str, Any] = field(default_factory=dict)  # image_json()
-    snapshot: Qcow2Snapshot | None = None
-    layout: StateLayout | None = None
-    zero_copy: bool = False  # buf is an mmap of the image itself
-    notes: list[str] = field(default_factory=list)
-
-    def image_offset(self, state_offset: int) -> int | None:
-        return self.layout.image_offset(state_offset) if self.layout else None
-
-    def describe(self) -> dict[str, Any]:
-        sn = self.snapshot
-        out: dict[str, Any] = {"kind": self.kind, "compression": None, "image": self.image}
-        out["snapshot"] = snapshot_json(sn) if sn else None
-        if self.layout is not None:
-            out["state"] = dict(self.layout.summary(), zero_copy=self.zero_copy)
-        out["notes"] = list(self.notes)
-        return out
-
-    def explain(self, err: MigError) -> MigError:
-        """`err` from a walk of the state, with where that is in the image."""
-        sn = self.snapshot
-        if sn is None or err.offset is None:
-            return err
-        at = self.image_offset(err.offset)
-        where = f"image offset 0x{at:x}" if at is not None else "not stored in the image"
-        msg = (f"{err.message} (VM state of {sn.label()} in {self.image.get('path')}: state "
-               f"offset 0x{err.offset:x}, {where})")
-        return type(err)(msg, err.offset, err.where, code=err.code)
-
-    def how_to_load(self) -> list[str]:
-        sn = self.snapshot
-        if sn is None:
-            return []
-        n = sn.name or sn.id
-        return [f"HMP: loadvm {n}  (QEMU started with this image and the VM's other disks)",
-                f"QEMU command line: -loadvm {n}",
-                f"QMP: snapshot-load job-id=J tag={n} vmstate=NODE devices=[NODES]",
-                f"libvirt: virsh snapshot-revert DOMAIN {n}"]
+    return asdict(ImageFacts.of(img))
 
 
 def open_snapshot(path: str, snapshot: str | None = None,
                   progress: Progress | None = None) -> Source:
     """The VM state of `snapshot` (ID or name; None: the only one with VM state) of the
     qcow2 image `path`, as a Source the stream walker reads (base 0; offsets in the walk
-    are state offsets)."""
+    are state offsets). The same Source `source.open_source(path, options=
+    OpenOptions(snapshot))` gives: its container is a `containers.qcow2.Qcow2Container`."""
+    from .containers.qcow2 import open_state
+
     img = open_image(path)
     try:
-        refuse_unreadable(img)
-        sn = choose_snapshot(img, snapshot)
-        layout = img.state_layout(sn)
-        return _state_source(img, layout, progress)
+        return open_state(img, snapshot, progress)
     except BaseException:
         img.close()
         raise
@@ -945,9 +953,28 @@ def state_notes(img: Qcow2Image, layout: StateLayout) -> list[str]:
     return notes
 
 
-def _state_source(img: Qcow2Image, layout: StateLayout, progress: Progress | None) -> Source:
-    c = Qcow2Container(image=image_json(img), snapshot=layout.snapshot, layout=layout)
-    c.notes += state_notes(img, layout)
+@dataclass
+class StateBuffer:
+    """A snapshot's VM state as a read-only buffer: the image's own pages mapped in place
+    (`zero_copy`), or an unnamed sparse temporary file (`tmp`) holding a copy."""
+
+    buf: Any
+    zero_copy: bool
+    tmp: Any = None  # the temporary file (its descriptor answers SEEK_HOLE)
+
+    @property
+    def fd(self) -> int | None:
+        return self.tmp.fileno() if self.tmp is not None else None
+
+    def closers(self) -> list[Any]:
+        return [c for c in (self.tmp, self.buf) if c is not None]
+
+
+def state_buffer(img: Qcow2Image, layout: StateLayout,
+                 progress: Progress | None = None) -> StateBuffer:
+    """The buffer the stream walker reads: an mmap of the image when the state is one
+    contiguous, aligned host run, else the image's pages stitched into one mapping, else
+    a copy (zero and unallocated runs as holes, compressed clusters inflated)."""
     size = layout.size
     host = int(layout.runs["host_offset"][0])
     mm: Any = None
@@ -957,10 +984,7 @@ def _state_source(img: Qcow2Image, layout: StateLayout, progress: Progress | Non
         mm = _stitched(img.fd, layout)
     if mm is not None:  # the image's own pages: no copy
         _advise(mm)
-        c.zero_copy = True
-        src = Source(img.path, mm, 0, img.file_size, img.allocated_size, c, fd=None)
-        src._closers += [img, mm]
-        return src
+        return StateBuffer(mm, True)
     tmp = _materialise(img, layout, progress)
     try:
         mm = mmap.mmap(tmp.fileno(), size, access=mmap.ACCESS_READ)
@@ -968,10 +992,7 @@ def _state_source(img: Qcow2Image, layout: StateLayout, progress: Progress | Non
         tmp.close()
         raise
     _advise(mm)
-    img.close()
-    src = Source(img.path, mm, 0, img.file_size, img.allocated_size, c, fd=tmp.fileno())
-    src._closers += [tmp, mm]
-    return src
+    return StateBuffer(mm, False, tmp)
 
 
 _MAP_FIXED = 0x10  # Linux, every architecture QEMU hosts

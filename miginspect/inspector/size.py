@@ -612,7 +612,7 @@ def _bounds(cap: Capture, secs: _Sections, data_pages: list[int]) -> MappedRamBo
             "bound": out.bound,
             "stream_end": len(src.buf),
             "difference": len(src.buf) - out.bound,
-            "allocated_size": src.allocated_size,
+            "allocated_size": src.container.stored_size(src)[1],
             "allocated_bound": out.allocated,
         }
         out.notices.append("mapped-ram rewrites pages in place: the file does not record how "
@@ -743,9 +743,10 @@ def _assemble(cap: Capture, secs: _Sections, blocks: list[BlockSize], ram_writte
     def total(k: str) -> int:
         return sum(getattr(b, k) for b in blocks)
 
+    stored, allocated = src.container.stored_size(src)  # a disk image: the state's own
     return SizeReport(
-        path=cap.path, format=cap.format, file_size=src.file_size,
-        allocated_size=src.allocated_size, stream_offset=src.base, stream_bytes=stream_bytes,
+        path=cap.path, format=cap.format, file_size=stored,
+        allocated_size=allocated, stream_offset=src.base, stream_bytes=stream_bytes,
         compression=src.container.compression, page_size=ps, ram_total=w.ram_total or 0,
         pages=total("pages"), data_pages=total("data_pages"), zero_pages=total("zero_pages"),
         absent_pages=total("absent_pages"), data_bytes=data_bytes,

@@ -121,7 +121,7 @@ def _row(img: Qcow2Image, sn: Qcow2Snapshot) -> SnapshotRow:
 def other_kind(head: bytes) -> str | None:
     """What a file that is not a qcow2 image holds, when it is one of the files the other
     commands read (their VM state is read directly, there are no snapshots to list)."""
-    from .source import sniff_compression
+    from .containers.compressed import sniff_compression
 
     if head[:16] in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL):
         return "libvirt save image"

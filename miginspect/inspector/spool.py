@@ -23,7 +23,6 @@ import tempfile
 from typing import IO
 
 from ..errors import BadMagicError, UsageError
-from ..formats import libvirt as lv
 from .inflate import HoleWriter, Progress, max_inflate, temp_dir
 
 #: the name that means standard input
@@ -91,11 +90,10 @@ def _read_head(fd: int) -> bytes:
 
 
 def _known(head: bytes) -> bool:
-    from .source import sniff_compression
+    """A QEMU stream or a container some kind recognises (the container kinds say)."""
+    from .containers.registry import known
 
-    return (head.startswith(QEMU_MAGIC) or head[:16] in (lv.QEMU_SAVE_MAGIC,
-                                                          lv.QEMU_SAVE_PARTIAL)
-            or sniff_compression(head) is not None or not head)
+    return not head or known(head)
 
 
 def open_stream_input(path: str, progress: Progress | None = None) -> IO[bytes]:
@@ -108,7 +106,8 @@ def open_stream_input(path: str, progress: Progress | None = None) -> IO[bytes]:
         if not _known(head):
             name = "standard input" if path == STDIN else path
             raise BadMagicError(f"{name} does not start like a QEMU migration stream, a "
-                                f"libvirt save image or compressed data (first bytes "
+                                f"libvirt save image, qcow2 image or compressed data (first "
+                                f"bytes "
                                 f"{head[:8].hex()})", 0, "header", code="bad-magic")
         tmp = tempfile.TemporaryFile(prefix="miginspect-input-", dir=temp_dir())
         w = HoleWriter(tmp.fileno(), max_inflate())

@@ -42,7 +42,7 @@ from .model import (
 from .mrheader import bitmap_all_clear, check_version, read_block_header
 from .parsing import parse_at
 from .ramscan import RamScanner
-from .vmdesc import find_trailer, read_trailer_at
+from .vmdesc import data_end, find_trailer, read_trailer_at
 
 #: Pages a legacy stream may claim beyond one per byte of the file (4 GiB of 4 KiB
 #: pages never sent); MIGINSPECT_MAX_UNSENT_PAGES overrides it.
@@ -82,6 +82,7 @@ class StreamWalker:
         self.buf = buf
         self.base = base
         self.end = len(buf)
+        self.data_end = self.end  # where trailing zero padding begins (_find_trailer)
         self.progress = progress
         self.w = StreamWalk(base=base, buf_size=self.end)
         self.forced_page_size = page_size
@@ -176,7 +177,10 @@ class StreamWalker:
 
     # -- trailer / configuration ----------------------------------------
     def _find_trailer(self) -> None:
-        self.w.trailer = find_trailer(self.buf, self.base, self.release)
+        # a state volume pads the stream with zeros up to its size: the trailer ends
+        # where the non-zero data does
+        self.data_end = max(self.base, data_end(self.buf, self.base, self.release))
+        self.w.trailer = find_trailer(self.buf, self.base, self.release, self.data_end)
         self.sizer = DeviceSizer(self.buf, self.end, self.w, self.release)
 
     def _configuration(self, pos: int) -> int:
@@ -400,6 +404,12 @@ class StreamWalker:
                    "or postcopy); device sections were sized by their footers",
                    code="no-trailer")
             return
+        if pos >= self.data_end:
+            w.note("info", pos, "stream", "no vmdescription trailer after EOF (suppress-vmdesc "
+                   "or postcopy); device sections were sized by their footers",
+                   code="no-trailer")
+            self._padding(pos)
+            return
         if buf[pos] != S.QEMU_VM_VMDESCRIPTION:
             w.note("warning", pos, "stream",
                    f"{self.end - pos} bytes after EOF that are not a vmdescription trailer "
@@ -414,7 +424,7 @@ class StreamWalker:
                        "the vmdescription trailer is cut short inside its length field "
                        "(QEMU's loader does not need it)", code="trailer-damaged")
                 return
-            t = read_trailer_at(buf, pos)
+            t = read_trailer_at(buf, pos, self.data_end)
             w.trailer = t
         end = min(self.end, t.json_offset + t.length)
         w.sections.append(Section(S.KIND_VMDESCRIPTION, S.QEMU_VM_VMDESCRIPTION, pos, end,
@@ -422,11 +432,21 @@ class StreamWalker:
         if t.error:
             w.note("warning", pos, "vmdescription", t.error + " (QEMU's loader does not need it)",
                    code="trailer-damaged")
-        elif end < self.end:
+        elif end < self.data_end:
             w.note("warning", end, "stream",
                    f"{self.end - end} bytes after the vmdescription trailer",
                    code="trailing-bytes")
+        else:
+            self._padding(end)
         w.walked_to = end
+
+    def _padding(self, pos: int) -> None:
+        """Zeros from `pos` to the end: a state volume's padding (not damage)."""
+        if pos < self.end:
+            self.w.note("info", pos, "stream",
+                        f"{self.end - pos} zero bytes after the end of the stream (padding up "
+                        "to the size of a volume or file; QEMU never reads them)",
+                        code="zero-padding")
 
     # -- RAM ----------------------------------------------------------------
     def _ram_start(self, pos: int) -> int:

@@ -15,11 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..formats.stream import QEMU_VM_VMDESCRIPTION
 
-#: Search at most this far back from the end for the trailer.
+#: Search at most this far back from the end (of the non-zero data) for the trailer.
 MAX_TRAILER_SEARCH = 64 << 20
 _CHUNK = 4 << 20
+#: Trailing zeros are skipped in blocks of this size (each byte is read once).
+_ZERO_BLOCK = 1 << 20
 
 
 @dataclass
@@ -31,13 +35,34 @@ class Trailer:
     error: str | None = None
 
 
-def find_trailer(buf: Any, start: int = 0,
-                 release: Callable[[int, int], None] | None = None) -> Trailer | None:
-    """Backward search: a 0x06 byte whose be32 length reaches exactly to the end,
-    followed by `{`. Returns None when there is none. The search reads at most
-    MAX_TRAILER_SEARCH bytes, in chunks it hands to `release` once searched (so a file
-    whose tail is a hole costs no memory)."""
+def data_end(buf: Any, start: int = 0,
+             release: Callable[[int, int], None] | None = None) -> int:
+    """Where the trailing run of zero bytes of `buf[start:]` begins (len(buf) when the
+    last byte is not zero): a state volume is a stream padded with zeros to the volume's
+    size. Read backwards in 1 MiB blocks with numpy, each byte once, each block handed to
+    `release` once read (a volume whose padding is a hole costs no memory)."""
     end = len(buf)
+    while end > start:
+        lo = max(start, end - _ZERO_BLOCK)
+        block = np.frombuffer(buf, np.uint8, end - lo, lo)
+        nz = np.flatnonzero(block) if block.any() else None
+        del block
+        if nz is not None:
+            return lo + int(nz[-1]) + 1
+        if release is not None:
+            release(lo, end)
+        end = lo
+    return end
+
+
+def find_trailer(buf: Any, start: int = 0,
+                 release: Callable[[int, int], None] | None = None,
+                 end: int | None = None) -> Trailer | None:
+    """Backward search: a 0x06 byte whose be32 length reaches exactly to `end` (the end of
+    the data before any zero padding: `data_end`), followed by `{`. Returns None when
+    there is none. The search reads at most MAX_TRAILER_SEARCH bytes, in chunks it hands
+    to `release` once searched (so a file whose tail is a hole costs no memory)."""
+    end = len(buf) if end is None else end
     lo = max(start, end - MAX_TRAILER_SEARCH)
     hi = end - 4  # the marker needs its 4 length bytes after it
     # The JSON is text, so the first 0x06 found from the end is at most a few
@@ -65,10 +90,11 @@ def _rfind(buf: Any, byte: int, lo: int, hi: int) -> int:
     return bytes(buf[lo:hi]).rfind(bytes([byte])) + lo if byte in buf[lo:hi] else -1
 
 
-def read_trailer_at(buf: Any, p: int) -> Trailer:
-    """Read the trailer whose type byte is at `p` (length checked against the buffer)."""
+def read_trailer_at(buf: Any, p: int, end: int | None = None) -> Trailer:
+    """Read the trailer whose type byte is at `p` (length checked against `end`, the
+    end of the data: the buffer's, or where its zero padding begins)."""
     (n,) = struct.unpack_from(">I", buf, p + 1)
-    avail = len(buf) - (p + 5)
+    avail = (len(buf) if end is None else end) - (p + 5)
     t = Trailer(p, n, p + 5, None)
     if n > avail:
         t.error = f"vmdescription says {n} bytes of JSON, only {avail} remain"

@@ -40,11 +40,7 @@ def requirements(r: CheckReport) -> list[str]:
         if caps:
             out.append(f"the {', '.join(caps)} capabilit{'ies' if len(caps) > 1 else 'y'} set "
                        "before migrate-incoming")
-        if inc.uri.startswith("exec:"):
-            out.append(f"its stream fed through a pipe ({inc.uri.split(' ', 2)[0]}"
-                       f"{' ' + inc.uri.split(' ', 2)[1] if ' ' in inc.uri else ''})")
-        elif r.offsets_in != "file":
-            out.append("decompressing into a seekable file first")
+        out += inc.needs  # the container's (a pipe, decompressing first, loadvm)
     return out
 
 

@@ -3,11 +3,10 @@ then the summary, sizes and per-RAMBlock table."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.text import Text
 
+from ..inspector.containers.base import ContainerBrief
 from ..inspector.convert import ConvertReport, FileSizes
 from . import vocab as V
 from .fmt import hexoff, num, size
@@ -15,12 +14,8 @@ from .layout import KV, Col, Grid, say
 from .text import line
 
 
-def _container(c: dict[str, Any], fmt: str) -> str:
-    if c.get("kind") == "libvirt":
-        return f"{fmt} inside a libvirt save image ({c.get('libvirt_format')})"
-    if c.get("compression"):
-        return f"{fmt} ({c['compression']}-compressed)"
-    return fmt
+def _container(c: ContainerBrief, fmt: str) -> str:
+    return c.wraps(fmt)  # the container words where the stream is
 
 
 def _sizes(s: FileSizes) -> tuple[str, str]:

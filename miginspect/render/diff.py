@@ -169,8 +169,12 @@ def _devices(r: DiffReport, console: Console) -> None:
 
 def render_diff(r: DiffReport, console: Console, pages: bool = False) -> None:
     say(console, verdict(r))
-    say(console, ("A ", "bold"), r.path_a, f" ({r.format_a}, {r.machine_a or '-'})")
-    say(console, ("B ", "bold"), r.path_b, f" ({r.format_b}, {r.machine_b or '-'})")
+    for side, path, fmt, machine, snap in (("A ", r.path_a, r.format_a, r.machine_a,
+                                            r.snapshot_a),
+                                           ("B ", r.path_b, r.format_b, r.machine_b,
+                                            r.snapshot_b)):
+        at = ("snapshot ", snap, " ") if snap is not None else ()
+        say(console, (side, "bold"), path, " ", *at, f"({fmt}, {machine or '-'})")
     console.print()
     console.print(_blocks(r))
     _block_notes(r, console)

@@ -7,29 +7,32 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from ..inspector.containers.base import BAD, GOOD, WARN, ContainerInfo, stream_state
 from ..inspector.info import InfoReport, SectionInfo
 from . import vocab as V
 from .fmt import hexoff, num, short_size, size
 from .layout import KV, Col, Grid, say
 from .text import line
 
+#: the tone of a container fact -> its style
+_TONES = {BAD: V.BAD, GOOD: V.GOOD, WARN: V.ORANGE}
 
-def describe_format(fmt: str, c: dict[str, Any]) -> str:
+
+def _parts(parts: list[tuple[str, str]]) -> Text:
+    return line(*((text, _TONES.get(tone)) for text, tone in parts))
+
+
+def describe_format(fmt: str, c: ContainerInfo | None) -> str:
     """'legacy stream (zstd-compressed)', 'mapped-ram file inside a libvirt save image
-    (sparse)'."""
+    (sparse)': the container words it."""
     what = "legacy stream" if fmt == "legacy" else f"{fmt} file"
-    if c.get("kind") == "libvirt":
-        return f"{what} inside a libvirt save image ({c.get('format')})"
-    if c.get("compression"):
-        return f"{what} ({c['compression']}-compressed)"
-    return what
+    return c.wraps(what) if c is not None else what
 
 
 def verdict(r: InfoReport) -> Text:
     """What the file is and whether it reads whole, in one line."""
-    c = r.container or {}
-    s = c.get("stream") or {}
-    z = s.get("decompressed") or {}
+    c = r.container
+    s = c.stream if c is not None else None
     bits = [describe_format(r.format, c)]
     if r.machine_type:
         bits.append(r.machine_type)
@@ -37,30 +40,17 @@ def verdict(r: InfoReport) -> Text:
         bits.append(f"{size(r.ram_total)} RAM in {len(r.ramblocks)} RAMBlocks")
     head = line(("info: ", "bold"), ", ".join(bits), ": ")
     warnings = sum(1 for n in r.notices if n.get("severity") == "warning")
-    if c.get("kind") == "libvirt" and not c.get("complete"):
-        return head + line(("INCOMPLETE libvirt save (LibvirtQemudPart)", V.BAD),
-                           f": the QEMU stream is {_stream_state(s)}")
-    if z and not z.get("complete"):
-        return head + line((f"the {z.get('compression')} data is damaged", V.BAD),
-                           f" at file offset {hexoff(z.get('error_offset'))}; "
-                           f"the QEMU stream is {_stream_state(s)}")
-    if r.stopped or (s and not s.get("complete", True)):
-        return head + line(("does not read whole", V.BAD), f": {r.stopped or _stream_state(s)}")
+    damage = c.damage() if c is not None else None
+    if damage:
+        return head + _parts(damage)
+    if r.stopped or (s is not None and not s.complete):
+        return head + line(("does not read whole", V.BAD), f": {r.stopped or stream_state(s)}")
     tail = f" ({warnings} warning{'s' if warnings != 1 else ''} below)" if warnings else ""
     return head + line(("reads whole", V.GOOD), f", up to its EOF record{tail}")
 
 
-def _stream_state(s: dict[str, Any]) -> str:
-    if s.get("complete"):
-        return f"whole ({num(s.get('bytes'))} B)"
-    text = f"cut: {num(s.get('bytes'))} B present, readable up to {hexoff(s.get('stopped_at'))}"
-    if s.get("ram_pages"):
-        text += f", {num(s.get('ram_pages_sent'))} of {num(s.get('ram_pages'))} RAM pages sent"
-    return text
-
-
 def _summary(r: InfoReport) -> KV:
-    c = r.container or {}
+    c = r.container
     rows: list[tuple[str, Text | str]] = [("file", line(r.path)),
                                           ("format", describe_format(r.format, c))]
     rows += _container_rows(c)
@@ -88,38 +78,9 @@ def _summary(r: InfoReport) -> KV:
     return KV(rows)
 
 
-def _container_rows(c: dict[str, Any]) -> list[tuple[str, Text | str]]:
-    """libvirt header, domain and stream completeness lines of the summary."""
-    rows: list[tuple[str, Text | str]] = []
-    if c.get("kind") == "libvirt":
-        state = "was running" if c.get("was_running") else "was paused"
-        whole = line(("complete", V.GOOD)) if c.get("complete") else line(
-            ("INCOMPLETE (LibvirtQemudPart)", V.BAD))
-        rows.append(("libvirt header", line(f"{c.get('magic')} version {c.get('version')}, "
-                                            f"format {c.get('format')}, {state}, "
-                                            f"{c.get('byte_order')}-endian, QEMU data at "
-                                            f"{hexoff(c.get('payload_offset'))}, ", whole)))
-        d = c.get("domain") or {}
-        if d.get("error"):
-            rows.append(("domain", line((d["error"], V.ORANGE))))
-        else:
-            mem = d.get("memory_kib")
-            rows.append(("domain", line(f"{d.get('name')}, uuid {d.get('uuid')}, memory "
-                                        f"{size(mem * 1024) if mem is not None else '-'}")))
-    s = c.get("stream") or {}
-    z = s.get("decompressed")
-    if z and not z.get("complete"):
-        rows.append((f"{z['compression']} data",
-                     line((f"{z.get('error')} at file offset {hexoff(z.get('error_offset'))}",
-                           V.BAD), f"; {num(z.get('inflated'))} B decompressed")))
-    elif z and z.get("trailing"):
-        rows.append((f"{z['compression']} data", line(
-            (f"{num(z['trailing'])} B after the end of the compressed data, ignored",
-             V.ORANGE))))
-    if s and (c.get("kind") == "libvirt" or not s.get("complete")):
-        st = _stream_state(s)
-        rows.append(("QEMU stream", line((st, None if s.get("complete") else V.BAD))))
-    return rows
+def _container_rows(c: ContainerInfo | None) -> list[tuple[str, Text | str]]:
+    """The container's own lines of the summary (header, image, snapshot, stream extent)."""
+    return [(f.label, _parts(f.parts)) for f in (c.facts() if c is not None else [])]
 
 
 def ramblock_grid(r: InfoReport) -> Grid:

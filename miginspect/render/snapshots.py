@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..inspector.qcow2 import vm_clock
 from ..inspector.snapshots import ImageSnapshots, SnapshotRow, SnapshotsReport
 from .fmt import hexoff, short_size, size
 
@@ -49,15 +50,6 @@ def wrapped(s: str | None, width: int) -> str:
         text = text[cut:]
     lines.append(text)
     return "\n".join(escape(x) for x in lines)
-
-
-def vm_clock(ns: int) -> str:
-    """Guest run time as qemu-img shows it: hours:minutes:seconds.milliseconds."""
-    ms = ns // 1_000_000
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:04d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
 def date(sec: int) -> str:
