@@ -27,6 +27,7 @@ from miginspect.inspector.capture import open_capture
 from miginspect.inspector.info import BlockInfo, InfoReport, SectionInfo
 from miginspect.inspector.mapview import BlockView, MapReport
 from miginspect.inspector.pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
+from miginspect.inspector.report import Note
 from miginspect.render import vocab as V
 from miginspect.render.info import render_info
 from miginspect.render.layout import Col, Grid
@@ -502,8 +503,8 @@ def test_file_strings_are_escaped_everywhere(cmd, tmp_path, capsys, monkeypatch)
 
 def test_notice_where_and_error_lines_are_escaped(capsys, monkeypatch):
     r = _q35_info()
-    r.notices = [{"severity": "warning", "offset": 0x10, "where": "/rom@etc/acpi/rsdp",
-                  "message": "bad [bold]thing\x1b[31m"}]
+    r.notices = [Note("warning", 0x10, "/rom@etc/acpi/rsdp", "bad [bold]thing\x1b[31m",
+                      "sized-by-footer")]
     con = Console(width=80, file=io.StringIO(), color_system=None)
     render_info(r, con)  # used to raise MarkupError
     out = con.file.getvalue()
