@@ -593,7 +593,7 @@ def test_zstd_compressed_libvirt_image(tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "out.img"
     rep = convert(str(z), str(out), "mapped-ram", verify=True)
     assert rep.verify.ok, rep.verify
-    assert rep.input_container["compression"] == "zstd"
+    assert rep.input_container.compression == "zstd"
     raw = unpack(z)
     with open_capture(str(raw)) as a, open_capture(str(out)) as b:
         la, lb = a.source.container.libvirt, b.source.container.libvirt

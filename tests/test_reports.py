@@ -27,7 +27,7 @@ from miginspect.inspector.capture import open_capture
 from miginspect.inspector.info import BlockInfo, InfoReport, SectionInfo
 from miginspect.inspector.mapview import BlockView, MapReport
 from miginspect.inspector.pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
-from miginspect.inspector.report import Note
+from miginspect.inspector.report import Note, PageCounts, SendHistogram
 from miginspect.render import vocab as V
 from miginspect.render.info import render_info
 from miginspect.render.layout import Col, Grid
@@ -159,8 +159,9 @@ def _view(name: str = "blk") -> BlockView:
     state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_NEVER_SENT, PAGE_DATA, PAGE_ZERO, PAGE_DATA],
                      np.uint8)
     sends = np.array([1, 1, 0, 3, 12, 1], np.uint32)
-    counts = {"never_sent": 1, "zero": 2, "data": 3, "resent": 2}
-    return BlockView(name, 6 * PS, PS, 6, counts, 12, {3: 1, 12: 1}, state=state, sends=sends)
+    counts = PageCounts(never_sent=1, zero=2, data=3, resent=2)
+    return BlockView(name, 6 * PS, PS, 6, counts, 12, SendHistogram.of([(3, 1), (12, 1)]),
+                     state=state, sends=sends)
 
 
 def test_map_cells_are_glyphs_and_the_legend_names_them() -> None:
@@ -178,8 +179,8 @@ def test_map_cells_are_glyphs_and_the_legend_names_them() -> None:
     state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_NEVER_SENT, PAGE_NEVER_SENT, PAGE_ZERO,
                       PAGE_NEVER_SENT],
                      np.uint8)
-    v = BlockView("b", 6 * PS, PS, 6, {"never_sent": 3, "zero": 2, "data": 1, "resent": 0}, 1,
-                  {}, state=state, sends=(state != PAGE_NEVER_SENT).astype(np.uint32))
+    v = BlockView("b", 6 * PS, PS, 6, PageCounts(never_sent=3, zero=2, data=1, resent=0), 1,
+                  SendHistogram(), state=state, sends=(state != PAGE_NEVER_SENT).astype(np.uint32))
     con = Console(width=80, file=io.StringIO(), color_system=None)
     render_map(MapReport("f", "legacy", PS, [v]), con, per_cell=2)
     assert "0x00000000  ▒-·" in con.file.getvalue()

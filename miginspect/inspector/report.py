@@ -71,6 +71,18 @@ def stop_of(err: MigError | None) -> Stop | None:
 
 
 @dataclass
+class PageCounts:
+    """Pages of a block by final state, and the re-sent ones (sent >= 2 times, whatever
+    their final state). JSON keys: the page-state vocabulary's (`never_sent`, `zero`,
+    `data`, `resent`)."""
+
+    never_sent: int
+    zero: int
+    data: int
+    resent: int
+
+
+@dataclass
 class SendBucket:
     times: int  # sent this many times (0: never sent)
     pages: int
@@ -101,5 +113,5 @@ class SendHistogram:
         return {str(b.times): b.pages for b in self.buckets}
 
 
-__all__ = ["Note", "note", "Stop", "stop_of", "SendBucket", "SendHistogram",
+__all__ = ["Note", "note", "Stop", "stop_of", "PageCounts", "SendBucket", "SendHistogram",
            "SEVERITY_WARNING", "SEVERITY_INFO"]
