@@ -92,7 +92,7 @@ def _prediction_verdict(r: CheckReport, pred: Prediction) -> Text:
         where = f" in {pred.where}" if pred.where else ""
         t += line(f": QEMU stops at {hexoff(pred.offset)}", where)
     elif pred.outcome == GUEST_MAY_NOT_RUN:
-        t += line(": the guest uses CPU features the target's model lacks")
+        t += line(": it uses CPU features the target's CPU model lacks")
     elif pred.outcome == LOADS:
         needs = requirements(r)
         if needs:
@@ -127,7 +127,7 @@ def verdict(r: CheckReport) -> Text:
         return t + line(_warnings(r))
     if r.verdict == VERDICT_GUEST_MAY_NOT_RUN:
         return head + line(("loads, guest may not run", V.ORANGE),
-                           ": the guest uses CPU features the target's model lacks") + \
+                           ": the guest uses CPU features the target's CPU model lacks") + \
             line(_warnings(r))
     p = next((x for x in r.problems if x.severity == "error"), None) or (
         r.problems[0] if r.problems else None)
