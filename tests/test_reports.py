@@ -215,6 +215,45 @@ def test_one_vocabulary_across_commands(capsys):
         assert "unsent" not in o and "×" not in o and " MB" not in o and " KB" not in o
 
 
+def _keys(o) -> set[str]:  # noqa: ANN001
+    """Every key at any depth of a JSON document."""
+    if isinstance(o, dict):
+        return set(o) | {k for v in o.values() for k in _keys(v)}
+    if isinstance(o, list):
+        return {k for v in o for k in _keys(v)}
+    return set()
+
+
+def test_one_vocabulary_in_the_json(tmp_path, capsys):
+    """The same words in every command's JSON: `never_sent_pages`, the input as `path`,
+    the two kinds of framing apart, `stopped` and notes as objects; README names each
+    rename."""
+    path = _sample("q10-live-legacy")
+    docs = {}
+    for cmd, argv in (("info", ["info", path]), ("size", ["size", path]),
+                      ("extract", ["extract", path, "-o", str(tmp_path / "x")]),
+                      ("convert", ["convert", path, str(tmp_path / "c.mig"), "--to",
+                                   "mapped-ram"])):
+        rc, out, _ = run(argv + ["--json"], capsys)
+        assert rc == 0, cmd
+        docs[cmd] = json.loads(out)
+        keys = _keys(docs[cmd])
+        assert "absent_pages" not in keys and "input" not in keys, cmd
+        assert docs[cmd]["path"] == path, cmd
+        assert "never_sent_pages" in keys, cmd
+    manifest = json.loads((tmp_path / "x" / "miginspect-extract.json").read_text())
+    assert manifest["path"] == path and "input" not in manifest
+    size = docs["size"]
+    assert "ram_section_framing" in size["overhead"] and "record_framing_bytes" in size
+    assert "framing_bytes" not in size and "ram_framing" not in size["overhead"]
+    assert all(isinstance(n, dict) and {"code", "message"} <= set(n) for n in size["notices"])
+    readme = (ROOT / "README.md").read_text()
+    for old, new in (("absent_pages", "never_sent_pages"), ("ram_framing", "ram_section_framing"),
+                     ("framing_bytes", "record_framing_bytes")):
+        assert re.search(rf"\| `[^|]*{old}[^|]*` \| `[^|]*{new}", readme), (old, new)
+    assert '"loads, guest may not run"' in readme
+
+
 # -- verdict first ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cmd", ["info", "map", "size", "devices", "check"])
@@ -237,7 +276,12 @@ def test_check_verdict_names_the_qemu_version_and_capabilities(capsys):
                                ("q72-paused-legacy", None, "QEMU >= 10")):
         path = _sample(name)
         rc, js, _ = run(["check", path, "--json"], capsys)
-        codes = {p["code"] for p in json.loads(js)["problems"]}
+        doc = json.loads(js)
+        codes = {p["code"] for p in doc["problems"]}
+        req = doc["requirements"]  # found with the problems, the verdict words it
+        assert (req["min_qemu"] == "10.0") == ("needs-qemu-10" in codes), req
+        assert ("mapped-ram" in req["capabilities"]) == ("needs-mapped-ram" in codes), req
+        assert set(req["because"]) <= codes
         rc, out, _ = run(["check", path, "--width", "80"], capsys)
         first = out.splitlines()[0]
         assert rc == 0 and first.startswith("check: loadable"), first
