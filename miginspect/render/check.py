@@ -165,7 +165,11 @@ def _first_error(console: Console, pred: Prediction) -> None:
 
 
 def _target_rows(t: TargetReport) -> list[tuple[str, Text | str]]:
-    what = [t.kind if t.kind != "qemu" else "QEMU " + (t.qemu_version or "?")]
+    if t.kind != "qemu":
+        what = [t.kind]
+    else:
+        what = ["QEMU " + t.qemu_version if t.qemu_version else
+                "QEMU (did not start)" if t.start_error else "QEMU"]
     if t.arch:
         what.append(t.arch)
     if t.machine_type:
