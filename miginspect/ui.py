@@ -1,5 +1,5 @@
 """Terminal plumbing shared by the commands: consoles and their width, throttled
-progress, and the one JSON serializer.
+progress, and JSON output (the one serializer is `jsondata.jsonable`, re-exported here).
 
 Width: `--width N` wins; on a terminal, COLUMNS if set, else the terminal's width; in a
 pipe, COLUMNS if set, else no limit (`natural`: every table row on one line, messages
@@ -8,8 +8,6 @@ never wrapped). NO_COLOR, FORCE_COLOR and TERM=dumb are honoured by rich itself.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import sys
@@ -22,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
+from .jsondata import dumps, jsonable
 from .render.fmt import size
 
 #: console width when there is no limit (a pipe without COLUMNS): wide enough that no
@@ -118,40 +117,11 @@ def progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], 
 
 # -- JSON ----------------------------------------------------------------------------------
 
-def jsonable(o: Any) -> Any:
-    """`o` as plain JSON data: dataclasses (through their `to_json` when they have one),
-    numpy scalars and arrays, bytes (hex), sets and tuples."""
-    import numpy as np
-
-    if o is None or isinstance(o, (bool, int, float, str)):
-        return o
-    if isinstance(o, dict):
-        return {str(k): jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in o]
-    to_json = getattr(o, "to_json", None)
-    if callable(to_json):
-        return jsonable(to_json())
-    if dataclasses.is_dataclass(o) and not isinstance(o, type):
-        return {f.name: jsonable(getattr(o, f.name)) for f in dataclasses.fields(o)}
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (bytes, bytearray, memoryview)):
-        return bytes(o).hex()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(jsonable(data), indent=2)
-
-
 def print_json(data: Any, file: IO[str] | None = None) -> None:
     out = file or sys.stdout
     out.write(dumps(data))
     out.write("\n")
+
+
+__all__ = ["console", "err_console", "output_width", "progress", "print_json", "dumps",
+           "jsonable", "ReportConsole", "NATURAL_WIDTH"]

@@ -79,7 +79,10 @@ def test_page_classes_transitions_and_block_mismatches(pair):
     assert (ram.pages, ram.equal, ram.changed, ram.only_a, ram.only_b) == (8, 5, 1, 1, 1)
     assert [int(k) for k in ram.kind[:4]] == [0, CHANGED, ONLY_A, ONLY_B]
     assert ram.zero_to_data == 1 and ram.data_to_zero == 1
-    assert ram.transitions == {"zero->never sent": 1, "data->zero": 1, "zero->data": 1}
+    assert {(t.a, t.b): t.pages for t in ram.transitions} == {
+        ("zero", "never sent"): 1, ("data", "zero"): 1, ("zero", "data"): 1}
+    assert ram.to_json()["transitions"] == {"zero->never sent": 1, "data->zero": 1,
+                                            "zero->data": 1}
     assert [(g.first_page, g.pages, g.changed, g.only_a, g.only_b) for g in ram.ranges] == [
         (1, 3, 1, 1, 1)]
     assert ram.ranges[0].gpa == PS  # pc.ram below the PCI hole: GPA == block offset
@@ -289,7 +292,7 @@ def test_without_vmdescription_devices_are_not_compared(tmp_path, capsys):
     assert cli_main(["diff", str(a), str(b), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ram_identical"] and data["devices_identical"] is None
-    assert any("device state not compared" in n for n in data["notices"])
+    assert any("device state not compared" in n["message"] for n in data["notices"])
 
 
 def test_device_fields_differ_by_name_and_array_element(tmp_path, capsys):

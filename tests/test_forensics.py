@@ -382,7 +382,7 @@ def test_cpu_needs_a_vmdescription(need_qemu, tmp_path, capsys) -> None:  # noqa
     assert len(err) == 1 and "vmdescription" in err[0]
     man = _extract(type("S", (), {"capture": cap}), tmp_path / "o", "--physical")
     assert man["cpu"] is None
-    assert any("no CPU notes" in n for n in man["notes"])
+    assert any("no CPU notes" in n["message"] for n in man["notes"])
     core = Core(tmp_path / "o" / "physical.elf")
     core.close()
     assert core.notes == [] and len(core.loads) == 1

@@ -7,16 +7,21 @@ Regenerate after an intended change (and read the diff before committing it):
     MIGINSPECT_UPDATE_GOLDEN=1 python3 -m pytest tests/test_golden.py
 
 Files are named <case>.<variant>; paths in them are relative to the repository root (the
-commands run from there), so they hold no absolute path and no timing.
+commands run from there), so they hold no absolute path and no timing. Inputs made at
+test time (a qcow2 image unpacked, a saved state of the target matrix, a target's
+-dump-vmstate JSON) are linked under a fixed name into a temporary folder the command runs
+in; the `check --target-qemu` cases start the lab's QEMU (paused) and skip without it.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SAMPLES, unpack
+from target_matrix import matrix, prefix, qemu_missing, source_path, target_cmdline
 
 from miginspect import cli
 
@@ -43,6 +48,18 @@ CASES = {
     "info-qcow2": ["info", "samples/qcow2/q10-snapshots.qcow2.zst", "--snapshot", "s2",
                    "--no-sections"],
     "check-qcow2": ["check", "samples/qcow2/q10-snapshots.qcow2.zst", "--snapshot", "1"],
+    "extract-cpu": ["extract", "samples/q10-paused-legacy.mig.zst", "--cpu"],
+    "snapshots-qcow2": ["snapshots", "{qcow2:q10-snapshots}", "{qcow2:q72-snapshots}"],
+    # the target matrix: a pair that fails (two causes: the NICs swapped and -smp 2), one
+    # that loads, one whose guest may not run; and a -dump-vmstate JSON of a q35 target
+    "check-target-fails": ["check", "{state:q10-i440fx10-nics}", "--target-qemu",
+                           "{cmdline:nics-swapped:-smp 2}"],
+    "check-target-loads": ["check", "{state:q10-i440fx10-nics}", "--target-qemu",
+                           "{cmdline:nics-extra-device}"],
+    "check-target-cpu": ["check", "{state:q10-cpu-max}", "--target-qemu",
+                         "{cmdline:cpu-max-default}"],
+    "check-target-dump": ["check", "{state:q10-i440fx10-nics}", "--target",
+                          "{dump:nics-q35}"],
 }
 
 VARIANTS = {
@@ -58,15 +75,62 @@ def _inputs(argv: list[str]) -> list[Path]:
     return [ROOT / a for a in argv if a.startswith("samples/")]
 
 
+def _pair(pid: str) -> dict:
+    p = next((x for x in matrix()["pairs"] if x["id"] == pid), None)
+    if p is None:
+        pytest.skip(f"no pair {pid} in samples/matrix/matrix.json")
+    why = qemu_missing(p["qemu"])
+    if why:
+        pytest.skip(why)
+    return p
+
+
+def _dump_vmstate(pair: dict, out: Path) -> None:
+    """The -dump-vmstate JSON of the pair's target QEMU."""
+    words = prefix(pair["qemu"]) + list(pair["args"]) + [
+        "-display", "none", "-S", "-dump-vmstate", str(out)]
+    env = dict(os.environ)
+    while words[0] == "env" or "=" in words[0]:
+        w = words.pop(0)
+        if w != "env":
+            k, v = w.split("=", 1)
+            env[k] = v
+    subprocess.run(words, env=env, check=True, timeout=120, capture_output=True)
+
+
+def _made(arg: str, where: Path) -> str:
+    """An input made at test time, linked into `where` under a fixed name ('{kind:name}'),
+    or a target command line ('{cmdline:pair[:extra args]}'); other words as they are."""
+    if not (arg.startswith("{") and arg.endswith("}")):
+        return arg
+    kind, _, name = arg[1:-1].partition(":")
+    if kind == "cmdline":
+        pid, _, extra = name.partition(":")
+        line = target_cmdline(_pair(pid))
+        return f"{line} {extra}" if extra else line
+    if kind == "qcow2":
+        src, link = unpack(SAMPLES / "qcow2" / f"{name}.qcow2.zst"), f"{name}.qcow2"
+    elif kind == "state":
+        src, link = source_path(name), f"{name}.mig"
+    else:  # dump
+        src, link = where / f"{name}.vmstate.json", f"{name}.vmstate.json"
+        _dump_vmstate(_pair(name), src)
+        return link
+    (where / link).symlink_to(src)
+    return link
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("case", list(CASES))
-def test_golden(case: str, variant: str, capsys, monkeypatch) -> None:
+def test_golden(case: str, variant: str, capsys, monkeypatch, tmp_path) -> None:
     argv = CASES[case]
     missing = [p for p in _inputs(argv) if not p.exists()]
     if missing:
         pytest.skip(f"sample {missing[0].name} is not bundled")
     extra, env = VARIANTS[variant]
-    monkeypatch.chdir(ROOT)
+    made = [_made(a, tmp_path) for a in argv]
+    monkeypatch.chdir(tmp_path if made != argv else ROOT)
+    argv = made
     for k in ("NO_COLOR", "FORCE_COLOR", "COLUMNS"):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():

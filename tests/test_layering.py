@@ -27,3 +27,71 @@ def test_analysis_and_grammar_modules_do_not_import_rich() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_function_over_80_lines() -> None:
+    """Style: no function in miginspect/ longer than 80 lines."""
+    import ast
+    from pathlib import Path
+
+    root = Path(miginspect.inspector.__file__).resolve().parent.parent
+    long = []
+    for p in sorted(root.rglob("*.py")):
+        for n in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    n.end_lineno - n.lineno + 1 > 80:
+                long.append(f"{p.relative_to(root)}:{n.lineno} {n.name}")
+    assert not long, long
+
+
+#: fields whose values are free-form data by nature: a device field's decoded value (an
+#: integer, a list, hex), and the container description the `containers` work rebuilds
+FREE_FORM = {("FieldDiff", "a"), ("FieldDiff", "b"), ("InfoReport", "container")}
+
+
+def _report_types() -> list[type]:
+    from miginspect.inspector.check import CheckReport
+    from miginspect.inspector.convert import ConvertReport
+    from miginspect.inspector.cpustate import CpuReport
+    from miginspect.inspector.diff import DiffReport, PageHexDiff
+    from miginspect.inspector.extract import ExtractReport
+    from miginspect.inspector.info import InfoReport
+    from miginspect.inspector.mapview import MapReport
+    from miginspect.inspector.size import SizeReport
+
+    return [CheckReport, ConvertReport, CpuReport, DiffReport, PageHexDiff, ExtractReport,
+            InfoReport, MapReport, SizeReport]
+
+
+def test_reports_are_typed_all_the_way_down() -> None:
+    """One report contract (issue 11): every report is a dataclass whose fields, and the
+    fields of the dataclasses in them, are typed: no `Any`, no `dict[str, Any]`, no list
+    of dicts, no free-text notes (notes are `Note`s, a stop is a `Stop`)."""
+    import dataclasses
+    import typing
+
+    seen: set[type] = set()
+    bad = []
+    todo = _report_types()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if (cls.__name__, f.name) in FREE_FORM:
+                continue
+            t = hints[f.name]
+            text = repr(t)
+            if "Any" in text or "dict[str, typing.Any]" in text or \
+                    (f.name in ("notes", "notices", "problems") and "list[str]" in text):
+                bad.append(f"{cls.__name__}.{f.name}: {text}")
+            stack = [t]
+            while stack:
+                x = stack.pop()
+                if dataclasses.is_dataclass(x):
+                    todo.append(x)
+                stack.extend(typing.get_args(x))
+    assert not bad, bad
+    assert len(seen) > 30  # the walk reached the nested types

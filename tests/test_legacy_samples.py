@@ -15,6 +15,7 @@ from miginspect.cli import main as cli_main
 from miginspect.formats import ram as R
 from miginspect.inspector.capture import open_capture
 from miginspect.inspector.info import info
+from miginspect.jsondata import jsonable
 
 
 def _legacy_samples() -> list[str]:
@@ -128,9 +129,9 @@ def test_final_pc_ram_equals_what_qemu_loads(name, opened):
 
 @pytest.mark.parametrize("name", LEGACY[:1])
 def test_compressed_input_reads_like_the_raw_file(name, opened, tmp_path):
-    raw = info(opened(name)).to_json()
+    raw = jsonable(info(opened(name)))
     with open_capture(str(SAMPLES / f"{name}.mig.zst")) as cap:
-        z = info(cap).to_json()
+        z = jsonable(info(cap))
     for k in ("format", "machine_type", "page_size", "ramblocks", "sections"):
         assert z[k] == raw[k], k
 
@@ -143,8 +144,8 @@ def test_gzip_and_xz_inputs_are_read_transparently(compressor, tmp_path, opened)
     with open(out, "wb") as fo:
         subprocess.run([compressor, "-1", "-c", str(src)], stdout=fo, check=True)
     with open_capture(str(out)) as cap:
-        got = info(cap).to_json()
-    raw = info(opened(name)).to_json()
+        got = jsonable(info(cap))
+    raw = jsonable(info(opened(name)))
     assert got["ramblocks"] == raw["ramblocks"]
     assert got["sections"] == raw["sections"]
 

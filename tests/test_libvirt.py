@@ -208,7 +208,7 @@ def test_stream_matches_qemu_counters(name, caps):
         assert sum(b.zero_pages for b in r.ramblocks) == ev["memory_constant"]
         # absolute offsets: every region lies behind libvirt's header
         for b in r.ramblocks:
-            assert b.mapped_ram["pages_offset"] > r.container.payload_offset
+            assert b.mapped_ram.pages_offset > r.container.payload_offset
 
 
 @pytest.mark.parametrize("name", _params(COMPLETE, "complete libvirt images"))

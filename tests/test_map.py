@@ -24,6 +24,7 @@ from miginspect.inspector.mapview import (
     runs,
 )
 from miginspect.inspector.pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
+from miginspect.inspector.report import PageCounts, SendHistogram
 from miginspect.render.map import pages_per_cell, render_map
 
 ALL = sample_names("q*")
@@ -123,7 +124,8 @@ def test_map_terminal_fits_width_and_escapes_names() -> None:
     sends = np.where(state == PAGE_NEVER_SENT, 0, 1).astype(np.uint32)
     sends[:10] = 3
     v = BlockView("[red]evil/name:0", 100 * 4096, 4096, 100,
-                  {"never_sent": 20, "zero": 30, "data": 50, "resent": 10}, 3, {3: 10},
+                  PageCounts(never_sent=20, zero=30, data=50, resent=10), 3,
+                  SendHistogram.of([(3, 10)]),
                   state=state, sends=sends)
     for width in (30, 120):
         buf = io.StringIO()
@@ -141,7 +143,8 @@ def test_cells_and_runs() -> None:
     s, e, v = runs(state)
     assert s.tolist() == [0, 2, 5, 6] and e.tolist() == [2, 5, 6, 8] and v.tolist() == [2, 1, 0, 2]
     sends = np.array([1, 4, 1, 1, 1, 0, 1, 1], np.uint32)
-    v = BlockView("b", 8 * 4096, 4096, 8, {}, 4, {}, state=state, sends=sends)
+    v = BlockView("b", 8 * 4096, 4096, 8, PageCounts(1, 3, 4, 1), 4, SendHistogram(),
+                  state=state, sends=sends)
     c = cells(v, 3)
     assert c.size.tolist() == [3, 3, 2]
     assert c.dominant.tolist() == [CLASS_RESENT, CLASS_ZERO, CLASS_DATA]
@@ -166,7 +169,7 @@ def test_page_map_api_matches_capture_maps() -> None:
         rep = page_map(cap, ["pc.ram"])
         (v,) = rep.blocks
         bm = cap.maps["pc.ram"]
-        assert v.counts["data"] == bm.count(PAGE_DATA)
+        assert v.counts.data == bm.count(PAGE_DATA)
         assert np.array_equal(cells(v, 1).dominant[v.sends < 2],
                               np.where(bm.state == PAGE_DATA, CLASS_DATA,
                                        np.where(bm.state == PAGE_ZERO, CLASS_ZERO, 0))
@@ -190,10 +193,10 @@ def test_walk_stopped_early_is_reported(tmp_path, capsys) -> None:  # noqa: ANN0
         f.seek(off)
         f.write(((word & ~0x3FF) | 0x80).to_bytes(8, "big"))
     rep = _map_json(str(p), capsys)
-    assert rep["stopped"] and f"0x{off:x}" in rep["stopped"] and "HOOK" in rep["stopped"]
+    assert rep["stopped"]["offset"] == off and "HOOK" in rep["stopped"]["message"]
     assert sum(b["counts"]["never_sent"] for b in rep["blocks"]) > 0
     assert main(["map", str(p), "--block", "pc.ram"]) == 0
     assert "stopped early" in capsys.readouterr().out
     assert main(["extract", str(p), "-o", str(tmp_path / "out"), "--json"]) == 0
-    notes = json.loads(capsys.readouterr().out)["notes"]
-    assert any("stopped early" in n and "HOOK" in n for n in notes)
+    stopped = json.loads(capsys.readouterr().out)["stopped"]
+    assert stopped["offset"] == off and "HOOK" in stopped["message"]

@@ -20,6 +20,7 @@ from miginspect.inspector.capture import open_capture
 from miginspect.inspector.info import info
 from miginspect.inspector.mapped_ram import VERDICT_OTHER_HOST, VERDICT_PADDING, VERDICT_TRUSTED
 from miginspect.inspector.pagemap import PAGE_DATA, PAGE_ZERO
+from miginspect.jsondata import jsonable
 
 MAPPED = [n for n in sample_names("q10-*") if "mapped-ram" in n or "multifd" in n]
 PAUSED_MAPPED = [n for n in MAPPED if "live" not in n]
@@ -60,13 +61,13 @@ def test_info_mapped_ram_against_qemu(name: str) -> None:
     else:
         assert set_bits == ram["normal"], (set_bits, ram)
     for b in rep.ramblocks:
-        assert b.absent_pages == 0 and b.zero_records == 0 and b.xbzrle_records == 0
+        assert b.never_sent_pages == 0 and b.zero_records == 0 and b.xbzrle_records == 0
         assert b.page_records == b.data_pages
         m = b.mapped_ram
-        assert m is not None and m["bitmap_untrusted"] is None
-        assert m["stale_pages"] == 0  # QEMU left no stale bytes in these captures
-        assert m["pages_offset"] % (1 << 20) == 0
-        assert m["bitmap_offset"] == m["header_offset"] + MappedRamHeader.sizeof()
+        assert m is not None and m.bitmap_untrusted is None
+        assert m.stale_pages == 0  # QEMU left no stale bytes in these captures
+        assert m.pages_offset % (1 << 20) == 0
+        assert m.bitmap_offset == m.header_offset + MappedRamHeader.sizeof()
     assert rep.file_size == meta["capture"]["raw_size"]
 
 
@@ -77,7 +78,7 @@ def test_info_same_block_keys_as_legacy() -> None:
         pytest.skip("no legacy sample bundled")
     with open_capture(str(sample_path(PAUSED_MAPPED[0]))) as c1, \
             open_capture(str(sample_path(legacy[0]))) as c2:
-        j1, j2 = info(c1).to_json(), info(c2).to_json()
+        j1, j2 = jsonable(info(c1)), jsonable(info(c2))
     assert set(j1) == set(j2)
     assert set(j1["ramblocks"][0]) == set(j2["ramblocks"][0])
     assert {"stale_pages", "bitmap_layout", "hole_pages"} <= set(j1["ramblocks"][0]["mapped_ram"])
@@ -185,7 +186,7 @@ def test_stale_page_counted_and_read_as_zero(tmp_path, capsys) -> None:  # noqa:
         assert cap.page("pc.ram", victim) == bytes(b.page_size)
         rep = info(cap)
     blk = next(x for x in rep.ramblocks if x.name == "pc.ram")
-    assert blk.mapped_ram["stale_pages"] == 1
+    assert blk.mapped_ram.stale_pages == 1
     assert main(["info", p, "--no-sections"]) == 0
     assert "1 stale page" in capsys.readouterr().out
 

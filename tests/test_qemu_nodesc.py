@@ -21,7 +21,7 @@ def test_suppress_vmdesc_stream(need_qemu, tmp_path):
         rep = info(cap)
         assert cap.walk.error is None
         assert rep.vmdescription is None
-        assert any("no vmdescription" in n["message"] for n in rep.notices)
+        assert any("no vmdescription" in n.message for n in rep.notices)
         full = [s for s in rep.sections if s.type == "FULL"]
         assert full and all(s.sized_by == "footer-search" for s in full)
         assert rep.sections[-1].type == "EOF"

@@ -27,6 +27,7 @@ from miginspect.inspector.capture import open_capture
 from miginspect.inspector.info import BlockInfo, InfoReport, SectionInfo
 from miginspect.inspector.mapview import BlockView, MapReport
 from miginspect.inspector.pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
+from miginspect.inspector.report import Note, PageCounts, SendHistogram
 from miginspect.render import vocab as V
 from miginspect.render.info import render_info
 from miginspect.render.layout import Col, Grid
@@ -158,8 +159,9 @@ def _view(name: str = "blk") -> BlockView:
     state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_NEVER_SENT, PAGE_DATA, PAGE_ZERO, PAGE_DATA],
                      np.uint8)
     sends = np.array([1, 1, 0, 3, 12, 1], np.uint32)
-    counts = {"never_sent": 1, "zero": 2, "data": 3, "resent": 2}
-    return BlockView(name, 6 * PS, PS, 6, counts, 12, {3: 1, 12: 1}, state=state, sends=sends)
+    counts = PageCounts(never_sent=1, zero=2, data=3, resent=2)
+    return BlockView(name, 6 * PS, PS, 6, counts, 12, SendHistogram.of([(3, 1), (12, 1)]),
+                     state=state, sends=sends)
 
 
 def test_map_cells_are_glyphs_and_the_legend_names_them() -> None:
@@ -177,8 +179,8 @@ def test_map_cells_are_glyphs_and_the_legend_names_them() -> None:
     state = np.array([PAGE_DATA, PAGE_ZERO, PAGE_NEVER_SENT, PAGE_NEVER_SENT, PAGE_ZERO,
                       PAGE_NEVER_SENT],
                      np.uint8)
-    v = BlockView("b", 6 * PS, PS, 6, {"never_sent": 3, "zero": 2, "data": 1, "resent": 0}, 1,
-                  {}, state=state, sends=(state != PAGE_NEVER_SENT).astype(np.uint32))
+    v = BlockView("b", 6 * PS, PS, 6, PageCounts(never_sent=3, zero=2, data=1, resent=0), 1,
+                  SendHistogram(), state=state, sends=(state != PAGE_NEVER_SENT).astype(np.uint32))
     con = Console(width=80, file=io.StringIO(), color_system=None)
     render_map(MapReport("f", "legacy", PS, [v]), con, per_cell=2)
     assert "0x00000000  ▒-·" in con.file.getvalue()
@@ -213,6 +215,45 @@ def test_one_vocabulary_across_commands(capsys):
         assert "unsent" not in o and "×" not in o and " MB" not in o and " KB" not in o
 
 
+def _keys(o) -> set[str]:  # noqa: ANN001
+    """Every key at any depth of a JSON document."""
+    if isinstance(o, dict):
+        return set(o) | {k for v in o.values() for k in _keys(v)}
+    if isinstance(o, list):
+        return {k for v in o for k in _keys(v)}
+    return set()
+
+
+def test_one_vocabulary_in_the_json(tmp_path, capsys):
+    """The same words in every command's JSON: `never_sent_pages`, the input as `path`,
+    the two kinds of framing apart, `stopped` and notes as objects; README names each
+    rename."""
+    path = _sample("q10-live-legacy")
+    docs = {}
+    for cmd, argv in (("info", ["info", path]), ("size", ["size", path]),
+                      ("extract", ["extract", path, "-o", str(tmp_path / "x")]),
+                      ("convert", ["convert", path, str(tmp_path / "c.mig"), "--to",
+                                   "mapped-ram"])):
+        rc, out, _ = run(argv + ["--json"], capsys)
+        assert rc == 0, cmd
+        docs[cmd] = json.loads(out)
+        keys = _keys(docs[cmd])
+        assert "absent_pages" not in keys and "input" not in keys, cmd
+        assert docs[cmd]["path"] == path, cmd
+        assert "never_sent_pages" in keys, cmd
+    manifest = json.loads((tmp_path / "x" / "miginspect-extract.json").read_text())
+    assert manifest["path"] == path and "input" not in manifest
+    size = docs["size"]
+    assert "ram_section_framing" in size["overhead"] and "record_framing_bytes" in size
+    assert "framing_bytes" not in size and "ram_framing" not in size["overhead"]
+    assert all(isinstance(n, dict) and {"code", "message"} <= set(n) for n in size["notices"])
+    readme = (ROOT / "README.md").read_text()
+    for old, new in (("absent_pages", "never_sent_pages"), ("ram_framing", "ram_section_framing"),
+                     ("framing_bytes", "record_framing_bytes")):
+        assert re.search(rf"\| `[^|]*{old}[^|]*` \| `[^|]*{new}", readme), (old, new)
+    assert '"loads, guest may not run"' in readme
+
+
 # -- verdict first ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cmd", ["info", "map", "size", "devices", "check"])
@@ -235,7 +276,12 @@ def test_check_verdict_names_the_qemu_version_and_capabilities(capsys):
                                ("q72-paused-legacy", None, "QEMU >= 10")):
         path = _sample(name)
         rc, js, _ = run(["check", path, "--json"], capsys)
-        codes = {p["code"] for p in json.loads(js)["problems"]}
+        doc = json.loads(js)
+        codes = {p["code"] for p in doc["problems"]}
+        req = doc["requirements"]  # found with the problems, the verdict words it
+        assert (req["min_qemu"] == "10.0") == ("needs-qemu-10" in codes), req
+        assert ("mapped-ram" in req["capabilities"]) == ("needs-mapped-ram" in codes), req
+        assert set(req["because"]) <= codes
         rc, out, _ = run(["check", path, "--width", "80"], capsys)
         first = out.splitlines()[0]
         assert rc == 0 and first.startswith("check: loadable"), first
@@ -502,8 +548,8 @@ def test_file_strings_are_escaped_everywhere(cmd, tmp_path, capsys, monkeypatch)
 
 def test_notice_where_and_error_lines_are_escaped(capsys, monkeypatch):
     r = _q35_info()
-    r.notices = [{"severity": "warning", "offset": 0x10, "where": "/rom@etc/acpi/rsdp",
-                  "message": "bad [bold]thing\x1b[31m"}]
+    r.notices = [Note("warning", 0x10, "/rom@etc/acpi/rsdp", "bad [bold]thing\x1b[31m",
+                      "sized-by-footer")]
     con = Console(width=80, file=io.StringIO(), color_system=None)
     render_info(r, con)  # used to raise MarkupError
     out = con.file.getvalue()
@@ -533,29 +579,52 @@ NAMES_AND_PAGES = {"info", "map", "diff"}
 NAMES_ONLY = {"size", "convert", "extract"}
 
 
+@pytest.fixture(scope="module")
+def dump_vmstate(tmp_path_factory) -> str | None:
+    """A -dump-vmstate JSON of a QEMU 10 pc-i440fx-10.0 target (None without QEMU)."""
+    qemu = "/usr/bin/qemu-system-x86_64"
+    if not os.path.exists(qemu):
+        return None
+    out = tmp_path_factory.mktemp("dump") / "vmstate.json"
+    subprocess.run([qemu, "-machine", "pc-i440fx-10.0", "-m", "128", "-display", "none",
+                    "-S", "-dump-vmstate", str(out)], check=True, timeout=120,
+                   capture_output=True)
+    return str(out)
+
+
+def _argv(cmd: str, path: str, tmp_path: Path, dump: str | None) -> list[str] | None:
+    return {"diff": ["diff", path, path, "--jobs", "1"],
+            "extract": ["extract", path, "-o", str(tmp_path / "x"), "--force"],
+            "extract-cpu": ["extract", path, "--cpu"],
+            "check-target": ["check", path, "--target", dump] if dump else None,
+            "convert": ["convert", path, str(tmp_path / "c.mig"), "--to", "legacy",
+                        "--force"]}.get(cmd, [cmd, path])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", _bundled())
 def test_every_command_at_80_columns_on_every_bundled_file(path, tmp_path, capsys,
-                                                           monkeypatch):
+                                                           monkeypatch, dump_vmstate):
     monkeypatch.chdir(ROOT)
     rc, js, _ = run(["info", path, "--json"], capsys)
     blocks = json.loads(js).get("ramblocks", []) if rc == 0 else []
-    cmds = ["info", "map", "size", "devices", "check", "diff", "extract"]
+    cmds = ["info", "map", "size", "devices", "check", "diff", "extract", "extract-cpu",
+            "snapshots", "check-target"]
     if "libvirt" in path:
         cmds.append("xml")
     if path.endswith(("q10-paused-legacy.mig.zst", "q10-paused-mapped-ram.mig.zst",
                       "save-sparse.img.zst")):
         cmds.append("convert")
     for cmd in cmds:
-        argv = {"diff": ["diff", path, path, "--jobs", "1"],
-                "extract": ["extract", path, "-o", str(tmp_path / "x"), "--force"],
-                "convert": ["convert", path, str(tmp_path / "c.mig"), "--to", "legacy",
-                            "--force"]}.get(cmd, [cmd, path])
+        argv = _argv(cmd, path, tmp_path, dump_vmstate)
+        if argv is None:
+            continue
         rc, out, err = run(argv + ["--width", "80"], capsys)
         assert rc in (0, 1, 2) and "Traceback" not in err, (cmd, err)
         assert "…" not in out + err, (cmd, path)
         if rc != 0:
-            assert len(err.splitlines()) == 1 or cmd in ("check", "info"), (cmd, err)
+            assert len(err.splitlines()) == 1 or cmd in ("check", "check-target", "info"), \
+                (cmd, err)
             continue
         for b in blocks if cmd in NAMES_AND_PAGES | NAMES_ONLY else []:
             name = b["name"]
@@ -565,6 +634,38 @@ def test_every_command_at_80_columns_on_every_bundled_file(path, tmp_path, capsy
             assert re.search(rf"^\s*{re.escape(name)}(\s|$)", out, re.M), (cmd, name)
             if cmd in NAMES_AND_PAGES:
                 assert f"{b['pages']:,}" in out, (cmd, name, b["pages"])
+
+
+def _qcow2_images() -> list[str]:
+    return [str(p) for p in sorted((SAMPLES / "qcow2").glob("*.qcow2.zst"))] or [
+        pytest.param(None, marks=pytest.mark.skip(reason="no qcow2 samples bundled"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image", _qcow2_images())
+def test_qcow2_images_at_80_columns(image, capsys, monkeypatch):
+    """`snapshots` on each bundled qcow2 image (unpacked) at 80 columns, in a pipe: every
+    snapshot's id, name, date and state size in full, nothing cut, every table line within
+    80 columns (messages are never hard-wrapped in a pipe)."""
+    from conftest import unpack
+
+    path = str(unpack(Path(image)))
+    rc, js, _ = run(["snapshots", path, "--json"], capsys)
+    assert rc == 0
+    (im,) = json.loads(js)["images"]
+    rc, out, err = run(["snapshots", path, "--width", "80"], capsys)
+    assert rc == 0 and "…" not in out and "Traceback" not in err
+    assert out.splitlines()[0].startswith("snapshots: ")
+    flat = out.replace("\n", "")
+    assert path in flat  # the path may be broken at / : . - _ but is whole
+    for sn in im["snapshots"]:
+        row = next((ln for ln in out.splitlines() if ln.split()[:2] == [sn["id"], sn["name"]]),
+                   None)
+        assert row is not None, sn["name"]
+        when = sn["date"].replace("T", " ")[:19]
+        assert when in out
+    for ln in out.splitlines()[1:]:
+        assert len(ln) <= 80 or ":" in ln.split()[0], ln
 
 
 # -- one report contract ------------------------------------------------------------------

@@ -30,6 +30,7 @@ from miginspect.inspector.target_formats import (
     load_any_target,
     sniff_target,
 )
+from miginspect.jsondata import jsonable
 
 M = matrix()
 PAIRS = M["pairs"]
@@ -84,7 +85,7 @@ def test_domain_xml_prediction_agrees_with_qemu(pair: dict, tmp_path: Path) -> N
     t = load_any_target(str(x))
     assert t.kind == "domain-xml"
     rep = check_file(str(source_path(pair["source"])), target=t)
-    pred = rep.target["prediction"]
+    pred = jsonable(rep.target)["prediction"]
     assert pred["outcome"] == pair["outcome"], (pair["stderr_lines"], pred)
     assert pred["first_error"] == pair["first_error"], (pair["stderr_lines"], pred)
     assert pred["certain"] is False  # a domain XML is a partial description
@@ -98,8 +99,8 @@ def test_domain_xml_cannot_see_cpu_features(tmp_path: Path) -> None:
         pytest.skip("no cpu-max-default pair")
     x = tmp_path / "domain.xml"
     x.write_text(domain_xml(pair))
-    pred = check_file(str(source_path(pair["source"])), target=load_any_target(str(x))
-                      ).target["prediction"]
+    pred = jsonable(check_file(str(source_path(pair["source"])),
+                               target=load_any_target(str(x))).target)["prediction"]
     assert (pred["outcome"], pred["certain"]) == ("loads", False)
 
 
@@ -185,7 +186,7 @@ def test_dump_vmstate_prediction(pair: dict, tmp_path: Path) -> None:
     d = _dump(pair, tmp_path / "vmstate.json")
     assert sniff_target(d.read_bytes()[:4096]) == "dump-vmstate"
     rep = check_file(str(source_path(pair["source"])), target=load_any_target(str(d)))
-    pred = rep.target["prediction"]
+    pred = jsonable(rep.target)["prediction"]
     assert pred["certain"] is False
     sees = pair["outcome"] == "loads" or (pair["first_error"] or "").startswith(DUMP_SEES)
     if sees:
@@ -211,7 +212,7 @@ def test_dump_vmstate_older_section_version(tmp_path: Path) -> None:
     d.write_text(json.dumps(data))
     path = str(source_path(pair["source"]))
     rep = check_file(path, target=load_any_target(str(d)))
-    pred = rep.target["prediction"]
+    pred = jsonable(rep.target)["prediction"]
     assert pred["first_error"] == "savevm: unsupported version 3 for '0000:00:01.3/piix4_pm' v2"
     assert pred["causes"][0]["code"] == "qemu-older"
     raw = Path(path).read_bytes()
@@ -228,7 +229,7 @@ def test_dump_vmstate_unknown_subsection(tmp_path: Path) -> None:
     d = tmp_path / "nosub.json"
     d.write_text(json.dumps(data))
     path = str(source_path(pair["source"]))
-    pred = check_file(path, target=load_any_target(str(d))).target["prediction"]
+    pred = jsonable(check_file(path, target=load_any_target(str(d))).target)["prediction"]
     assert pred["first_error"] == ("error while loading state for instance 0x0 of device "
                                    "'0000:00:01.3/piix4_pm'")
     raw = Path(path).read_bytes()

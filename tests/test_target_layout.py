@@ -23,6 +23,7 @@ from miginspect.inspector.prediction import OUTCOMES, cpuhp_layout, find_cpuhp
 from miginspect.inspector.stream import walk_stream
 from miginspect.inspector.target_formats import from_saved_state
 from miginspect.inspector.vmdesc import device_index
+from miginspect.jsondata import jsonable
 
 SID = 7
 
@@ -172,4 +173,4 @@ def test_hostile_file_description_is_bounded(mutate: str, tmp_path: Path) -> Non
     t0 = time.process_time()
     rep = check_file(str(f), target=target)
     assert time.process_time() - t0 < 10
-    assert rep.target["prediction"]["outcome"] in OUTCOMES
+    assert jsonable(rep.target)["prediction"]["outcome"] in OUTCOMES

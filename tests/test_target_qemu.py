@@ -21,6 +21,7 @@ from miginspect.inspector.target_qemu import (
     probe_qemu,
     sanitize,
 )
+from miginspect.jsondata import jsonable
 
 PAIRS = {p["id"]: p for p in matrix()["pairs"]}
 
@@ -156,9 +157,9 @@ def test_unsupported_machine_type_names_what_the_binary_has() -> None:
         pytest.skip(qemu_missing("qemu72") or "no nics-on-7.2 pair")
     rep = check_file(str(source_path(pair["source"])),
                      target_qemu=shlex.join(prefix("qemu72") + pair["args"]))
-    c = rep.target["prediction"]["causes"][0]
+    c = jsonable(rep.target)["prediction"]["causes"][0]
     assert c["code"] == "start" and "unsupported machine type" in c["summary"]
-    assert rep.target["start_error"] == "unsupported machine type"
+    assert rep.target.start_error == "unsupported machine type"
 
 
 @pytest.mark.qemu
@@ -168,7 +169,7 @@ def test_machine_version_fix_says_the_older_qemu_cannot() -> None:
         pytest.skip(qemu_missing("qemu72") or "no pc-on-7.2 pair")
     rep = check_file(str(source_path(pair["source"])),
                      target_qemu=shlex.join(prefix("qemu72") + pair["args"]))
-    c = rep.target["prediction"]["causes"][0]
+    c = jsonable(rep.target)["prediction"]["causes"][0]
     assert c["code"] == "machine-version"
     assert "`pc` is pc-i440fx-7.2 on QEMU 7.2" in c["summary"]
     assert "does not have pc-i440fx-10.0" in c["fix"] and "-machine pc-i440fx-7.2" in c["fix"]

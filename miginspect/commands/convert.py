@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
                          verify=args.verify, progress=cb, read_progress=cb,
                          update_vmdesc=args.update_vmdesc, sync=args.sync,
                          snapshot=args.snapshot)
-    data = report.to_json()
-    data = {"path": data.pop("input"), **data}  # the input is `path` in every report
-    emit(args, report, lambda con: render_convert(report, con), data)
+    emit(args, report, lambda con: render_convert(report, con))
     if report.verify is not None and not report.verify.ok:
-        raise FormatError("verification failed: " + "; ".join(report.verify.problems[:3]),
-                          None, args.output, code="convert-verify")
+        first = [(f"{p.where}: " if p.where else "") + p.message
+                 for p in report.verify.problems[:3]]
+        raise FormatError("verification failed: " + "; ".join(first), None, args.output,
+                          code="convert-verify")
     return 0

@@ -102,7 +102,5 @@ def run(args: argparse.Namespace) -> int:
         else:
             report = extract_blocks(cap, args.output, args.force, args.block, wcb,
                                     include_stale=args.include_stale)
-    data = report.to_json()
-    data = {"path": data.pop("input"), **data}  # the input is `path` in every report
-    emit(args, report, lambda con: render_extract(report, con), data)
+    emit(args, report, lambda con: render_extract(report, con))
     return 0

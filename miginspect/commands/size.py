@@ -7,7 +7,7 @@ import argparse
 from .. import ui
 from ..inspector.capture import open_capture
 from ..inspector.size import size_report
-from ..render.size import render_size
+from ..render.size import render_size, size_json
 from .common import INPUT_HELP, common_options, emit
 
 
@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
                            page_size=args.page_size, snapshot=args.snapshot)
     with cap:
         report = size_report(cap, top=max(0, args.top))
-    emit(args, report, lambda con: render_size(report, con))
+    emit(args, report, lambda con: render_size(report, con), size_json(report))
     return 0

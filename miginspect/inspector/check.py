@@ -17,7 +17,7 @@ A stop the tool cannot judge (a feature it does not read) makes the verdict
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,8 +26,9 @@ from ..errors import MigError, UsageError
 from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
+from ..jsondata import fields_json
 from .capture import Progress, open_capture
-from .containers.base import Incoming
+from .containers.base import Incoming, decompress_command
 from .mapped_ram import (
     VERDICT_OTHER_HOST,
     BitmapTrust,
@@ -37,9 +38,12 @@ from .mapped_ram import (
 )
 from .model import Section, StreamWalk
 from .pagemap import LAYOUT_LE64, bitmap_bits
+from .prediction import GUEST_MAY_NOT_RUN, TargetReport
 from .problems import (
+    PROBLEMS,
     QEMU_EIO,
     SEVERITY_ERROR,
+    VERDICT_GUEST_MAY_NOT_RUN,
     VERDICT_LOADABLE,
     VERDICT_REFUSED,
     VERDICT_UNKNOWN,
@@ -57,6 +61,27 @@ if TYPE_CHECKING:
     from .target import TargetDescription
 
 
+#: how the destination reads the file (Requirements.transport)
+TRANSPORT_FILE = "file"  # migrate-incoming file:PATH (a libvirt image: with its offset)
+TRANSPORT_EXEC = "exec"  # the stream fed through a pipe: exec:COMMAND
+TRANSPORT_DECOMPRESSED_FILE = "decompressed-file"  # decompressed into a seekable file first
+TRANSPORT_LOADVM = "loadvm"  # a disk image's internal snapshot, restored by loadvm
+
+
+@dataclass
+class Requirements:
+    """What the destination must be to load the file, found with its problems: the QEMU
+    versions that load it (from the problems table's `min_qemu` / `max_qemu`), the
+    capabilities to set before migrate-incoming, and how it is fed to QEMU."""
+
+    min_qemu: str | None  # oldest QEMU that loads it, e.g. "10.0"
+    max_qemu: str | None  # newest QEMU that loads it
+    because: list[str]  # the problem codes that set the range
+    capabilities: list[str]
+    transport: str  # TRANSPORT_*
+    decompressor: str | None = None  # the command that inflates a compressed input
+
+
 @dataclass
 class CheckReport:
     path: str
@@ -68,13 +93,14 @@ class CheckReport:
     machine_type: str | None = None
     capabilities: list[str] = field(default_factory=list)
     incoming: Incoming | None = None
-    target: dict[str, Any] | None = None  # what --target compared against
+    requirements: Requirements | None = None
+    target: TargetReport | None = None  # what --target / --target-qemu compared with
 
     @property
     def exit_code(self) -> int:
         if self.verdict == VERDICT_LOADABLE:
             return 0
-        if self.verdict == VERDICT_REFUSED:
+        if self.verdict in (VERDICT_REFUSED, VERDICT_GUEST_MAY_NOT_RUN):
             return 1
         return 2
 
@@ -87,9 +113,7 @@ class CheckReport:
         return sum(1 for p in self.problems if p.severity == severity)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["exit_code"] = self.exit_code
-        return d
+        return fields_json(self) | {"exit_code": self.exit_code}
 
 
 # ---------------------------------------------------------------------------
@@ -196,17 +220,17 @@ def check_file(
     with cap:
         from .prediction import target_problems  # --target / --target-qemu (issue 14)
 
-        extra, tjson = target_problems(cap.source, cap.walk, target, target_qemu)
+        extra, treport = target_problems(cap.source, cap.walk, target, target_qemu)
         trust = cap.bitmap_trust if cap.walk.mapped_ram and cap.walk.error is None else None
-        rep = check(cap.source, cap.walk, extra, trust)
-    rep.target = tjson
-    return rep
+        return check(cap.source, cap.walk, extra, trust, treport)
 
 
 def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None,
-          trust: BitmapTrust | None = None) -> CheckReport:
+          trust: BitmapTrust | None = None,
+          target: TargetReport | None = None) -> CheckReport:
     """Every problem the file shows, in file order, and the verdict. `extra`: problems
-    found elsewhere (the --target comparison); `trust`: the capture's bitmap verdict."""
+    found elsewhere (the --target comparison); `trust`: the capture's bitmap verdict;
+    `target`: the target compared with and its prediction."""
     probs: list[Problem] = list(extra or [])
     probs += src.container.problems(src, walk)
     if walk.version == 3:
@@ -223,18 +247,50 @@ def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None,
     probs = _dedupe(probs)
     probs.sort(key=lambda p: (p.offset is None, p.offset or 0))
     verdict = verdict_of(probs)
+    pred = target.prediction if target is not None else None
+    if verdict == VERDICT_LOADABLE and pred is not None and pred.outcome == GUEST_MAY_NOT_RUN:
+        verdict = VERDICT_GUEST_MAY_NOT_RUN  # QEMU loads it: a script must still notice
     fmt = "mapped-ram" if walk.mapped_ram else ("legacy" if walk.version == 3 else None)
+    incoming = incoming_for(src, walk)
     return CheckReport(
         path=src.path,
         format=fmt,
-        loadable=verdict == VERDICT_LOADABLE,
+        loadable=verdict in (VERDICT_LOADABLE, VERDICT_GUEST_MAY_NOT_RUN),
         verdict=verdict,
         problems=probs,
         offsets_in=src.container.offsets_in,
         machine_type=walk.machine_type,
         capabilities=list(walk.capabilities),
-        incoming=incoming_for(src, walk),
+        incoming=incoming,
+        requirements=requirements(probs, incoming, src),
+        target=target,
     )
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split(".") if x.isdigit())
+
+
+def requirements(probs: list[Problem], incoming: Incoming, src: Source) -> Requirements:
+    """The QEMU versions, capabilities and transport the file needs (see Requirements)."""
+    mins = [(PROBLEMS[p.code].min_qemu, p.code) for p in probs if PROBLEMS[p.code].min_qemu]
+    maxs = [(PROBLEMS[p.code].max_qemu, p.code) for p in probs if PROBLEMS[p.code].max_qemu]
+    lo = max(mins, key=lambda m: _version_key(m[0] or "")) if mins else None
+    hi = min(maxs, key=lambda m: _version_key(m[0] or "")) if maxs else None
+    comp = src.container.compression
+    if incoming.method == "loadvm" or incoming.uri is None:
+        transport = TRANSPORT_LOADVM
+    elif incoming.uri.startswith("exec:"):
+        transport = TRANSPORT_EXEC
+    elif comp:
+        transport = TRANSPORT_DECOMPRESSED_FILE
+    else:
+        transport = TRANSPORT_FILE
+    return Requirements(
+        min_qemu=lo[0] if lo else None, max_qemu=hi[0] if hi else None,
+        because=list(dict.fromkeys(c for _, c in ([lo] if lo else []) + ([hi] if hi else []))),
+        capabilities=list(incoming.capabilities), transport=transport,
+        decompressor=decompress_command(comp) if comp else None)
 
 
 def _dedupe(probs: list[Problem]) -> list[Problem]:
@@ -385,9 +441,9 @@ def _version_notes(walk: StreamWalk) -> list[Problem]:
 
 def _ram_checks(walk: StreamWalk) -> list[Problem]:
     out: list[Problem] = []
-    if walk.other_ram_records.get("MULTIFD_FLUSH"):
+    if walk.other_ram_records.multifd_flush:
         out.append(problem("multifd-flush", None, "ram",
-                           f"{walk.other_ram_records['MULTIFD_FLUSH']} MULTIFD_FLUSH records"))
+                           f"{walk.other_ram_records.multifd_flush} MULTIFD_FLUSH records"))
     rt = walk.records
     if rt is not None and len(rt) and not walk.mapped_ram:
         comp = rt.kind == R.RAM_SAVE_FLAG_COMPRESS_PAGE
@@ -493,4 +549,5 @@ def incoming_for(src: Source, walk: StreamWalk) -> Incoming:
 
 
 __all__ = ["check", "check_file", "verdict_of", "check_source_error", "CheckReport", "Problem",
-           "Incoming", "VERDICT_LOADABLE", "VERDICT_REFUSED", "VERDICT_UNKNOWN", "QEMU_EIO"]
+           "Incoming", "Requirements", "requirements", "VERDICT_LOADABLE", "VERDICT_REFUSED",
+           "VERDICT_UNKNOWN", "VERDICT_GUEST_MAY_NOT_RUN", "QEMU_EIO"]

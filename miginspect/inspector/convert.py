@@ -39,7 +39,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ from .capture import Capture, open_capture
 from .containers.base import ContainerBrief, OutputPrefix
 from .copier import RUN_BYTES, PageCopier, pwrite_all
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
+from .report import NOTE_BITMAP_UNTRUSTED, SEVERITY_WARNING, Note, note
 from .size import mapped_ram_bounds
 from .stream import RamBlock, Section
 
@@ -93,7 +94,7 @@ class BlockConversion:
     pages: int
     data_pages: int
     zero_pages: int
-    absent_pages: int
+    never_sent_pages: int
     input_sends: int  # page records (legacy) or set bits (mapped-ram) in the input
     bitmap_offset: int | None = None  # mapped-ram output only
     pages_offset: int | None = None
@@ -109,12 +110,12 @@ class VerifyResult:
     pages: int
     data_pages: int
     sections: int  # non-RAM records compared byte for byte
-    problems: list[str] = field(default_factory=list)
+    problems: list[Note] = field(default_factory=list)  # code convert-verify, where: block
 
 
 @dataclass
 class ConvertReport:
-    input: str
+    path: str  # the input
     output: str
     from_format: str
     to_format: str
@@ -135,17 +136,11 @@ class ConvertReport:
     blocks: list[BlockConversion]
     sections_copied: int
     ram_sections: int
-    notices: list[str]
+    notices: list[Note]
     seconds: float
     vmdescription_configuration_updated: bool = False
     vmdescription_growth: int = 0  # bytes the updated JSON adds (not in the bound)
     verify: VerifyResult | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_container"] = self.input_container.to_json()
-        d["output_container"] = self.output_container.to_json()
-        return d
 
 
 # ---------------------------------------------------------------------------------
@@ -563,7 +558,7 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
             prefix: OutputPrefix | None, t0: float) -> ConvertReport:
     w = cap.walk
     blocks = []
-    notices = [f"{n.severity}: {n.message}" for n in w.notices]
+    notices = list(w.notices)
     for b in w.blocks:
         bm = conv.maps[b.name]
         bmo, pgo = conv.layout.get(b.name, (None, None))
@@ -574,11 +569,12 @@ def _report(cap: Capture, conv: _Converter, in_path: str, out_path: str, to: str
             chk.layout if chk else None, chk.verdict if chk else None,
             chk.untrusted if chk else None))
         if chk is not None and chk.untrusted:
-            notices.append(f"warning: {b.name}: {chk.untrusted}")
+            notices.append(note(NOTE_BITMAP_UNTRUSTED, chk.untrusted, b.name,
+                                severity=SEVERITY_WARNING))
     plen = len(prefix) if prefix is not None else 0
     bound, alloc, source = _bound(cap, plen)
     return ConvertReport(
-        input=in_path, output=out_path, from_format=cap.format, to_format=to,
+        path=in_path, output=out_path, from_format=cap.format, to_format=to,
         input_container=cap.source.container.brief(),
         output_container=cap.source.container.output_brief(to),
         machine_type=w.machine_type, page_size=cap.page_size,
@@ -641,40 +637,42 @@ def verify_conversion(in_path: str, out_path: str, to: str,
     snapshot): same RAMBlocks, same page states (never-sent counts as zero in mapped-ram),
     same final page contents (xxh3-64 of every page), same non-RAM records byte for byte,
     right layout and container."""
-    problems: list[str] = []
+    problems: list[Note] = []
+
+    def fail(message: str, where: str = "") -> None:
+        problems.append(note("convert-verify", message, where, severity="error"))
+
     with open_capture(in_path, snapshot=snapshot) as a, open_capture(out_path) as b:
         if b.format != to:
-            problems.append(f"output reads as {b.format}, expected {to}")
+            fail(f"output reads as {b.format}, expected {to}")
         names_a = [(x.name, x.used_length) for x in a.blocks]
         names_b = [(x.name, x.used_length) for x in b.blocks]
         if names_a != names_b:
-            problems.append(f"RAMBlock lists differ: {names_a} vs {names_b}")
+            fail(f"RAMBlock lists differ: {names_a} vs {names_b}")
         pages = data = 0
         for blk in a.blocks if names_a == names_b else []:
             ma, mb = a.maps[blk.name], b.maps[blk.name]
             exp = _expected_state(ma.state, to)
             bad = np.flatnonzero(exp != mb.state)
             if len(bad):
-                problems.append(f"{blk.name}: {len(bad)} page states differ (first page "
-                                f"{int(bad[0])})")
+                fail(f"{len(bad)} page states differ (first page {int(bad[0])})", blk.name)
             ha, hb = a.hashes(blk.name), b.hashes(blk.name)
             bad = np.flatnonzero(ha != hb)
             if len(bad):
-                problems.append(f"{blk.name}: {len(bad)} page contents differ (first page "
-                                f"{int(bad[0])})")
+                fail(f"{len(bad)} page contents differ (first page {int(bad[0])})", blk.name)
             if b.bitmap_trust.untrusted(blk.name):
-                problems.append(f"{blk.name}: {b.bitmap_trust.untrusted(blk.name)}")
+                fail(str(b.bitmap_trust.untrusted(blk.name)), blk.name)
             pages += ma.pages
             data += mb.count(PAGE_DATA)
         da, db = _device_digests(a), _device_digests(b)
         if da != db:
-            problems.append(f"non-RAM records differ ({len(da)} in the input, {len(db)} in "
-                            "the output)")
+            fail(f"non-RAM records differ ({len(da)} in the input, {len(db)} in the output)")
         known = {n.message for n in a.walk.notices}  # the input's own oddities carry over
         for n in b.walk.notices:
             if n.severity == "warning" and n.message not in known:
-                problems.append(f"output: {n.message}")
-        problems += a.source.container.verify_output(b.source.container, to)
+                fail(f"output: {n.message}", n.where)
+        for m in a.source.container.verify_output(b.source.container, to):
+            fail(m, "container")
         return VerifyResult(not problems, len(a.blocks), pages, data, len(da), problems)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedError
 from .capture import Capture
 from .devices import DeviceState, StateNode, decode_devices
+from .report import NOTE_CPU_STATE, Note, note
 
 HF_LMA_MASK = 1 << 14
 PSTATE_nRW = 1 << 4
@@ -116,11 +117,11 @@ class CpuReport:
     path: str
     arch: str  # "x86_64", "i386" or "aarch64"
     cpus: list[X86Cpu | Aarch64Cpu]
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "arch": self.arch, "source": "vmdescription",
-                "cpus": [asdict(c) for c in self.cpus], "notes": list(self.notes)}
+                "cpus": [asdict(c) for c in self.cpus], "notes": [asdict(n) for n in self.notes]}
 
 
 class _Fields:
@@ -171,7 +172,7 @@ def cpu_states(cap: Capture) -> CpuReport:
     devs.sort(key=lambda d: d.instance_id)
     buf = cap.source.buf
     out: list[X86Cpu | Aarch64Cpu] = []
-    notes: list[str] = []
+    notes: list[Note] = []
     for d in devs:
         if d.error:
             raise FormatError(f"cpu {d.instance_id} does not decode: {d.error}",
@@ -220,7 +221,7 @@ def _x86(f: _Fields) -> X86Cpu:
         offset=f.dev.section_offset)
 
 
-def _aarch64(f: _Fields, notes: list[str]) -> Aarch64Cpu:
+def _aarch64(f: _Fields, notes: list[Note]) -> Aarch64Cpu:
     xregs = f.ints("env.xregs")
     if len(xregs) != 32:
         raise FormatError(f"env.xregs holds {len(xregs)} registers, not 32",
@@ -241,8 +242,9 @@ def _aarch64(f: _Fields, notes: list[str]) -> Aarch64Cpu:
     sp = xregs[31]
     if not a64:
         sp = 0
-        notes.append(f"cpu {f.dev.instance_id} was in AArch32 state: x0-x14 hold its "
-                     "current-mode r0-r14 (QEMU's own dump maps banked registers too)")
+        notes.append(note(NOTE_CPU_STATE, f"cpu {f.dev.instance_id} was in AArch32 state: "
+                          "x0-x14 hold its current-mode r0-r14 (QEMU's own dump maps banked "
+                          "registers too)", f.dev.key, f.dev.section_offset))
         r = f.ints("env.regs", 4)
         xregs[:15] = r[:15]
         pc = r[15]

@@ -34,6 +34,17 @@ from .content import zero_hash
 from .devices import DeviceState, decode_devices
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, STATE_WORDS
 from .physical import DEFAULT_RAM_BLOCK, FOUR_GIB, below_4g_size
+from .report import (
+    NOTE_BITMAP_UNTRUSTED,
+    NOTE_DEVICES_NOT_COMPARED,
+    NOTE_MACHINE_TYPES_DIFFER,
+    NOTE_STOPPED,
+    SEVERITY_WARNING,
+    Note,
+    Stop,
+    note,
+    stop_of,
+)
 
 # Per-page difference codes (BlockDiff.kind).
 EQUAL = 0
@@ -91,6 +102,30 @@ class PageRange:
 
 
 @dataclass
+class StateTransition:
+    """Pages whose recorded state is `a` in A and `b` in B (never sent, zero, data,
+    missing)."""
+
+    a: str
+    b: str
+    pages: int
+
+
+@dataclass
+class ChangedPage:
+    """One differing page (`--pages`), with both hashes and states."""
+
+    page: int
+    offset: int  # block offset
+    gpa: int | None
+    kind: str  # KIND_NAMES
+    hash_a: str  # xxh3-64, hex
+    hash_b: str
+    state_a: str
+    state_b: str
+
+
+@dataclass
 class BlockDiff:
     name: str
     pages: int
@@ -102,7 +137,7 @@ class BlockDiff:
     used_length_b: int | None
     zero_to_data: int  # zero or never sent in A, data in B
     data_to_zero: int
-    transitions: dict[str, int]
+    transitions: list[StateTransition]
     ranges: list[PageRange]
     # per page, not in JSON unless asked: difference code, hashes, states
     kind: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.uint8))
@@ -135,21 +170,13 @@ class BlockDiff:
         off = page * self.page_size
         return off if off < self.gpa_low else FOUR_GIB + (off - self.gpa_low)
 
-    def changed_pages(self) -> list[dict[str, Any]]:
+    def changed_pages(self) -> list[ChangedPage]:
         """Every differing page with both hashes and states (for --pages)."""
-        out = []
-        for i in np.flatnonzero(self.kind != EQUAL).tolist():
-            out.append({
-                "page": i,
-                "offset": i * self.page_size,
-                "gpa": self.page_gpa(i),
-                "kind": KIND_NAMES[int(self.kind[i])],
-                "hash_a": f"{int(self.hash_a[i]):016x}",
-                "hash_b": f"{int(self.hash_b[i]):016x}",
-                "state_a": _STATE_LABELS[int(self.state_a[i])],
-                "state_b": _STATE_LABELS[int(self.state_b[i])],
-            })
-        return out
+        return [ChangedPage(i, i * self.page_size, self.page_gpa(i),
+                            KIND_NAMES[int(self.kind[i])], f"{int(self.hash_a[i]):016x}",
+                            f"{int(self.hash_b[i]):016x}", _STATE_LABELS[int(self.state_a[i])],
+                            _STATE_LABELS[int(self.state_b[i])])
+                for i in np.flatnonzero(self.kind != EQUAL).tolist()]
 
     def picture(self, cells: int) -> list[int]:
         """The block cut into `cells` equal spans; each cell is the strongest
@@ -177,7 +204,7 @@ class BlockDiff:
             "missing": self.missing,
             "zero_to_data": self.zero_to_data,
             "data_to_zero": self.data_to_zero,
-            "transitions": self.transitions,
+            "transitions": {f"{t.a}->{t.b}": t.pages for t in self.transitions},
             "ranges": [r.to_json() for r in self.ranges],
         }
         if pages:
@@ -235,13 +262,15 @@ class DiffReport:
     page_size: int
     blocks: list[BlockDiff]
     devices: DevicesDiff | None
-    notices: list[str] = field(default_factory=list)
+    notices: list[Note] = field(default_factory=list)
     bitmap_layout_a: str | None = None  # mapped-ram sides: the layout the bitmaps were read with
     bitmap_layout_b: str | None = None
     bitmap_untrusted_a: dict[str, str] = field(default_factory=dict)  # block -> why
     bitmap_untrusted_b: dict[str, str] = field(default_factory=dict)
     snapshot_a: str | None = None  # a disk image's internal snapshot ("ID NAME")
     snapshot_b: str | None = None
+    stopped_a: Stop | None = None  # the walk of A stopped early (--partial)
+    stopped_b: Stop | None = None
 
     @property
     def ram_identical(self) -> bool:
@@ -262,10 +291,10 @@ class DiffReport:
     def to_json(self, pages: bool = False) -> dict[str, Any]:
         sides = [{"path": self.path_a, "format": self.format_a, "machine_type": self.machine_a,
                   "bitmap_layout": self.bitmap_layout_a,
-                  "bitmap_untrusted": dict(self.bitmap_untrusted_a)},
+                  "bitmap_untrusted": dict(self.bitmap_untrusted_a), "stopped": self.stopped_a},
                  {"path": self.path_b, "format": self.format_b, "machine_type": self.machine_b,
                   "bitmap_layout": self.bitmap_layout_b,
-                  "bitmap_untrusted": dict(self.bitmap_untrusted_b)}]
+                  "bitmap_untrusted": dict(self.bitmap_untrusted_b), "stopped": self.stopped_b}]
         for side, snap in zip(sides, (self.snapshot_a, self.snapshot_b), strict=True):
             if snap is not None:  # a qcow2 image's internal snapshot
                 side["snapshot"] = snap
@@ -304,7 +333,7 @@ class Side:
     machine_type: str | None
     page_size: int
     blocks: list[SideBlock]
-    walk_error: str | None = None
+    walk_error: Stop | None = None
     devices: list[DeviceState] | None = None
     devices_error: str | None = None
     bitmap_layout: str | None = None  # mapped-ram: the layout its bitmaps were read with
@@ -332,7 +361,7 @@ def summarize(cap: Capture, progress: Progress | None = None, devices: bool = Tr
         tick(0)
     trust = cap.bitmap_trust
     side = Side(cap.path, cap.format, cap.walk.machine_type, cap.page_size, blocks,
-                cap.walk.error.oneline() if cap.walk.error is not None else None,
+                stop_of(cap.walk.error),
                 bitmap_layout=cap.bitmap_layout,
                 bitmap_untrusted={n: c.untrusted for n, c in trust.blocks.items()
                                   if c.untrusted},
@@ -420,13 +449,13 @@ def diff_block(a: Side, b: Side, name: str) -> BlockDiff:
     counts = np.bincount(kind, minlength=4)
     za = (sa == PAGE_ZERO) | (sa == PAGE_NEVER_SENT) | (sa == STATE_MISSING)
     zb = (sb == PAGE_ZERO) | (sb == PAGE_NEVER_SENT) | (sb == STATE_MISSING)
-    trans: dict[str, int] = {}
+    trans: list[StateTransition] = []
     moved = sa != sb
     if moved.any():
         pairs = sa[moved].astype(np.int64) * 16 + sb[moved]
         vals, cnt = np.unique(pairs, return_counts=True)
         for v, c in zip(vals.tolist(), cnt.tolist(), strict=True):
-            trans[f"{_STATE_LABELS[v // 16]}->{_STATE_LABELS[v % 16]}"] = int(c)
+            trans.append(StateTransition(_STATE_LABELS[v // 16], _STATE_LABELS[v % 16], int(c)))
     machine = a.machine_type or b.machine_type
     ram_size = (la if la is not None else lb) or 0
     low = pc_ram_lowmem(machine, ram_size) if name == DEFAULT_RAM_BLOCK else None
@@ -513,14 +542,16 @@ def diff_devices(a: Capture, b: Capture) -> DevicesDiff:
 # -- whole files -------------------------------------------------------------------------
 
 def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
-    notices: list[str] = []
+    notices: list[Note] = []
     for tag, s in (("A", a), ("B", b)):
         if s.walk_error is not None:
-            notices.append(f"{tag}: the walk stopped early ({s.walk_error}); pages after "
-                           "that point count as never sent")
+            notices.append(note(NOTE_STOPPED, f"{tag}: the walk stopped early; pages after "
+                                "that point count as never sent", tag, s.walk_error.offset,
+                                SEVERITY_WARNING))
         for block, why in s.bitmap_untrusted.items():
-            notices.append(f"{tag}: {block}: bitmap untrusted ({why}); pages were taken from "
-                           f"the {s.bitmap_layout} reading")
+            notices.append(note(NOTE_BITMAP_UNTRUSTED, f"{tag}: {block}: bitmap untrusted "
+                                f"({why}); pages were taken from the {s.bitmap_layout} "
+                                "reading", tag, severity=SEVERITY_WARNING))
     blocks = diff_ram(a, b)
     dd = None
     if devices:
@@ -528,12 +559,15 @@ def diff_sides(a: Side, b: Side, devices: bool = True) -> DiffReport:
         if a.devices is not None and b.devices is not None:
             dd = diff_device_states(a.devices, b.devices)
         elif why:
-            notices.append(f"device state not compared: {why}")
+            notices.append(note(NOTE_DEVICES_NOT_COMPARED,
+                                f"device state not compared: {why}"))
     if a.machine_type != b.machine_type:
-        notices.append(f"machine types differ: {a.machine_type} vs {b.machine_type}")
+        notices.append(note(NOTE_MACHINE_TYPES_DIFFER, f"machine types differ: "
+                            f"{a.machine_type} vs {b.machine_type}"))
     return DiffReport(a.path, b.path, a.format, b.format, a.machine_type, b.machine_type,
                       a.page_size, blocks, dd, notices, a.bitmap_layout, b.bitmap_layout,
-                      a.bitmap_untrusted, b.bitmap_untrusted, a.snapshot, b.snapshot)
+                      a.bitmap_untrusted, b.bitmap_untrusted, a.snapshot, b.snapshot,
+                      a.walk_error, b.walk_error)
 
 
 def diff_captures(a: Capture, b: Capture, progress: Progress | None = None,
@@ -628,5 +662,6 @@ def page_hexdiff(a: Capture, b: Capture, block: str, offset: int) -> PageHexDiff
 
 __all__ = ["diff_captures", "diff_sides", "summarize", "summarize_path", "Side", "SideBlock",
            "raise_worker_error", "diff_ram", "diff_devices", "diff_device_states", "page_hexdiff",
-           "parse_page_spec", "DiffReport", "BlockDiff", "PageRange", "DevicesDiff",
+           "parse_page_spec", "DiffReport", "BlockDiff", "PageRange", "StateTransition",
+           "ChangedPage", "DevicesDiff",
            "DeviceDiff", "FieldDiff", "PageHexDiff", "block_gpa", "pc_ram_lowmem"]

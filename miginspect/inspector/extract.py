@@ -25,13 +25,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import MigError, UsageError
 from ..formats import elfcore as E
+from ..jsondata import fields_json
 from ..outfile import OutputDir
 from .capture import Capture
 from .copier import PageCopier, pwrite_all
@@ -40,6 +41,19 @@ from .cpustate import CpuReport, cpu_states
 from .integrity import sha256_file, stale_pages, with_stale
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, BlockMap
 from .physical import PhysicalLayout, machine_family, physical_layout
+from .report import (
+    NOTE_BITMAP_UNTRUSTED,
+    NOTE_NO_CPU_NOTES,
+    NOTE_OTHER_BLOCKS,
+    NOTE_PHYSICAL_LAYOUT,
+    NOTE_SKIPPED_BLOCK,
+    NOTE_STALE_PAGES,
+    SEVERITY_WARNING,
+    Note,
+    Stop,
+    note,
+    stop_of,
+)
 
 MANIFEST = "miginspect-extract.json"
 PHYSICAL_MANIFEST = "miginspect-physical.json"
@@ -74,7 +88,7 @@ class ExtractedFile:
     pages: int | None = None
     data_pages: int | None = None
     zero_pages: int | None = None
-    absent_pages: int | None = None
+    never_sent_pages: int | None = None
     mr_addr: int | None = None
     bitmap_layout: str | None = None  # mapped-ram: the layout the bitmap was read with
     bitmap_verdict: str | None = None  # mapped-ram: mapped_ram.VERDICT_*
@@ -86,16 +100,17 @@ class ExtractedFile:
 
 @dataclass
 class ExtractReport:
-    input: str
+    path: str  # the input
     format: str
     output_dir: str
     files: list[ExtractedFile] = field(default_factory=list)
-    physical: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    cpu: dict[str, Any] | None = None  # registers written into the ELF notes
+    physical: PhysicalLayout | None = None
+    notes: list[Note] = field(default_factory=list)
+    cpu: CpuReport | None = None  # registers written into the ELF notes
+    stopped: Stop | None = None  # the walk stopped early: pages after it are missing
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return fields_json(self)
 
 
 # -- page copying ------------------------------------------------------------------
@@ -108,9 +123,7 @@ def write_pages(cap: Capture, bm: BlockMap, fd: int, dest: int, first: int, coun
 
 # -- extract -------------------------------------------------------------------------
 def _stopped_note(cap: Capture, rep: ExtractReport) -> None:
-    err = cap.walk.error
-    if err is not None:
-        rep.notes.append(f"the walk stopped early, pages after it are missing: {err.oneline()}")
+    rep.stopped = stop_of(cap.walk.error)
 
 
 def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
@@ -159,7 +172,7 @@ def _block_file(cap: Capture, bm: BlockMap, fname: str, nbytes: int) -> Extracte
     return ExtractedFile(
         file=fname, kind="block", size=b.used_length, data_bytes=nbytes, block=b.name,
         used_length=b.used_length, pages=bm.pages, data_pages=bm.count(PAGE_DATA),
-        zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_NEVER_SENT),
+        zero_pages=bm.count(PAGE_ZERO), never_sent_pages=bm.count(PAGE_NEVER_SENT),
         mr_addr=b.mr_addr, bitmap_layout=chk.layout if chk else None,
         bitmap_verdict=chk.verdict if chk else None,
         bitmap_untrusted=chk.untrusted if chk else None)
@@ -168,12 +181,14 @@ def _block_file(cap: Capture, bm: BlockMap, fname: str, nbytes: int) -> Extracte
 def _block_notes(cap: Capture, bm: BlockMap, rep: ExtractReport) -> None:
     b = bm.block
     if b.mapped_ram is not None and b.mapped_ram.skipped:
-        rep.notes.append(f"{b.name}: skipped by x-ignore-shared (its memory is shared with "
-                         "the destination, not in the file): written as zeros")
+        rep.notes.append(note(NOTE_SKIPPED_BLOCK, "skipped by x-ignore-shared (its memory is "
+                              "shared with the destination, not in the file): written as "
+                              "zeros", b.name))
     why = cap.bitmap_trust.untrusted(b.name)
     if why:
-        rep.notes.append(f"{b.name}: bitmap untrusted ({why}); pages were taken from the "
-                         f"{cap.bitmap_layout} reading")
+        rep.notes.append(note(NOTE_BITMAP_UNTRUSTED, f"bitmap untrusted ({why}); pages were "
+                              f"taken from the {cap.bitmap_layout} reading", b.name,
+                              severity=SEVERITY_WARNING))
 
 
 def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
@@ -203,7 +218,7 @@ def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any,
               formats: tuple[str, ...], names: list[str], progress: Progress | None,
               manifest: bool, include_stale: bool) -> ExtractReport:
     name = blk.name
-    rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay.to_json())
+    rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay)
     _stopped_note(cap, rep)
     cpus = _core_cpus(cap, rep) if "elf" in formats else None
     bm, stale = _physical_map(cap, name, include_stale, rep)
@@ -217,10 +232,11 @@ def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any,
             progress(done[0], total)
 
     others = [b.name for b in cap.blocks if b.name != name]
-    rep.notes.append(f"guest-physical layout: {lay.rule}")
+    rep.notes.append(note(NOTE_PHYSICAL_LAYOUT, f"guest-physical layout: {lay.rule}", name))
     if others:
-        rep.notes.append("only the main RAM block is mapped; ROMs, option ROMs and device "
-                         f"memory ({len(others)} other blocks) are not part of the image")
+        rep.notes.append(note(NOTE_OTHER_BLOCKS, "only the main RAM block is mapped; ROMs, "
+                              f"option ROMs and device memory ({len(others)} other blocks) "
+                              "are not part of the image"))
     machine = MACHINES[cpus.arch] if cpus else _elf_machine(cap.walk.machine_type, lay.family)
     counts = _range_counts(bm, lay, ps)
     for f, fname in zip(formats, names, strict=True):
@@ -264,9 +280,10 @@ def _core_cpus(cap: Capture, rep: ExtractReport) -> CpuReport | None:
     try:
         cpus = cpu_states(cap)
     except MigError as e:
-        rep.notes.append(f"the ELF core has no CPU notes: {e.message}")
+        rep.notes.append(note(NOTE_NO_CPU_NOTES, f"the ELF core has no CPU notes: {e.message}",
+                              "cpu"))
         return None
-    rep.cpu = cpus.to_json()
+    rep.cpu = cpus
     rep.notes.extend(cpus.notes)
     return cpus
 
@@ -280,12 +297,13 @@ def _physical_map(cap: Capture, name: str, include_stale: bool,
         return bm, None
     n = len(stale_pages(cap, name))
     if n and include_stale:
-        rep.notes.append(f"{name}: {n} stale pages (bytes under clear bitmap bits, zero to "
-                         "QEMU) written as data (--include-stale)")
+        rep.notes.append(note(NOTE_STALE_PAGES, f"{n} stale pages (bytes under clear bitmap "
+                              "bits, zero to QEMU) written as data (--include-stale)", name))
         return with_stale(cap, bm), n
     if n:
-        rep.notes.append(f"{name}: {n} stale pages (bytes under clear bitmap bits) left out "
-                         "as QEMU would; --include-stale writes them")
+        rep.notes.append(note(NOTE_STALE_PAGES, f"{n} stale pages (bytes under clear bitmap "
+                              "bits) left out as QEMU would; --include-stale writes them",
+                              name))
     return bm, n
 
 
@@ -296,7 +314,7 @@ def _range_counts(bm: BlockMap, lay: PhysicalLayout, ps: int) -> dict[str, int]:
     st = bm.state[sel]
     return dict(pages=int(sel.sum()), data_pages=int(np.count_nonzero(st == PAGE_DATA)),
                 zero_pages=int(np.count_nonzero(st == PAGE_ZERO)),
-                absent_pages=int(np.count_nonzero(st == PAGE_NEVER_SENT)))
+                never_sent_pages=int(np.count_nonzero(st == PAGE_NEVER_SENT)))
 
 
 def _write_manifest(out: OutputDir, rep: ExtractReport, fname: str = MANIFEST) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,6 +11,27 @@ from ..formats.stream import MIG_CMD_NAMES
 from .capture import Capture
 from .containers.base import ContainerInfo, StreamExtent
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
+from .report import Note, Stop
+
+
+@dataclass
+class MappedRamBlock:
+    """A mapped-ram block's header fields, region span and the capture's bitmap verdict."""
+
+    header_offset: int
+    version: int
+    page_size: int
+    bitmap_offset: int
+    bitmap_bytes: int
+    pages_offset: int
+    pages_end: int  # pages_offset + used_length (0 for a skipped block)
+    skipped: bool  # x-ignore-shared: the block is not in the file
+    bitmap_untrusted: str | None
+    bitmap_layout: str | None
+    bitmap_verdict: str | None
+    stale_pages: int
+    hole_pages: int
+    set_bits_over_holes: int
 
 
 @dataclass
@@ -21,14 +41,14 @@ class BlockInfo:
     pages: int
     data_pages: int
     zero_pages: int
-    absent_pages: int
+    never_sent_pages: int
     page_records: int
     zero_records: int
     xbzrle_records: int
     compress_records: int = 0
     resent_pages: int = 0  # pages sent more than once (legacy)
     mr_addr: int | None = None
-    mapped_ram: dict[str, Any] | None = None  # header fields and region spans
+    mapped_ram: MappedRamBlock | None = None
 
 
 @dataclass
@@ -42,6 +62,16 @@ class SectionInfo:
     section_id: int | None = None
     command: str | None = None
     sized_by: str | None = None
+
+
+@dataclass
+class VmdescInfo:
+    """The vmdescription trailer: where it is, how many devices it lists, what broke."""
+
+    offset: int
+    length: int
+    devices: int | None  # None when the JSON did not parse
+    error: str | None
 
 
 @dataclass
@@ -60,15 +90,10 @@ class InfoReport:
     ram_total: int | None
     ramblocks: list[BlockInfo]
     sections: list[SectionInfo]
-    vmdescription: dict[str, Any] | None
-    notices: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str | None = None  # why the walk stopped early, if it did
+    vmdescription: VmdescInfo | None
+    notices: list[Note] = field(default_factory=list)
+    stopped: Stop | None = None  # why the walk stopped early, if it did
     container: ContainerInfo | None = None  # what wraps the stream (its kind's own type)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["container"] = self.container  # in its own key order (ContainerInfo.to_json)
-        return d
 
 
 def block_infos(cap: Capture) -> list[BlockInfo]:
@@ -86,22 +111,11 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
             m = b.mapped_ram
             chk = cap.bitmap_trust.blocks[b.name]
             counts[R.RAM_SAVE_FLAG_PAGE] = data
-            mr = {
-                "header_offset": m.header_offset,
-                "version": m.version,
-                "page_size": m.page_size,
-                "bitmap_offset": m.bitmap_offset,
-                "bitmap_bytes": m.bitmap_bytes,
-                "pages_offset": m.pages_offset,
-                "pages_end": m.pages_offset + b.used_length if not m.skipped else 0,
-                "skipped": m.skipped,
-                "bitmap_untrusted": chk.untrusted,
-                "bitmap_layout": chk.layout,
-                "bitmap_verdict": chk.verdict,
-                "stale_pages": chk.stale_pages,
-                "hole_pages": chk.hole_pages,
-                "set_bits_over_holes": chk.set_bits_over_holes,
-            }
+            mr = MappedRamBlock(
+                m.header_offset, m.version, m.page_size, m.bitmap_offset, m.bitmap_bytes,
+                m.pages_offset, m.pages_offset + b.used_length if not m.skipped else 0,
+                m.skipped, chk.untrusted, chk.layout, chk.verdict, chk.stale_pages,
+                chk.hole_pages, chk.set_bits_over_holes)
         out.append(
             BlockInfo(
                 name=b.name,
@@ -109,7 +123,7 @@ def block_infos(cap: Capture) -> list[BlockInfo]:
                 pages=bm.pages,
                 data_pages=data,
                 zero_pages=bm.count(PAGE_ZERO),
-                absent_pages=bm.count(PAGE_NEVER_SENT),
+                never_sent_pages=bm.count(PAGE_NEVER_SENT),
                 page_records=counts[R.RAM_SAVE_FLAG_PAGE],
                 zero_records=counts[R.RAM_SAVE_FLAG_ZERO],
                 xbzrle_records=counts[R.RAM_SAVE_FLAG_XBZRLE],
@@ -147,11 +161,10 @@ def info(cap: Capture) -> InfoReport:
     t = w.trailer
     vd = None
     if t is not None:
-        vd = {"offset": t.offset, "length": t.length,
-              "devices": len(t.data.get("devices", [])) if t.data else None,
-              "error": t.error}
-    notices = [asdict(n) for n in w.notices]
-    stopped = src.explain(w.error).oneline() if w.error is not None else None
+        devs = t.data.get("devices") if t.data else None
+        vd = VmdescInfo(t.offset, t.length, len(devs) if isinstance(devs, list) else
+                        (0 if t.data else None), t.error)
+    stopped = Stop.of(src.explain(w.error)) if w.error is not None else None
     return InfoReport(
         path=cap.path,
         format=cap.format,
@@ -168,7 +181,7 @@ def info(cap: Capture) -> InfoReport:
         ramblocks=block_infos(cap),
         sections=section_infos(cap),
         vmdescription=vd,
-        notices=notices,
+        notices=list(w.notices),
         stopped=stopped,
         container=container_info(cap),
     )

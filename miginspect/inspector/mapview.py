@@ -23,10 +23,10 @@ from .pagemap import (
     PAGE_DATA,
     PAGE_NEVER_SENT,
     PAGE_ZERO,
-    RESENT_KEY,
     STATE_KEYS,
     BlockMap,
 )
+from .report import PageCounts, SendHistogram, Stop, stop_of
 
 # Cell classes: the page states, plus re-sent (sent >= 2 times, whatever the final state).
 CLASS_NEVER_SENT = PAGE_NEVER_SENT
@@ -41,9 +41,9 @@ class BlockView:
     used_length: int
     page_size: int
     pages: int
-    counts: dict[str, int]  # pages per state (STATE_KEYS); "resent" = sent >= 2 times
+    counts: PageCounts  # pages per state; "resent" = sent >= 2 times
     max_sends: int
-    resent_histogram: dict[int, int]  # k -> pages sent exactly k times (k >= 2)
+    resent_histogram: SendHistogram  # pages sent exactly k times (k >= 2)
     mr_addr: int | None = None
     bitmap_untrusted: str | None = None
     bitmap_layout: str | None = None  # mapped-ram: the layout the bitmap was read with
@@ -75,7 +75,7 @@ class BlockView:
             "pages": self.pages,
             "counts": self.counts,
             "max_sends": self.max_sends,
-            "resent_histogram": {str(k): v for k, v in self.resent_histogram.items()},
+            "resent_histogram": self.resent_histogram,
             "ranges": self.ranges(),
             "resent_ranges": self.resent_ranges(),
             "mr_addr": self.mr_addr,
@@ -91,7 +91,7 @@ class MapReport:
     format: str
     page_size: int
     blocks: list[BlockView]
-    stopped: str | None = None  # why the walk stopped early (pages after it are missing)
+    stopped: Stop | None = None  # why the walk stopped early (pages after it are missing)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,12 +120,12 @@ def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def block_view(bm: BlockMap, bitmap: BitmapCheck | None = None) -> BlockView:
     """The view of one block's map (`bitmap`: the capture's verdict on its bitmap)."""
     state, sends = bm.state, bm.sends
-    counts = {key: bm.count(st) for st, key in STATE_KEYS.items()}
-    counts[RESENT_KEY] = int(np.count_nonzero(sends >= 2))
-    hist: dict[int, int] = {}
-    if counts[RESENT_KEY]:
-        ks, cs = np.unique(sends[sends >= 2], return_counts=True)
-        hist = {int(k): int(c) for k, c in zip(ks, cs, strict=True)}
+    counts = PageCounts(bm.count(PAGE_NEVER_SENT), bm.count(PAGE_ZERO), bm.count(PAGE_DATA),
+                        int(np.count_nonzero(sends >= 2)))
+    hist = SendHistogram()
+    if counts.resent:
+        hist = SendHistogram.of(zip(*np.unique(sends[sends >= 2], return_counts=True),
+                                    strict=True))
     return BlockView(
         name=bm.name,
         used_length=bm.block.used_length,
@@ -151,7 +151,7 @@ def page_map(cap: Capture, blocks: list[str] | None = None) -> MapReport:
     err = cap.walk.error
     return MapReport(cap.path, cap.format, cap.page_size,
                      [block_view(maps[n], trust.check(n)) for n in names],
-                     err.oneline() if err is not None else None)
+                     stop_of(err))
 
 
 @dataclass

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 
 from ..errors import MigError
 from .ramscan import RecordTable
+from .report import Note
 from .vmdesc import Trailer
 
 DEFAULT_PAGE_SIZE = 4096
 
 
-@dataclass
-class Notice:
-    """Something a reader should know that did not stop the walk. `code` names it
-    (inspector.problems maps it); it is not a dataclass field, so `info --json`'s
-    notices keep their published keys."""
-
-    severity: str  # "warning" or "info"
-    offset: int | None
-    where: str
-    message: str
-    code: InitVar[str]
-
-    def __post_init__(self, code: str) -> None:
-        self.code = code
+#: Something a reader should know that did not stop the walk; `code` names it
+#: (inspector.problems maps it). The one note type of every report.
+Notice = Note
 
 
 @dataclass
@@ -94,6 +84,15 @@ class RamBlock:
 
 
 @dataclass
+class OtherRamRecords:
+    """RAM records that are neither pages nor MEM_SIZE: RAM_SAVE_FLAG_EOS and
+    RAM_SAVE_FLAG_MULTIFD_FLUSH."""
+
+    eos: int = 0
+    multifd_flush: int = 0
+
+
+@dataclass
 class StreamWalk:
     base: int
     buf_size: int
@@ -111,7 +110,7 @@ class StreamWalk:
     footers: bool | None = None
     notices: list[Notice] = field(default_factory=list)
     error: MigError | None = None
-    other_ram_records: dict[str, int] = field(default_factory=dict)
+    other_ram_records: OtherRamRecords = field(default_factory=lambda: OtherRamRecords())
 
     @property
     def capabilities(self) -> list[str]:

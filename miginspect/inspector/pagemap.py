@@ -17,8 +17,8 @@ numpy arrays. Rules, decided here and tested:
 
 Page states have one name each: the constant below, the word of `STATE_WORDS`
 (the reports' vocabulary: never sent / zero / data / re-sent xN) and its JSON key
-form (`STATE_KEYS`). The published per-block count key `absent_pages` (info, size,
-extract, convert) is the one older spelling kept for scripts.
+form (`STATE_KEYS`); per-block counts are `<key>_pages` (`never_sent_pages` in info, size,
+extract and convert).
 """
 
 from __future__ import annotations

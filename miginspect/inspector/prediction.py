@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .layout_compare import SectionLayout, SubsectionInfo, compare_section
 from .problems import Problem
+from .report import Note, note
 from .source import Source
 from .stream import StreamWalk
 from .target import TargetBlock, TargetSection
@@ -37,6 +38,10 @@ FAILS_TO_START = "fails to start"
 FAILS_TO_LOAD = "fails to load"
 GUEST_MAY_NOT_RUN = "loads but the guest may not run"
 OUTCOMES = (LOADS, FAILS_TO_START, FAILS_TO_LOAD, GUEST_MAY_NOT_RUN)
+
+#: note code: what the probe changed in the target's command line, what could not be
+#: compared, what a partial description leaves out
+NOTE_TARGET = "target-note"
 
 UNKNOWN_SECTION = ("Unknown savevm section or instance '{}' {}. Make sure that your current VM "
                    "setup matches your saved VM setup, including any hotplugged devices")
@@ -84,22 +89,19 @@ class TargetModel:
     compared: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """A summary (no layouts or payloads) for the report."""
-        d: dict[str, Any] = {
-            "kind": self.kind, "path": self.source,
-            "qemu_version": self.qemu_version, "arch": self.arch,
-            "machine_type": self.machine_type, "start_error": self.start_error,
-            "compared": list(self.compared), "notes": list(self.notes)}
-        if self.blocks is not None:
-            d["ramblocks"] = [{"name": b.name, "used_length": b.used_length,
-                               "max_length": b.max_length} for b in self.blocks]
-        if self.sections is not None:
-            d["sections"] = len(self.sections)
+    def summary(self, prediction: Prediction | None = None) -> TargetReport:
+        """What the report keeps of it (no layouts or payloads)."""
+        cpu = None
         if self.cpu is not None:
-            d["cpu"] = {"model": self.cpu.model, "count": self.cpu.count,
-                        "possible": self.cpu.possible}
-        return d
+            cpu = TargetCpuInfo(self.cpu.model, self.cpu.count, self.cpu.possible)
+        return TargetReport(
+            kind=self.kind, path=self.source, qemu_version=self.qemu_version, arch=self.arch,
+            machine_type=self.machine_type, page_size=self.page_size,
+            start_error=self.start_error, ramblocks=self.blocks,
+            sections=len(self.sections) if self.sections is not None else None, cpu=cpu,
+            compared=list(self.compared),
+            notes=[note(NOTE_TARGET, n, "target") for n in self.notes],
+            prediction=prediction)
 
 
 @dataclass
@@ -113,11 +115,6 @@ class Cause:
     stops_load: bool  # holds the error QEMU stops at
     problems: list[Problem] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "summary": self.summary, "fix": self.fix,
-                "offset": self.offset, "stops_load": self.stops_load,
-                "problems": [asdict(p) for p in self.problems]}
-
 
 @dataclass
 class Prediction:
@@ -125,13 +122,35 @@ class Prediction:
     first_error: str | None  # the line QEMU prints first (without "qemu-system-x86_64: ")
     offset: int | None  # file offset where QEMU stops
     where: str | None  # section idstr or RAMBlock there
+    certain: bool  # False: part of the target was not known (partial description)
     causes: list[Cause]
-    certain: bool = True  # False: part of the target was not known (partial description)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "first_error": self.first_error,
-                "offset": self.offset, "where": self.where, "certain": self.certain,
-                "causes": [c.to_json() for c in self.causes]}
+
+@dataclass
+class TargetCpuInfo:
+    model: str | None  # QOM type of vCPU 0
+    count: int | None  # vCPUs present
+    possible: int | None  # vCPUs possible (-smp maxcpus)
+
+
+@dataclass
+class TargetReport:
+    """What `check` reports of the target it compared with (`--target`, `--target-qemu`)
+    and the predicted outcome of loading the file there."""
+
+    kind: str  # "qemu", "dump-vmstate", "domain-xml", "snapshot", "info ramblock", "json"
+    path: str  # the command line or the path
+    qemu_version: str | None = None
+    arch: str | None = None
+    machine_type: str | None = None
+    page_size: int | None = None
+    start_error: str | None = None  # the target QEMU did not start: its first error line
+    ramblocks: list[TargetBlock] | None = None
+    sections: int | None = None  # device sections known of the target
+    cpu: TargetCpuInfo | None = None
+    compared: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)  # what the probe changed, and limits
+    prediction: Prediction | None = None
 
 
 @dataclass
@@ -142,8 +161,8 @@ class TargetPrediction:
     prediction: Prediction
     problems: list[Problem]
 
-    def target_json(self) -> dict[str, Any]:
-        return self.target.to_json() | {"prediction": self.prediction.to_json()}
+    def report(self) -> TargetReport:
+        return self.target.summary(self.prediction)
 
 
 @dataclass
@@ -455,7 +474,7 @@ def predict(src: Source, walk: StreamWalk, t: TargetModel) -> TargetPrediction:
                   None, True, [Problem("error", None, "target", t.start_error,
                                        "fix the target's command line", "target-start",
                                        [t.start_error])])
-        pred = Prediction(FAILS_TO_START, t.start_error, None, None, [c])
+        pred = Prediction(FAILS_TO_START, t.start_error, None, None, True, [c])
         return TargetPrediction(t, pred, summary_problems([c]))
     fs = _capabilities(walk, t) + _machine(walk, t) + _page_bits(walk, t)
     fs += _sections(src, walk, t)
@@ -469,35 +488,39 @@ def predict(src: Source, walk: StreamWalk, t: TargetModel) -> TargetPrediction:
     causes = group_causes(fs, walk, t, use, first)
     pred = Prediction(outcome, first.problem.qemu[0] if first else None,
                       first.problem.offset if first else None,
-                      first.problem.where if first else None, causes,
+                      first.problem.where if first else None,
                       certain=t.blocks is not None and t.blocks_complete
-                      and t.sections is not None and t.sections_complete)
+                      and t.sections is not None and t.sections_complete, causes=causes)
     return TargetPrediction(t, pred, summary_problems(causes))
 
 
 def target_problems(src: Source, walk: StreamWalk, target: Any = None,
                     target_qemu: str | None = None) -> tuple[list[Problem],
-                                                         dict[str, Any] | None]:
+                                                         TargetReport | None]:
     """What `check_file` adds for `--target` / `--target-qemu`: the problems for its
-    problems[] and the report's `target` object (with `prediction`)."""
+    problems[] and the report's `target` (with its `prediction`)."""
     from .target import compare
     from .target_formats import from_description
     from .target_qemu import predict_on_qemu
 
     if target_qemu is not None:
         tp = predict_on_qemu(src, walk, target_qemu)
-        return tp.problems, tp.target_json()
+        return tp.problems, tp.report()
     if isinstance(target, TargetModel):
         tp = predict(src, walk, target)
-        return tp.problems, tp.target_json()
+        return tp.problems, tp.report()
     if target is None:
         return [], None
     extra = compare(walk, target)  # the older kinds keep their problems; add the prediction
-    pred = predict(src, walk, from_description(target)).prediction
-    return extra, target.to_json() | {"prediction": pred.to_json()}
+    model = from_description(target)
+    pred = predict(src, walk, model).prediction
+    rep = model.summary(pred)
+    rep.compared = list(target.compared)  # what compare() looked at
+    return extra, rep
 
 
 __all__ = ["predict", "target_problems", "TargetModel", "TargetLayout", "TargetCpu",
-           "Prediction", "Cause", "TargetPrediction", "device_path", "cpuhp_layout",
+           "Prediction", "Cause", "TargetPrediction", "TargetReport", "TargetCpuInfo",
+           "device_path", "cpuhp_layout",
            "find_cpuhp", "OUTCOMES", "LOADS", "FAILS_TO_START", "FAILS_TO_LOAD",
            "GUEST_MAY_NOT_RUN"]

@@ -26,6 +26,8 @@ SEVERITY_INFO = "info"
 VERDICT_LOADABLE = "loadable"
 VERDICT_REFUSED = "will not load"
 VERDICT_UNKNOWN = "could not tell"
+#: QEMU loads it, but the guest uses CPU features the target model lacks (--target-qemu)
+VERDICT_GUEST_MAY_NOT_RUN = "loads, guest may not run"
 
 #: The generic last line QEMU prints after the specific message.
 QEMU_EIO = "load of migration failed: Input/output error"
@@ -55,6 +57,9 @@ class Kind:
     undecided: bool = False
     #: the damage is the data ending early: the cause also says where the data ends
     cut: bool = False
+    #: a file with this problem loads on this QEMU version or newer / older (e.g. "10.0")
+    min_qemu: str | None = None
+    max_qemu: str | None = None
 
 
 _E, _W, _I = SEVERITY_ERROR, SEVERITY_WARNING, SEVERITY_INFO
@@ -276,13 +281,15 @@ _KINDS = [
     # -- what the destination must be -------------------------------------------------------
     Kind("needs-qemu-10", _I, "a SWITCHOVER_START command: needs QEMU >= 10.0",
          ("MIG_CMD 0xb unknown",),
-         "load it with QEMU >= 10.0 (older ones stop with 'MIG_CMD 0xb unknown')"),
+         "load it with QEMU >= 10.0 (older ones stop with 'MIG_CMD 0xb unknown')",
+         min_qemu="10.0"),
     Kind("needs-mapped-ram", _I, "mapped-ram: needs the capability on the destination",
          ("Capability mapped-ram is off, but received capability is on",),
-         "see 'to load it' below"),
+         "see 'to load it' below", min_qemu="9.0"),
     Kind("multifd-flush", _I, "MULTIFD_FLUSH records", (), ""),
     Kind("compress-page", _W, "COMPRESS_PAGE records (the old `compress` capability)", (),
-         "QEMU 9.1 and later cannot load compressed pages: restore with QEMU <= 9.0"),
+         "QEMU 9.1 and later cannot load compressed pages: restore with QEMU <= 9.0",
+         max_qemu="9.0"),
     # -- the container ---------------------------------------------------------------------
     Kind("container-truncated", _E, "compressed data cut short", (QEMU_EIO,),
          "the compressed data is cut short or damaged: re-copy it (QEMU would get a stream "
@@ -499,4 +506,4 @@ def verdict_of(probs: Iterable[Problem]) -> str:
 
 __all__ = ["Problem", "Kind", "PROBLEMS", "problem", "from_error", "is_cut", "verdict_of",
            "SEVERITY_ERROR", "SEVERITY_WARNING", "SEVERITY_INFO", "VERDICT_LOADABLE",
-           "VERDICT_REFUSED", "VERDICT_UNKNOWN", "QEMU_EIO"]
+           "VERDICT_REFUSED", "VERDICT_UNKNOWN", "VERDICT_GUEST_MAY_NOT_RUN", "QEMU_EIO"]

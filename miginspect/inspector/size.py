@@ -9,16 +9,16 @@ Accounting (every byte of the QEMU stream lands in exactly one bucket):
 * ``device_state_bytes``: START/PART/END/FULL sections of everything but ``ram``,
   with their section headers and footers.
 * ``vmdescription_bytes``: the QEMU_VM_VMDESCRIPTION record (type byte, be32, JSON).
-* ``other_overhead``: the rest (file header and configuration, ram section headers,
-  footers, EOS records and the MEM_SIZE list, commands, EOF; for mapped-ram also the
-  per-block headers, bitmaps, 1 MiB alignment padding and the region bytes of zero
-  pages), broken down in ``overhead``.
+* ``other_overhead``: the rest (file header and configuration, *ram section framing*:
+  the ram sections' headers, footers, EOS records and the MEM_SIZE list, commands, EOF;
+  for mapped-ram also the per-block bitmaps, 1 MiB alignment padding and the region bytes
+  of zero pages), broken down in ``overhead``.
 
 The page records split two ways (legacy):
 
 * ``resent_bytes``: every record of a page after its first one: the cost of the
   guest re-dirtying pages while it ran (redirty amplification);
-* ``framing_bytes``: the bytes of the records that are not page content: be64
+* ``record_framing_bytes``: the bytes of the records that are not page content: be64
   words, idstrs, ZERO fill bytes, XBZRLE and COMPRESS_PAGE length headers. A
   paused VM's stream has framing but no re-sends.
 
@@ -44,12 +44,12 @@ Bounds, from QEMU's layout rules (format-spec §3, §4.3; the placement of a blo
 The verdict (`SizeVerdict`) compares like with like: apparent sizes with apparent
 sizes, allocated with allocated (for a compressed file: its size on disk with what
 the mapped-ram file would take on disk), and names re-sends, never framing, as
-amplification. `verdict_line` words it from those numbers only.
+amplification. The renderer words it from those numbers only (render/size.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,17 @@ from .capture import Capture
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, BlockMap
 from .ramscan import RecordTable
 from .recindex import RecordIndex
+from .report import (
+    NOTE_INFLATED_HOLES,
+    NOTE_MAPPED_RAM_REWRITES,
+    NOTE_NO_BOUND,
+    NOTE_ROUND_WRAPS,
+    Note,
+    SendHistogram,
+    Stop,
+    note,
+    stop_of,
+)
 from .rounds import find_rounds
 from .stream import RamBlock, Section, StreamWalk
 
@@ -99,7 +110,7 @@ class BlockSize:
     pages: int
     data_pages: int
     zero_pages: int
-    absent_pages: int  # never sent (the published key)
+    never_sent_pages: int
     data_bytes: int
     records: int
     page_records: int
@@ -112,13 +123,13 @@ class BlockSize:
     amplification: float | None
     resent_pages: int
     max_sends: int
-    send_histogram: dict[str, int]
+    send_histogram: SendHistogram
     mapped_ram_bytes: int  # this block's share of the mapped-ram bound
     xbzrle_saved_bytes: int = 0
     #: extra sends (beyond the first) per 1/HEAT_CELLS of the block: where the hot pages are
     resend_heat: list[int] = field(default_factory=list)
     resent_bytes: int = 0  # records after a page's first one
-    framing_bytes: int = 0  # record bytes that are not page content
+    record_framing_bytes: int = 0  # record bytes that are not page content
     resend_amplification: float | None = None  # written / written without re-sends
     bitmap_layout: str | None = None  # mapped-ram: the layout the bitmap was read with
     bitmap_verdict: str | None = None  # mapped-ram: mapped_ram.VERDICT_*
@@ -197,14 +208,73 @@ class SizeVerdict:
     above_legacy_minimum: int | None  # apparent_size - legacy_minimum
     resent_pages: int
     resent_bytes: int
-    framing_bytes: int
+    record_framing_bytes: int
     ram_bytes_written: int
     resend_amplification: float | None
     zero_share: float | None  # of the RAM regions that are zero pages (mapped-ram)
     mismatched_blocks: list[str] = field(default_factory=list)
     bound_difference: int = 0  # mapped-ram: file size - bound
     hot: HotSummary | None = None
-    stopped_reason: str | None = None
+
+
+@dataclass
+class Overhead:
+    """The stream bytes that are neither RAM page records, device state nor the
+    vmdescription (`other_overhead`), by kind; the mapped-ram parts are None for legacy."""
+
+    container: int  # before the QEMU stream (a libvirt header)
+    header_and_configuration: int
+    commands: int
+    eof: int
+    #: ram section framing: the ram sections' headers, footers, EOS records and the MEM_SIZE
+    #: RAMBlock list (mapped-ram: with the block headers); not the page records' own framing
+    ram_section_framing: int = 0
+    mapped_ram_bitmaps: int | None = None
+    mapped_ram_alignment_padding: int | None = None
+    mapped_ram_zero_page_bytes: int | None = None
+    unwalked_or_trailing: int = 0  # after where the walk stopped, or after the trailer
+
+    def parts(self) -> list[tuple[str, int]]:
+        """(field name, bytes) of every part that applies, in field order."""
+        return [(f.name, v) for f in fields(self) if (v := getattr(self, f.name)) is not None]
+
+    @property
+    def total(self) -> int:
+        return sum(v for _, v in self.parts())
+
+
+@dataclass
+class RamSections:
+    """How many ram sections of each type the stream has (each ends with an EOS record)."""
+
+    start: int
+    part: int
+    end: int
+
+
+@dataclass
+class MappedRamCheck:
+    """A mapped-ram file against the layout QEMU's rules give its blocks."""
+
+    layout_matches_headers: bool
+    mismatched_blocks: list[str]  # blocks whose header offsets break the rules
+    bound: int
+    stream_end: int
+    difference: int  # stream end - bound
+    allocated_size: int
+    allocated_bound: int
+
+
+@dataclass
+class XbzrleSize:
+    """XBZRLE delta records: their bytes and what they saved."""
+
+    records: int
+    encoded_bytes: int  # 3-byte headers + deltas
+    cache_bytes: int  # query-migrate's xbzrle-cache.bytes
+    record_bytes: int  # whole records (be64 words and idstrs too)
+    saved_bytes: int  # against sending those pages as PAGE records
+    final_pages: int  # pages whose last record is a delta
 
 
 @dataclass
@@ -221,7 +291,7 @@ class SizeReport:
     pages: int
     data_pages: int
     zero_pages: int
-    absent_pages: int
+    never_sent_pages: int
     data_bytes: int
     ram_bytes_written: int
     page_records: int
@@ -233,10 +303,10 @@ class SizeReport:
     device_state_bytes: int
     vmdescription_bytes: int
     other_overhead: int
-    overhead: dict[str, int]
-    ram_sections: dict[str, int]  # ram START/PART/END section counts (each ends with EOS)
+    overhead: Overhead
+    ram_sections: RamSections
     amplification: float | None
-    send_histogram: dict[str, int]
+    send_histogram: SendHistogram
     resent_pages: int
     rounds: list[RoundInfo]
     hot_ranges: list[HotRange]
@@ -244,19 +314,15 @@ class SizeReport:
     mapped_ram_allocated_bound: int
     legacy_minimum: int | None
     mapped_ram_layout: list[MappedRamLayout]
-    mapped_ram_check: dict[str, Any] | None
-    xbzrle: dict[str, int] | None
+    mapped_ram_check: MappedRamCheck | None
+    xbzrle: XbzrleSize | None
     blocks: list[BlockSize]
-    verdict: str
-    notices: list[str] = field(default_factory=list)
-    stopped: str | None = None
+    notices: list[Note] = field(default_factory=list)
+    stopped: Stop | None = None
     resent_bytes: int = 0
-    framing_bytes: int = 0
+    record_framing_bytes: int = 0
     resend_amplification: float | None = None
     verdict_basis: SizeVerdict | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------
@@ -362,11 +428,11 @@ def resend_heat(sends: np.ndarray, cells: int = HEAT_CELLS) -> list[int]:
     return np.add.reduceat(extra, edges[:-1]).tolist()
 
 
-def send_histogram(sends: np.ndarray) -> dict[str, int]:
+def send_histogram(sends: np.ndarray) -> SendHistogram:
+    """Pages by times sent (0: never sent)."""
     if not len(sends):
-        return {}
-    h = np.bincount(sends.astype(np.int64))
-    return {str(k): int(v) for k, v in enumerate(h.tolist()) if v}
+        return SendHistogram()
+    return SendHistogram.of(enumerate(np.bincount(sends.astype(np.int64)).tolist()))
 
 
 def hot_ranges(maps: dict[str, BlockMap], per_page_bytes: dict[str, np.ndarray],
@@ -411,8 +477,9 @@ class _Sections:
     walked_end: int  # where the walk's knowledge of the stream ends
     unwalked: int  # bytes after that
 
-    def counts(self) -> dict[str, int]:
-        return {k: sum(1 for s in self.ram if s.kind == k) for k in ("START", "PART", "END")}
+    def counts(self) -> RamSections:
+        return RamSections(*(sum(1 for s in self.ram if s.kind == k)
+                             for k in ("START", "PART", "END")))
 
     @property
     def start(self) -> Section | None:
@@ -468,7 +535,7 @@ def _legacy_block(b: RamBlock, bm: BlockMap, cap: Capture, rs: RecordSizes,
     out.ram_bytes_written = int(tot.sum())
     out.record_header_bytes = int(rs.header[rows].sum())
     out.page_payload_bytes = out.page_records * ps
-    out.framing_bytes = out.record_header_bytes + sum(
+    out.record_framing_bytes = out.record_header_bytes + sum(
         counts[k] * v for k, v in _PAYLOAD_FRAMING.items())
     xs = rows[rt.kind[rows] == R.RAM_SAVE_FLAG_XBZRLE]
     out.xbzrle_saved_bytes = int((ps - 3 - rs.xbzrle_len[xs]).sum()) if len(xs) else 0
@@ -496,7 +563,7 @@ def _blocks(cap: Capture, rs: RecordSizes | None) -> tuple[list[BlockSize],
         chk = cap.bitmap_trust.check(b.name)
         bs = BlockSize(
             name=b.name, used_length=b.used_length, pages=bm.pages, data_pages=data,
-            zero_pages=bm.count(PAGE_ZERO), absent_pages=bm.count(PAGE_NEVER_SENT),
+            zero_pages=bm.count(PAGE_ZERO), never_sent_pages=bm.count(PAGE_NEVER_SENT),
             data_bytes=data * ps, records=0, page_records=0, zero_records=0,
             xbzrle_records=0, compress_records=0, ram_bytes_written=0, record_header_bytes=0,
             page_payload_bytes=0, amplification=None,
@@ -519,27 +586,22 @@ def _blocks(cap: Capture, rs: RecordSizes | None) -> tuple[list[BlockSize],
 # phase: overhead
 
 
-def _overhead(cap: Capture, secs: _Sections, ram_written: int) -> dict[str, int]:
+def _overhead(cap: Capture, secs: _Sections, ram_written: int) -> Overhead:
     w, src = cap.walk, cap.source
-    overhead: dict[str, int] = {
-        "container": src.base,
-        "header_and_configuration": secs.header_cfg,
-        "commands": secs.commands,
-        "eof": secs.eof,
-    }
+    out = Overhead(container=src.base, header_and_configuration=secs.header_cfg,
+                   commands=secs.commands, eof=secs.eof, unwalked_or_trailing=secs.unwalked)
     if not w.mapped_ram:
-        overhead["ram_framing"] = secs.ram_bytes - ram_written
-    else:
-        mr = [(b, b.mapped_ram) for b in w.blocks if b.mapped_ram and not b.mapped_ram.skipped]
-        bitmaps = sum(m.bitmap_bytes for _, m in mr)
-        regions = sum(b.used_length for b, _ in mr)
-        padding = sum(m.pages_offset - (m.bitmap_offset + m.bitmap_bytes) for _, m in mr)
-        overhead["mapped_ram_bitmaps"] = bitmaps
-        overhead["mapped_ram_alignment_padding"] = padding
-        overhead["mapped_ram_zero_page_bytes"] = regions - ram_written
-        overhead["ram_framing"] = secs.ram_bytes - bitmaps - padding - regions
-    overhead["unwalked_or_trailing"] = secs.unwalked
-    return overhead
+        out.ram_section_framing = secs.ram_bytes - ram_written
+        return out
+    mr = [(b, b.mapped_ram) for b in w.blocks if b.mapped_ram and not b.mapped_ram.skipped]
+    bitmaps = sum(m.bitmap_bytes for _, m in mr)
+    regions = sum(b.used_length for b, _ in mr)
+    padding = sum(m.pages_offset - (m.bitmap_offset + m.bitmap_bytes) for _, m in mr)
+    out.mapped_ram_bitmaps = bitmaps
+    out.mapped_ram_alignment_padding = padding
+    out.mapped_ram_zero_page_bytes = regions - ram_written
+    out.ram_section_framing = secs.ram_bytes - bitmaps - padding - regions
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -553,8 +615,8 @@ class MappedRamBounds:
     bound: int = 0
     allocated: int = 0
     layout: list[MappedRamLayout] = field(default_factory=list)
-    check: dict[str, Any] | None = None  # mapped-ram input: the layout against its headers
-    notices: list[str] = field(default_factory=list)
+    check: MappedRamCheck | None = None  # mapped-ram input: the layout against its headers
+    notices: list[Note] = field(default_factory=list)
 
 
 def _list_end(w: StreamWalk) -> int:
@@ -597,7 +659,8 @@ def _bounds(cap: Capture, secs: _Sections, data_pages: list[int]) -> MappedRamBo
     if start_sec is None or start_sec not in w.sections or start_sec.payload_offset is None \
             or not w.blocks:
         if w.blocks:
-            out.notices.append("no ram START section: bounds not computed")
+            out.notices.append(note(NOTE_NO_BOUND, "no ram START section: bounds not "
+                                    "computed"))
         return out
     out.layout, tail = _bound_layout(cap, secs, start_sec)
     out.bound = out.layout[-1].end + tail
@@ -606,20 +669,16 @@ def _bounds(cap: Capture, secs: _Sections, data_pages: list[int]) -> MappedRamBo
         mismatches = [lay.name for lay in out.layout
                       if (lay.actual_bitmap_offset, lay.actual_pages_offset)
                       != (lay.bitmap_offset, lay.pages_offset)]
-        out.check = {
-            "layout_matches_headers": not mismatches,
-            "mismatched_blocks": mismatches,
-            "bound": out.bound,
-            "stream_end": len(src.buf),
-            "difference": len(src.buf) - out.bound,
-            "allocated_size": src.container.stored_size(src)[1],
-            "allocated_bound": out.allocated,
-        }
-        out.notices.append("mapped-ram rewrites pages in place: the file does not record how "
-                           "often a page was written (QEMU's ram.normal counts every write)")
+        allocated = src.container.stored_size(src)[1]
+        out.check = MappedRamCheck(not mismatches, mismatches, out.bound, len(src.buf),
+                                   len(src.buf) - out.bound, allocated, out.allocated)
+        out.notices.append(note(NOTE_MAPPED_RAM_REWRITES, "mapped-ram rewrites pages in place: "
+                                "the file does not record how often a page was written "
+                                "(QEMU's ram.normal counts every write)"))
         if src.decompressed:
-            out.notices.append("the input was decompressed: holes of the mapped-ram file were "
-                               "inflated to zeros, so its allocated size says nothing")
+            out.notices.append(note(NOTE_INFLATED_HOLES, "the input was decompressed: holes of "
+                                    "the mapped-ram file were inflated to zeros, so its "
+                                    "allocated size says nothing"))
     return out
 
 
@@ -648,7 +707,7 @@ def _legacy_minimum(cap: Capture, blocks: list[BlockSize], ram_written: int) -> 
 
 
 def _rounds(cap: Capture, secs: _Sections, rs: RecordSizes | None,
-            notices: list[str]) -> list[RoundInfo]:
+            notices: list[Note]) -> list[RoundInfo]:
     rt = cap.walk.records
     if cap.walk.mapped_ram or rt is None:
         return []
@@ -672,12 +731,13 @@ def _rounds(cap: Capture, secs: _Sections, rs: RecordSizes | None,
             so = eo = None
         out.append(RoundInfo(i + 1, k, npg, nb, npg - zr - xr, zr, xr, so, eo))
     if spans.wraps_in_final:
-        notices.append(f"the stop-and-copy round wraps around the block list "
-                       f"{spans.wraps_in_final} time(s) (no sync behind it)")
+        notices.append(note(NOTE_ROUND_WRAPS, f"the stop-and-copy round wraps around the "
+                            f"block list {spans.wraps_in_final} time(s) (no sync behind it)",
+                            "ram"))
     return out
 
 
-def _xbzrle(cap: Capture, rs: RecordSizes | None, blocks: list[BlockSize]) -> dict[str, int] | None:
+def _xbzrle(cap: Capture, rs: RecordSizes | None, blocks: list[BlockSize]) -> XbzrleSize | None:
     rt = cap.walk.records
     if rs is None or rt is None:
         return None
@@ -685,15 +745,13 @@ def _xbzrle(cap: Capture, rs: RecordSizes | None, blocks: list[BlockSize]) -> di
     if not len(x):
         return None
     idstr = rs.header[x] - 8
-    return {
-        "records": len(x),
-        "encoded_bytes": int((3 + rs.xbzrle_len[x]).sum()),
-        "cache_bytes": int((3 + rs.xbzrle_len[x] + idstr).sum()),
-        "record_bytes": int(rs.total[x].sum()),
-        "saved_bytes": sum(b.xbzrle_saved_bytes for b in blocks),
-        "final_pages": int(sum(int(np.count_nonzero(m.final_kind == R.RAM_SAVE_FLAG_XBZRLE))
-                               for m in cap.maps.values())),
-    }
+    return XbzrleSize(
+        records=len(x), encoded_bytes=int((3 + rs.xbzrle_len[x]).sum()),
+        cache_bytes=int((3 + rs.xbzrle_len[x] + idstr).sum()),
+        record_bytes=int(rs.total[x].sum()),
+        saved_bytes=sum(b.xbzrle_saved_bytes for b in blocks),
+        final_pages=int(sum(int(np.count_nonzero(m.final_kind == R.RAM_SAVE_FLAG_XBZRLE))
+                            for m in cap.maps.values())))
 
 
 # ----------------------------------------------------------------------------------------
@@ -724,13 +782,12 @@ def size_report(cap: Capture, top: int = 10) -> SizeReport:
     rep.hot_ranges = hot_ranges(cap.maps, per_page_extra, cap.page_size, top=top) \
         if legacy else []
     rep.verdict_basis = size_verdict(rep, cap.maps)
-    rep.verdict = verdict_line(rep.verdict_basis)
     return rep
 
 
 def _assemble(cap: Capture, secs: _Sections, blocks: list[BlockSize], ram_written: int,
               bounds: MappedRamBounds, rounds: list[RoundInfo],
-              notices: list[str]) -> SizeReport:
+              notices: list[Note]) -> SizeReport:
     w, src, ps = cap.walk, cap.source, cap.page_size
     legacy = not w.mapped_ram
     stream_bytes = len(src.buf) - src.base
@@ -749,7 +806,7 @@ def _assemble(cap: Capture, secs: _Sections, blocks: list[BlockSize], ram_writte
         allocated_size=allocated, stream_offset=src.base, stream_bytes=stream_bytes,
         compression=src.container.compression, page_size=ps, ram_total=w.ram_total or 0,
         pages=total("pages"), data_pages=total("data_pages"), zero_pages=total("zero_pages"),
-        absent_pages=total("absent_pages"), data_bytes=data_bytes,
+        never_sent_pages=total("never_sent_pages"), data_bytes=data_bytes,
         ram_bytes_written=ram_written, page_records=total("page_records"),
         zero_records=total("zero_records"), xbzrle_records=total("xbzrle_records"),
         compress_records=total("compress_records"),
@@ -764,9 +821,8 @@ def _assemble(cap: Capture, secs: _Sections, blocks: list[BlockSize], ram_writte
         mapped_ram_bound=bounds.bound, mapped_ram_allocated_bound=bounds.allocated,
         legacy_minimum=_legacy_minimum(cap, blocks, ram_written),
         mapped_ram_layout=bounds.layout, mapped_ram_check=bounds.check, xbzrle=None,
-        blocks=blocks, verdict="", notices=notices,
-        stopped=w.error.oneline() if w.error is not None else None,
-        resent_bytes=resent, framing_bytes=total("framing_bytes"),
+        blocks=blocks, notices=notices, stopped=stop_of(w.error),
+        resent_bytes=resent, record_framing_bytes=total("record_framing_bytes"),
         resend_amplification=(ram_written / once) if legacy and once else None)
 
 
@@ -804,7 +860,7 @@ def _ratio(a: int, b: int) -> float | None:
 def size_verdict(r: SizeReport, maps: dict[str, BlockMap]) -> SizeVerdict:
     """The verdict's kind, advice and the numbers it rests on."""
     apparent = r.stream_bytes + r.stream_offset
-    c = r.mapped_ram_check or {}
+    c = r.mapped_ram_check
     v = SizeVerdict(
         kind=V_SENT_ONCE, advice=[], stopped=r.stopped is not None,
         compressed=r.compression is not None, apparent_size=apparent,
@@ -815,12 +871,11 @@ def size_verdict(r: SizeReport, maps: dict[str, BlockMap]) -> SizeVerdict:
         legacy_minimum=r.legacy_minimum,
         above_legacy_minimum=apparent - r.legacy_minimum if r.legacy_minimum else None,
         resent_pages=r.resent_pages, resent_bytes=r.resent_bytes,
-        framing_bytes=r.framing_bytes, ram_bytes_written=r.ram_bytes_written,
+        record_framing_bytes=r.record_framing_bytes, ram_bytes_written=r.ram_bytes_written,
         resend_amplification=r.resend_amplification,
         zero_share=(1 - r.data_bytes / r.ram_total) if r.ram_total else None,
-        mismatched_blocks=list(c.get("mismatched_blocks", [])),
-        bound_difference=c.get("difference", 0), hot=hot_summary(r, maps),
-        stopped_reason=r.stopped)
+        mismatched_blocks=list(c.mismatched_blocks) if c else [],
+        bound_difference=c.difference if c else 0, hot=hot_summary(r, maps))
     smaller_on_disk = (r.mapped_ram_allocated_bound > 0 and r.allocated_size > 0 and
                        r.mapped_ram_allocated_bound < (1 - _WORTH_SAVING) * r.allocated_size)
     if r.stopped and not r.blocks:
@@ -840,80 +895,8 @@ def size_verdict(r: SizeReport, maps: dict[str, BlockMap]) -> SizeVerdict:
     return v
 
 
-def _hot_text(h: HotSummary) -> str:
-    """'9,753 pc.ram pages sent 2-5 times, 96% of them in 0x0-0x800000'"""
-    times = f"{h.min_sends} times" if h.min_sends == h.max_sends else \
-        f"{h.min_sends}-{h.max_sends} times"
-    text = f"{h.pages:,} {h.block} pages sent {times}"
-    if h.spans:
-        spans = ", ".join(f"0x{a:x}-0x{b:x}" for a, b in h.spans)
-        text += f", {h.share:.0%} of them in {spans}"
-        if h.more_ranges:
-            text += f" (the rest in {h.more_ranges} more ranges)"
-    if h.other_blocks_pages:
-        text += f"; {h.other_blocks_pages:,} more in other blocks"
-    return text
-
-
-def _versus_mapped_ram(v: SizeVerdict) -> str:
-    """This file against its mapped-ram equivalent, apparent with apparent and on disk
-    with on disk (a compressed file: its compressed size on disk)."""
-    if not v.mapped_ram_bound:
-        return "no mapped-ram bound"
-    disk = ""
-    if v.allocated_ratio is not None:
-        what = "compressed, on disk" if v.compressed else "on disk"
-        disk = (f"; {what} it takes {v.allocated_size:,} B, {v.allocated_ratio:.2f}x the "
-                f"{v.mapped_ram_allocated_bound:,} B a sparse mapped-ram file would take")
-    stream = "its inflated stream is" if v.compressed else "it is"
-    return (f"{stream} {v.apparent_ratio:.2f}x its mapped-ram equivalent in apparent size "
-            f"({v.apparent_size:,} vs {v.mapped_ram_bound:,} B){disk}")
-
-
-def _advice_text(v: SizeVerdict) -> str:
-    parts = []
-    if A_PAUSE in v.advice:
-        parts.append("pause the VM before saving, so each page is written once")
-    if A_SAVE_MAPPED_RAM in v.advice:
-        parts.append("save as mapped-ram to take less disk space")
-    if not parts:
-        return ""
-    text = " and ".join(parts)
-    return ". " + text[0].upper() + text[1:]
-
-
-def verdict_line(v: SizeVerdict) -> str:
-    """One line a person can act on, from the verdict's numbers only."""
-    cut = " (stream cut short: figures cover what was read)" if v.stopped else ""
-    if v.kind == V_INCOMPLETE:
-        return f"incomplete: {v.stopped_reason}"
-    if v.kind == V_MAPPED_LAYOUT_MISMATCH:
-        return ("mapped-ram headers disagree with QEMU's layout rules for "
-                f"{', '.join(v.mismatched_blocks)}: the file was not written by QEMU's "
-                "mapped-ram writer or was edited" + cut)
-    if v.kind == V_MAPPED_OFF_BOUND:
-        return (f"mapped-ram file is {v.bound_difference:+,} bytes off its layout bound "
-                f"({v.mapped_ram_bound:,} B): extra data after the stream or a cut-short "
-                "file" + cut)
-    if v.kind == V_MAPPED_AT_BOUND:
-        disk = (f"compressed, it takes {v.allocated_size:,} B on disk; decompressed as a "
-                "sparse file it needs about" if v.compressed else
-                "copy it sparse-aware (cp --sparse=always, rsync -S), it needs about")
-        return (f"mapped-ram file matches its layout bound exactly ({v.mapped_ram_bound:,} B "
-                f"apparent); {v.zero_share or 0:.0%} of the RAM regions are zero pages "
-                f"(holes): {disk} {v.mapped_ram_allocated_bound:,} B on disk" + cut)
-    versus = _versus_mapped_ram(v)
-    if v.kind == V_AMPLIFIED:
-        amp = f"{v.resend_amplification:.2f}x" if v.resend_amplification else "some"
-        hot = f"; {_hot_text(v.hot)}" if v.hot is not None else ""
-        return (f"{amp} redirty amplification: {v.resent_bytes:,} B of the "
-                f"{v.ram_bytes_written:,} B of page records re-send pages already sent{hot}; "
-                f"{versus}{_advice_text(v)}" + cut)
-    return (f"every page sent once, no redirty amplification (record framing "
-            f"{v.framing_bytes:,} B); {versus}{_advice_text(v)}" + cut)
-
-
 __all__ = ["SizeReport", "BlockSize", "RoundInfo", "HotRange", "MappedRamLayout",
            "MappedRamBounds", "SizeVerdict", "HotSummary", "size_report", "record_sizes",
            "mapped_ram_layout", "mapped_ram_bounds", "send_histogram", "hot_ranges",
-           "size_verdict", "verdict_line", "hot_summary"]
+           "size_verdict", "hot_summary", "Overhead", "RamSections", "MappedRamCheck",
+           "XbzrleSize"]

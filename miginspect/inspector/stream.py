@@ -35,6 +35,7 @@ from .model import (
     Configuration,
     MappedRamInfo,
     Notice,
+    OtherRamRecords,
     RamBlock,
     Section,
     StreamWalk,
@@ -109,7 +110,8 @@ class StreamWalker:
                     sec.end = max(sec.offset, stop)
         if self.scanner is not None:
             w.records = self.scanner.table()
-            w.other_ram_records = dict(self.scanner.other_records)
+            other = self.scanner.other_records
+            w.other_ram_records = OtherRamRecords(other["EOS"], other["MULTIFD_FLUSH"])
         return w
 
     def _walk(self) -> None:

@@ -11,7 +11,7 @@ from ..inspector.convert import ConvertReport, FileSizes
 from . import vocab as V
 from .fmt import hexoff, num, size
 from .layout import KV, Col, Grid, say
-from .text import line
+from .text import line, note_text
 
 
 def _container(c: ContainerBrief, fmt: str) -> str:
@@ -26,7 +26,7 @@ def _sizes(s: FileSizes) -> tuple[str, str]:
 def verdict(r: ConvertReport) -> Text:
     t = line(("convert: ", "bold"), f"wrote {r.to_format} ", r.output,
              f" ({size(r.output_size.apparent)}, {size(r.output_size.allocated)} on disk) from "
-             f"{r.from_format} ", r.input, f": {len(r.blocks)} RAMBlocks, "
+             f"{r.from_format} ", r.path, f": {len(r.blocks)} RAMBlocks, "
              f"{num(sum(b.pages for b in r.blocks))} pages")
     v = r.verify
     if v is None:
@@ -40,7 +40,7 @@ def _summary(r: ConvertReport) -> KV:
     caps_in = ", ".join(r.capabilities_in) or "none"
     caps_out = ", ".join(r.capabilities_out) or "none"
     rows: list[tuple[str, Text | str]] = [
-        ("input", line(r.input, f": {_container(r.input_container, r.from_format)}")),
+        ("input", line(r.path, f": {_container(r.input_container, r.from_format)}")),
         ("output", line(r.output, f": {_container(r.output_container, r.to_format)}")),
         ("machine type", line(r.machine_type or "-")),
         ("capabilities", line(f"{caps_in} -> {caps_out}")),
@@ -77,7 +77,7 @@ def _blocks(r: ConvertReport) -> Grid:
     g = Grid(cols, "RAMBlocks")
     for b in r.blocks:
         row = [line(b.name), size(b.used_length), num(b.pages), num(b.data_pages),
-               num(b.zero_pages), num(b.absent_pages), num(b.input_sends)]
+               num(b.zero_pages), num(b.never_sent_pages), num(b.input_sends)]
         if mapped:
             row.append(hexoff(b.pages_offset))
         g.add_row(*row)
@@ -97,7 +97,7 @@ def render_convert(r: ConvertReport, console: Console) -> None:
     console.print()
     console.print(_blocks(r))
     for n in r.notices:
-        say(console, ("note: ", V.ORANGE), n)
+        say(console, note_text(n))
     v = r.verify
     if v is not None:
         if v.ok:
@@ -107,4 +107,4 @@ def render_convert(r: ConvertReport, console: Console) -> None:
         else:
             say(console, ("verification FAILED", V.BAD), ":")
             for p in v.problems:
-                say(console, "  ", (p, V.BAD))
+                say(console, "  ", (f"{p.where}: " if p.where else "", V.BAD), (p.message, V.BAD))

@@ -14,7 +14,7 @@ from . import vocab as V
 from .devices import value_lines
 from .fmt import hexoff, num, size
 from .layout import Col, Grid, layout_width, say
-from .text import line
+from .text import line, note_text, stop_text
 
 #: Cells of the change picture per block row at most.
 PICTURE_CELLS = 64
@@ -102,16 +102,15 @@ def _ranges(b: BlockDiff, console: Console) -> None:
 
 def _pages(b: BlockDiff, console: Console) -> None:
     rows = b.changed_pages()
-    gpa = any(p["gpa"] is not None and p["gpa"] != p["offset"] for p in rows)
+    gpa = any(p.gpa is not None and p.gpa != p.offset for p in rows)
     same = not gpa and b.gpa_low is not None
     cols = [Col("page"), Col("offset")] + ([Col("GPA")] if gpa else []) + [
         Col("kind", "left"), Col("A → B", "left"), Col("xxh3 A", "left"), Col("xxh3 B", "left")]
     g = Grid(cols, f"differing pages of {b.name}",
              "offset = guest-physical address" if same else None)
     for p in rows:
-        row = [num(p["page"]), hexoff(p["offset"])] + ([hexoff(p["gpa"])] if gpa else [])
-        g.add_row(*row, p["kind"], f"{p['state_a']} → {p['state_b']}", p["hash_a"],
-                  p["hash_b"])
+        row = [num(p.page), hexoff(p.offset)] + ([hexoff(p.gpa)] if gpa else [])
+        g.add_row(*row, p.kind, f"{p.state_a} → {p.state_b}", p.hash_a, p.hash_b)
     console.print(g)
 
 
@@ -192,7 +191,10 @@ def render_diff(r: DiffReport, console: Console, pages: bool = False) -> None:
     if r.notices:
         console.print()
     for n in r.notices:
-        say(console, ("note: ", V.ORANGE), n)
+        say(console, note_text(n))
+    for tag, stop in (("A", r.stopped_a), ("B", r.stopped_b)):
+        if stop is not None:
+            say(console, (f"{tag} stopped early", V.BAD), ": ", stop_text(stop))
 
 
 def render_page_hexdiff(h: PageHexDiff, console: Console) -> None:

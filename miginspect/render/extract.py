@@ -7,10 +7,11 @@ from rich.text import Text
 
 from ..inspector.cpustate import Aarch64Cpu, CpuReport, X86Cpu
 from ..inspector.extract import ExtractReport
+from ..inspector.physical import PhysicalLayout
 from . import vocab as V
 from .fmt import hexoff, num, short_size, size
-from .layout import Col, Grid, say
-from .text import line
+from .layout import Col, Grid, layout_width, say
+from .text import line, note_text, stop_text
 
 
 def safe_differs(block: str, file: str) -> bool:
@@ -24,9 +25,19 @@ def verdict(r: ExtractReport) -> Text:
                 f" ({size(data)} of data; zero and never-sent pages are holes)")
 
 
+def _physical(p: PhysicalLayout) -> Grid:
+    g = Grid([Col("guest-physical"), Col("end"), Col("length"), Col("block offset")],
+             line("Guest-physical layout: ", p.ram_block,
+                  f" ({size(p.ram_size)}) on {p.machine_type}").plain)
+    for x in p.ranges:
+        g.add_row(hexoff(x.gpa), hexoff(x.gpa + x.length), size(x.length),
+                  hexoff(x.block_offset))
+    return g
+
+
 def render_extract(r: ExtractReport, console: Console) -> None:
     say(console, verdict(r))
-    say(console, "from: ", r.input, f" ({r.format})")
+    say(console, "from: ", r.path, f" ({r.format})")
     g = Grid([Col("file (RAMBlock when the name differs)", "left", flex="name"),
               Col("size"), Col(V.DATA.word, style=V.DATA.style),
               Col(f"{V.ZERO.word} pages", style=V.ZERO.style),
@@ -36,50 +47,79 @@ def render_extract(r: ExtractReport, console: Console) -> None:
         if f.block and f.kind == "block" and safe_differs(f.block, f.file):
             label += line((f" ({f.block})", "dim"))
         g.add_row(label, short_size(f.size), short_size(f.data_bytes), num(f.zero_pages),
-                  num(f.absent_pages))
+                  num(f.never_sent_pages))
     console.print()
     console.print(g)
-    p = r.physical
-    if p:
-        say(console, f"guest-physical ({p['machine_type']}, ", p["ram_block"],
-            f" {size(p['ram_size'])}): " + ", ".join(
-                f"GPA {hexoff(x['gpa'])}-{hexoff(x['gpa'] + x['length'])} = block "
-                f"{hexoff(x['block_offset'])}" for x in p["ranges"]))
-    if r.cpu:
-        say(console, f"CPU state: {len(r.cpu['cpus'])} vCPU(s), {r.cpu['arch']}, in the ELF "
-            "notes")
-    for f in r.files:
-        if f.sha256:
-            say(console, (f"sha256 {f.sha256}  ", "dim"), f.file)
+    if r.physical is not None:
+        console.print()
+        console.print(_physical(r.physical))
+    if r.cpu is not None:
+        say(console, f"CPU state: {len(r.cpu.cpus)} vCPU(s), {r.cpu.arch}, in the ELF notes")
+    hashed = [f for f in r.files if f.sha256]
+    if hashed:
+        console.print()
+        h = Grid([Col("file", "left", flex="name"), Col("sha256 (as written)", "left")])
+        for f in hashed:
+            h.add_row(line(f.file), f.sha256)
+        console.print(h)
     for n in r.notes:
-        say(console, ("note: ", "dim"), n)
+        say(console, note_text(n))
+    if r.stopped is not None:
+        say(console, ("the walk stopped early, pages after it are missing", V.BAD), ": ",
+            stop_text(r.stopped))
 
 
-def _regs(pairs: list[tuple[str, int]]) -> str:
-    return "  ".join(f"{k}={v:#018x}" for k, v in pairs)
+# -- --cpu --------------------------------------------------------------------------
+
+def reg_lines(pairs: list[tuple[str, int]], width: int) -> list[str]:
+    """'name value' cells (64-bit hex) packed into aligned columns of `width`."""
+    if not pairs:
+        return []
+    nw = max(len(k) for k, _ in pairs)
+    cell = nw + 1 + 18
+    per = max(1, (width - 2 + 2) // (cell + 2))
+    out = []
+    for i in range(0, len(pairs), per):
+        out.append("  " + "  ".join(f"{k:<{nw}} {v:#018x}" for k, v in pairs[i:i + per]))
+    return [x.rstrip() for x in out]
+
+
+def _segments(c: X86Cpu) -> Grid:
+    g = Grid([Col("segment", "left"), Col("selector"), Col("base"), Col("limit"),
+              Col("flags")])
+    for k, v in c.segments.items():
+        g.add_row(k, f"{v.selector:#06x}", f"{v.base:#x}", f"{v.limit:#x}",
+                  f"{v.flags:#x}")
+    return g
+
+
+def _cpu_groups(c: X86Cpu | Aarch64Cpu) -> list[list[tuple[str, int]]]:
+    """The registers of one vCPU in groups of names of about one length (each group is
+    packed in columns of its own)."""
+    if isinstance(c, X86Cpu):
+        ctl = [*((f"cr{i}", v) for i, v in enumerate(c.cr)),
+               *([("efer", c.efer)] if c.efer is not None else [])]
+        return [list(c.regs.items()), [("rip", c.rip), ("rflags", c.rflags)], ctl,
+                [("kernel_gs_base", c.kernel_gs_base)]]
+    return [[(f"x{i}", v) for i, v in enumerate(c.x)],
+            [("sp", c.sp), ("pc", c.pc), ("pstate", c.pstate), ("fpsr", c.fpsr),
+             ("fpcr", c.fpcr)], list(c.sysregs.items())]
 
 
 def render_cpu(r: CpuReport, console: Console) -> None:
-    """Registers per vCPU, three to a line (80 columns)."""
-    say(console, (f"cpu: {len(r.cpus)} vCPU(s), {r.arch}", "bold"),
-        " (registers from the file's vmdescription)")
+    """Registers per vCPU in aligned columns (as many as the width holds), segments as a
+    table."""
+    width = layout_width(console, 100)
+    say(console, ("cpu: ", "bold"), f"{len(r.cpus)} vCPU(s), {r.arch} (registers from the "
+        "file's vmdescription)")
     for c in r.cpus:
-        say(console, (f"cpu {c.index}", "bold"))
-        segs: list[str] = []
+        mode = ("long mode" if c.long_mode else "not in long mode") if isinstance(c, X86Cpu) \
+            else ("AArch64" if c.aarch64 else "AArch32")
+        say(console, (f"cpu {c.index}", "bold"), f": {mode}, section at {hexoff(c.offset)}")
+        for group in _cpu_groups(c):
+            for ln in reg_lines(group, width):
+                say(console, ln)
         if isinstance(c, X86Cpu):
-            pairs = [*c.regs.items(), ("rip", c.rip), ("rflags", c.rflags),
-                     *((f"cr{i}", v) for i, v in enumerate(c.cr)),
-                     ("kernel_gs_base", c.kernel_gs_base)]
-            segs = [f"{k}={v.selector:#06x}/{v.base:#x}/{v.limit:#x}/{v.flags:#x}"
-                    for k, v in c.segments.items()]
-        elif isinstance(c, Aarch64Cpu):
-            pairs = [*((f"x{i}", v) for i, v in enumerate(c.x)), ("sp", c.sp), ("pc", c.pc),
-                     ("pstate", c.pstate), *c.sysregs.items()]
-        else:
-            pairs = []
-        for i in range(0, len(pairs), 3):
-            say(console, "  " + _regs(pairs[i : i + 3]))
-        if segs:
-            say(console, ("  segments: selector/base/limit/flags", "dim"))
-        for i in range(0, len(segs), 2):
-            say(console, "  " + "  ".join(segs[i : i + 2]))
+            console.print(_segments(c))
+    for n in r.notes:
+        say(console, note_text(n))

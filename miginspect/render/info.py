@@ -12,7 +12,7 @@ from ..inspector.info import InfoReport, SectionInfo
 from . import vocab as V
 from .fmt import hexoff, num, short_size, size
 from .layout import KV, Col, Grid, say
-from .text import line
+from .text import line, note_text, stop_text
 
 #: the tone of a container fact -> its style
 _TONES = {BAD: V.BAD, GOOD: V.GOOD, WARN: V.ORANGE}
@@ -39,12 +39,13 @@ def verdict(r: InfoReport) -> Text:
     if r.ram_total is not None:
         bits.append(f"{size(r.ram_total)} RAM in {len(r.ramblocks)} RAMBlocks")
     head = line(("info: ", "bold"), ", ".join(bits), ": ")
-    warnings = sum(1 for n in r.notices if n.get("severity") == "warning")
+    warnings = sum(1 for n in r.notices if n.severity == "warning")
     damage = c.damage() if c is not None else None
     if damage:
         return head + _parts(damage)
     if r.stopped or (s is not None and not s.complete):
-        return head + line(("does not read whole", V.BAD), f": {r.stopped or stream_state(s)}")
+        why = stop_text(r.stopped) if r.stopped else line(stream_state(s))
+        return head + line(("does not read whole", V.BAD), ": ", why)
     tail = f" ({warnings} warning{'s' if warnings != 1 else ''} below)" if warnings else ""
     return head + line(("reads whole", V.GOOD), f", up to its EOF record{tail}")
 
@@ -70,10 +71,10 @@ def _summary(r: InfoReport) -> KV:
                                   f"{len(r.ramblocks)} RAMBlocks"))
     if r.vmdescription:
         v = r.vmdescription
-        text = f"{size(v['length'])} JSON at {hexoff(v['offset'])}"
-        if v.get("devices") is not None:
-            text += f", {v['devices']} devices"
-        rows.append(("vmdescription", line(text, (f"; {v['error']}", V.BAD) if v.get("error")
+        text = f"{size(v.length)} JSON at {hexoff(v.offset)}"
+        if v.devices is not None:
+            text += f", {v.devices} devices"
+        rows.append(("vmdescription", line(text, (f"; {v.error}", V.BAD) if v.error
                                            else None)))
     return KV(rows)
 
@@ -99,17 +100,19 @@ def ramblock_grid(r: InfoReport) -> Grid:
     g = Grid(cols, "RAMBlocks", caption)
     for b in r.ramblocks:
         row: list[Any] = [line(b.name), short_size(b.used_length), num(b.pages),
-                          num(b.data_pages), num(b.zero_pages), num(b.absent_pages)]
+                          num(b.data_pages), num(b.zero_pages), num(b.never_sent_pages)]
         if legacy:
             row += [num(b.page_records), num(b.zero_records), num(b.xbzrle_records),
                     num(b.resent_pages)]
         else:
-            m = b.mapped_ram or {}
-            if m.get("skipped"):
+            m = b.mapped_ram
+            if m is None:
+                row += ["-", "-"]
+            elif m.skipped:
                 row += ["skipped (x-ignore-shared)", "-"]
             else:
-                row += [f"{hexoff(m.get('pages_offset'))}-{hexoff(m.get('pages_end'))}",
-                        hexoff(m.get("bitmap_offset"))]
+                row += [f"{hexoff(m.pages_offset)}-{hexoff(m.pages_end)}",
+                        hexoff(m.bitmap_offset)]
         g.add_row(*row)
     return g
 
@@ -147,19 +150,16 @@ def render_info(r: InfoReport, console: Console, show_sections: bool = True) -> 
     if show_sections:
         console.print()
         console.print(section_grid(r))
-    notes = [(n, V.SEVERITY_STYLE.get(n["severity"], "")) for n in r.notices]
-    if notes or r.stopped:
+    if r.notices or r.stopped:
         console.print()
-    for n, style in notes:
-        at = f" at {hexoff(n['offset'])}" if n["offset"] is not None else ""
-        where = f" ({n['where']})" if n["where"] else ""
-        say(console, (n["severity"], style), f"{at}{where}: ", n["message"])
+    for n in r.notices:
+        say(console, note_text(n))
     for b in r.ramblocks:
-        m = b.mapped_ram or {}
-        if m.get("stale_pages"):
-            say(console, (f"{b.name}: {num(m['stale_pages'])} stale page(s)", V.ORANGE),
+        m = b.mapped_ram
+        if m is not None and m.stale_pages:
+            say(console, (f"{b.name}: {num(m.stale_pages)} stale page(s)", V.ORANGE),
                 ": clear bit, old non-zero bytes left in the region (read as zero)")
-        if m.get("bitmap_untrusted"):
-            say(console, (f"{b.name}: bitmap untrusted", V.BAD), ": ", m["bitmap_untrusted"])
+        if m is not None and m.bitmap_untrusted:
+            say(console, (f"{b.name}: bitmap untrusted", V.BAD), ": ", m.bitmap_untrusted)
     if r.stopped:
-        say(console, ("stopped early", V.BAD), ": ", r.stopped)
+        say(console, ("stopped early", V.BAD), ": ", stop_text(r.stopped))

@@ -43,12 +43,16 @@ def layout_width(console: Console, wanted: int | None = None) -> int:
 
 
 def say(console: Console, *parts: object, style: str | None = None) -> None:
-    """One message line. In a pipe it is never wrapped; on a terminal rich wraps it at
-    spaces. Parts as for `text.line`."""
+    """One message line. In a pipe it is never wrapped; on a terminal it is wrapped at
+    spaces, never between a number and its unit. Parts as for `text.line`."""
     t = line(*parts)  # type: ignore[arg-type]
     if style:
         t.stylize(style)
-    console.print(t, soft_wrap=not console.is_terminal or natural(console))
+    if not console.is_terminal or natural(console):
+        console.print(t, soft_wrap=True)
+        return
+    for piece in wrap_text(t, console.width):
+        console.print(piece, soft_wrap=True)
 
 
 @dataclass

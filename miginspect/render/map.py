@@ -29,7 +29,7 @@ from ..inspector.mapview import (
 from . import vocab as V
 from .fmt import num, short_size, size
 from .layout import Col, Grid, layout_width, say
-from .text import line
+from .text import line, stop_text
 
 #: cells per row when the output has no width (a pipe without COLUMNS)
 NATURAL_CELLS = 64
@@ -82,21 +82,21 @@ def _pct(k: int, whole: int) -> str:
 
 def block_summary(v: BlockView) -> Text:
     c = v.counts
-    t = line((f"{V.DATA.word} {num(c['data'])}{_pct(c['data'], v.pages)}", V.DATA.style), ", ",
-             (f"{V.ZERO.word} {num(c['zero'])}{_pct(c['zero'], v.pages)}", V.ZERO.style))
-    if c["never_sent"]:
-        t += line(", ", (f"{V.NEVER_SENT.word} {num(c['never_sent'])}"
-                         f"{_pct(c['never_sent'], v.pages)}", V.NEVER_SENT.style))
-    if c["resent"]:
-        hist = ", ".join(f"x{k} {num(n)}" for k, n in sorted(v.resent_histogram.items()))
-        t += line(", ", (f"{V.RESENT.word} {num(c['resent'])}: {hist}", V.RESENT.style))
+    t = line((f"{V.DATA.word} {num(c.data)}{_pct(c.data, v.pages)}", V.DATA.style), ", ",
+             (f"{V.ZERO.word} {num(c.zero)}{_pct(c.zero, v.pages)}", V.ZERO.style))
+    if c.never_sent:
+        t += line(", ", (f"{V.NEVER_SENT.word} {num(c.never_sent)}"
+                         f"{_pct(c.never_sent, v.pages)}", V.NEVER_SENT.style))
+    if c.resent:
+        hist = ", ".join(f"x{b.times} {num(b.pages)}" for b in v.resent_histogram.buckets)
+        t += line(", ", (f"{V.RESENT.word} {num(c.resent)}: {hist}", V.RESENT.style))
     return t
 
 
 def verdict(r: MapReport) -> Text:
     pages = sum(v.pages for v in r.blocks)
-    tot = {k: sum(v.counts[k] for v in r.blocks) for k in ("data", "zero", "never_sent",
-                                                           "resent")}
+    tot = {k: sum(getattr(v.counts, k) for v in r.blocks)
+           for k in ("data", "zero", "never_sent", "resent")}
     t = line(("map: ", "bold"), f"{len(r.blocks)} RAMBlock{'s' if len(r.blocks) != 1 else ''}, "
              f"{num(pages)} pages of {short_size(r.page_size)}: ",
              (f"{num(tot['data'])} {V.DATA.word}", V.DATA.style), ", ",
@@ -104,7 +104,7 @@ def verdict(r: MapReport) -> Text:
     if r.format == "legacy":
         t += line(", ", (f"{num(tot['never_sent'])} {V.NEVER_SENT.word}", V.NEVER_SENT.style),
                   ", ", (f"{num(tot['resent'])} {V.RESENT.word}", V.RESENT.style))
-        hot = [v.name for v in r.blocks if v.counts["resent"]]
+        hot = [v.name for v in r.blocks if v.counts.resent]
         if hot:
             t += line(f" (in {', '.join(hot)})")
     else:
@@ -135,8 +135,8 @@ def _totals(r: MapReport) -> Grid:
               Col(V.RESENT.word, style=V.RESENT.style)], "Summary")
     for v in r.blocks:
         c = v.counts
-        g.add_row(line(v.name), num(v.pages), num(c["data"]), num(c["zero"]),
-                  num(c["never_sent"]), num(c["resent"]))
+        g.add_row(line(v.name), num(v.pages), num(c.data), num(c.zero),
+                  num(c.never_sent), num(c.resent))
     return g
 
 
@@ -161,7 +161,7 @@ def render_map(r: MapReport, console: Console, rows: int = 8,
     if r.stopped:
         console.print()
         say(console, ("the walk stopped early, later pages are missing", V.BAD), ": ",
-            r.stopped)
+            stop_text(r.stopped))
     if len(r.blocks) > 1:
         console.print()
         console.print(_totals(r))

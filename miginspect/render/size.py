@@ -4,14 +4,29 @@ Bars only repeat the numbers beside them (in a pipe and under NO_COLOR they read
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.text import Text
 
-from ..inspector.size import SizeReport
+from ..inspector.size import (
+    A_COPY_SPARSE,
+    A_PAUSE,
+    A_SAVE_MAPPED_RAM,
+    V_AMPLIFIED,
+    V_INCOMPLETE,
+    V_MAPPED_AT_BOUND,
+    V_MAPPED_LAYOUT_MISMATCH,
+    V_MAPPED_OFF_BOUND,
+    HotSummary,
+    SizeReport,
+    SizeVerdict,
+)
+from ..jsondata import jsonable
 from . import vocab as V
 from .fmt import hexoff, num, short_size, size
 from .layout import KV, Bar, Col, Grid, say
-from .text import line
+from .text import line, note_text, printable, stop_text
 
 BAR_WIDTH = 30
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -48,8 +63,135 @@ def _ratio(a: int, b: int) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
+# -- the verdict: a short answer, then why (worded from `verdict_basis` only) -------------
+
+def _cut(v: SizeVerdict) -> str:
+    return "; stream cut short, figures cover what was read" if v.stopped else ""
+
+
+def _advice(v: SizeVerdict, short: bool) -> str:
+    parts = []
+    if A_PAUSE in v.advice:
+        parts.append("pause the VM before saving" + ("" if short else
+                                                     ", so each page is written once"))
+    if A_SAVE_MAPPED_RAM in v.advice:
+        parts.append("save as mapped-ram" + ("" if short else " to take less disk space"))
+    if A_COPY_SPARSE in v.advice:
+        parts.append("copy it sparse-aware" + ("" if short else
+                                               " (cp --sparse=always, rsync -S)"))
+    return " and ".join(parts)
+
+
+def verdict_answer(r: SizeReport) -> str:
+    """The short answer: the report's first line and `size --json`'s `verdict`."""
+    v = r.verdict_basis
+    if v is None:
+        return "no verdict"
+    advice = _advice(v, short=True)
+    tail = (f"; {advice}" if advice else "") + _cut(v)
+    if v.kind == V_INCOMPLETE:
+        return "incomplete: no RAM could be read" + _cut(v)
+    if v.kind == V_MAPPED_LAYOUT_MISMATCH:
+        n = len(v.mismatched_blocks)
+        return f"mapped-ram headers break QEMU's layout rules ({n} block{_s(n)})" + tail
+    if v.kind == V_MAPPED_OFF_BOUND:
+        return f"mapped-ram file {v.bound_difference:+,} B off its layout bound" + tail
+    if v.kind == V_MAPPED_AT_BOUND:
+        return "mapped-ram file at its layout bound" + tail
+    if v.kind == V_AMPLIFIED:
+        amp = f"{v.resend_amplification:.2f}x" if v.resend_amplification else "some"
+        return f"{amp} redirty amplification" + tail
+    return "every page sent once, no redirty amplification" + tail
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _hot_text(h: HotSummary) -> str:
+    """'9,753 pc.ram pages sent 2-5 times, 96% of them in 0x0-0x800000'"""
+    times = f"{h.min_sends} times" if h.min_sends == h.max_sends else \
+        f"{h.min_sends}-{h.max_sends} times"
+    text = f"{num(h.pages)} {printable(h.block)} pages sent {times}"
+    if h.spans:
+        spans = ", ".join(f"{hexoff(a)}-{hexoff(b)}" for a, b in h.spans)
+        text += f", {h.share:.0%} of them in {spans}"
+        if h.more_ranges:
+            text += f" (the rest in {h.more_ranges} more range{_s(h.more_ranges)})"
+    if h.other_blocks_pages:
+        text += f"; {num(h.other_blocks_pages)} more in other blocks"
+    return text
+
+
+def _versus_rows(v: SizeVerdict) -> list[tuple[str, str]]:
+    """This file against its mapped-ram equivalent: apparent with apparent, on disk with
+    on disk (a compressed file: its compressed size on disk)."""
+    if not v.mapped_ram_bound:
+        return [("vs mapped-ram", "no mapped-ram bound (no ram START section)")]
+    stream = "its inflated stream is" if v.compressed else "it is"
+    rows = [("vs mapped-ram", f"{stream} {v.apparent_ratio:.2f}x its mapped-ram equivalent "
+             f"in apparent size ({num(v.apparent_size)} B vs {num(v.mapped_ram_bound)} B)")]
+    if v.allocated_ratio is not None:
+        what = "compressed, it takes" if v.compressed else "it takes"
+        rows.append(("on disk", f"{what} {num(v.allocated_size)} B, {v.allocated_ratio:.2f}x "
+                     f"the {num(v.mapped_ram_allocated_bound)} B a sparse mapped-ram file "
+                     "would take"))
+    return rows
+
+
+def _mapped_rows(v: SizeVerdict) -> list[tuple[str, str]]:
+    if v.kind == V_MAPPED_LAYOUT_MISMATCH:
+        return [("blocks", ", ".join(printable(b) for b in v.mismatched_blocks)),
+                ("why", "their bitmap or pages offsets are not where QEMU's mapped-ram "
+                 "writer puts them: another writer, or an edited file")]
+    if v.kind == V_MAPPED_OFF_BOUND:
+        return [("bound", f"the layout bound is {num(v.mapped_ram_bound)} B; the file is "
+                 f"{v.bound_difference:+,} B off it: extra data after the stream or a "
+                 "cut-short file")]
+    disk = ("compressed, it takes " + f"{num(v.allocated_size)} B on disk; decompressed as a "
+            "sparse file it needs" if v.compressed else "copied sparse-aware it needs")
+    return [("bound", f"the file is exactly its layout bound, {num(v.mapped_ram_bound)} B "
+             "apparent"),
+            ("holes", f"{v.zero_share or 0:.0%} of the RAM regions are zero pages (holes): "
+             f"{disk} about {num(v.mapped_ram_allocated_bound)} B on disk")]
+
+
+def verdict_rows(r: SizeReport) -> list[tuple[str, str]]:
+    """Why: the numbers the verdict rests on, one labelled sentence each."""
+    v = r.verdict_basis
+    if v is None or v.kind == V_INCOMPLETE:
+        return []
+    if v.kind in (V_MAPPED_LAYOUT_MISMATCH, V_MAPPED_OFF_BOUND, V_MAPPED_AT_BOUND):
+        rows = _mapped_rows(v)
+    elif v.kind == V_AMPLIFIED:
+        rows = [("re-sent", f"{num(v.resent_bytes)} B of the {num(v.ram_bytes_written)} B of "
+                 "page records re-send pages already sent")]
+        if v.hot is not None:
+            rows.append(("hottest", _hot_text(v.hot)))
+        rows += _versus_rows(v)
+    else:
+        rows = [("framing", f"{num(v.record_framing_bytes)} B of record framing (be64 words, "
+                 "block names, fill bytes) is not re-sending")]
+        rows += _versus_rows(v)
+    advice = _advice(v, short=False)
+    if advice:
+        rows.append(("advice", advice[0].upper() + advice[1:]))
+    return rows
+
+
 def verdict(r: SizeReport) -> Text:
-    return line(("size: ", "bold"), r.verdict)
+    return line(("size: ", "bold"), verdict_answer(r))
+
+
+def size_json(r: SizeReport) -> dict[str, Any]:
+    """`size --json`: the report, with the `verdict` line beside `verdict_basis` (worded
+    by the same helper as the terminal's first line)."""
+    out: dict[str, Any] = {}
+    for k, v in jsonable(r).items():
+        if k == "verdict_basis":
+            out["verdict"] = verdict_answer(r)
+        out[k] = v
+    return out
 
 
 def _summary(r: SizeReport) -> KV:
@@ -64,15 +206,16 @@ def _summary(r: SizeReport) -> KV:
     ram = line(f"{size(r.ram_total)} in {len(r.blocks)} RAMBlocks, {num(r.pages)} pages: ",
                (f"{num(r.data_pages)} {V.DATA.word} ({size(r.data_bytes)})", V.DATA.style),
                ", ", (f"{num(r.zero_pages)} {V.ZERO.word}", V.ZERO.style))
-    if r.absent_pages:
-        ram += line(", ", (f"{num(r.absent_pages)} {V.NEVER_SENT.word}", V.NEVER_SENT.style))
+    if r.never_sent_pages:
+        ram += line(", ", (f"{num(r.never_sent_pages)} {V.NEVER_SENT.word}",
+                           V.NEVER_SENT.style))
     rows.append(("RAM", ram))
     if r.resend_amplification is not None:
         rows.append(("redirty", line((f"{r.resend_amplification:.3f}x", "bold"),
                                      f" RAM bytes written per byte sent once: "
                                      f"{num(r.resent_bytes)} B of re-sent pages")))
-        rows.append(("record framing", f"{num(r.framing_bytes)} B of record headers and "
-                     "block names (not re-sending)"))
+        rows.append(("record framing", f"{num(r.record_framing_bytes)} B of record headers "
+                     "and block names (not re-sending)"))
     return KV(rows)
 
 
@@ -83,7 +226,7 @@ def _where(r: SizeReport) -> Grid:
     ram_label = "RAM records" if r.format == "legacy" else "RAM data pages"
     rows = [(ram_label, r.ram_bytes_written), ("device state", r.device_state_bytes),
             ("vmdescription JSON", r.vmdescription_bytes)]
-    rows += [(k.replace("_", " "), v) for k, v in r.overhead.items() if v]
+    rows += [(k.replace("_", " "), v) for k, v in r.overhead.parts() if v]
     top = max(v for _, v in rows) if rows else 0
     for label, v in rows:
         g.add_row(label, num(v), _pct(v, whole), Bar(v, top))
@@ -113,12 +256,12 @@ def _mapped_check(r: SizeReport) -> Text | None:
     c = r.mapped_ram_check
     if not c:
         return None
-    if c["layout_matches_headers"] and not c["difference"]:
+    if c.layout_matches_headers and not c.difference:
         return line(("mapped-ram layout check: every header's bitmap and pages offsets follow "
                      "QEMU's rules and the file ends exactly at the bound", V.GOOD))
     return line(("mapped-ram layout check: ", V.BAD), "mismatched blocks ",
-                ", ".join(c["mismatched_blocks"]) or "none",
-                f", {num(c['difference'])} bytes beyond the bound")
+                ", ".join(c.mismatched_blocks) or "none",
+                f", {num(c.difference)} bytes beyond the bound")
 
 
 def _blocks(r: SizeReport) -> Grid:
@@ -160,10 +303,10 @@ def _rounds(r: SizeReport) -> Grid:
 def _histogram(r: SizeReport) -> Grid:
     g = Grid([Col("sent"), Col("pages"), Col("", "left", style=V.RESENT.style,
                                               bar=BAR_WIDTH)], "Pages by times sent")
-    top = max(r.send_histogram.values(), default=0)
-    for k, v in sorted(r.send_histogram.items(), key=lambda kv: int(kv[0])):
-        label = V.NEVER_SENT.word if k == "0" else f"x{k}"
-        g.add_row(label, num(v), Bar(v, top))
+    top = r.send_histogram.most
+    for b in r.send_histogram.buckets:
+        label = V.NEVER_SENT.word if b.times == 0 else f"x{b.times}"
+        g.add_row(label, num(b.pages), Bar(b.pages, top))
     return g
 
 
@@ -190,6 +333,10 @@ def _heat(r: SizeReport, console: Console) -> None:
 
 def render_size(r: SizeReport, console: Console) -> None:
     say(console, verdict(r))
+    why = verdict_rows(r)
+    if why:
+        console.print(KV(why))
+        console.print()
     console.print(_summary(r))
     for part in (_where(r), _bounds(r)):
         console.print()
@@ -213,12 +360,12 @@ def render_size(r: SizeReport, console: Console) -> None:
     if r.xbzrle:
         x = r.xbzrle
         console.print()
-        say(console, ("XBZRLE", "bold"), f": {num(x['records'])} delta records, "
-            f"{num(x['encoded_bytes'])} B encoded; saved {num(x['saved_bytes'])} B against "
-            f"sending them as pages; {num(x['final_pages'])} pages end on a delta")
+        say(console, ("XBZRLE", "bold"), f": {num(x.records)} delta records, "
+            f"{num(x.encoded_bytes)} B encoded; saved {num(x.saved_bytes)} B against "
+            f"sending them as pages; {num(x.final_pages)} pages end on a delta")
     if r.notices or r.stopped:
         console.print()
     for n in r.notices:
-        say(console, ("note: ", "dim"), n)
+        say(console, note_text(n))
     if r.stopped:
-        say(console, ("stopped early", V.BAD), ": ", r.stopped)
+        say(console, ("stopped early", V.BAD), ": ", stop_text(r.stopped))

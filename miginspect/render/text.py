@@ -23,6 +23,8 @@ from rich.markup import escape
 from rich.style import Style
 from rich.text import Text
 
+from ..inspector.report import Note, Stop
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -75,6 +77,21 @@ def joined(items: Iterable[Text | str], sep: str = ", ") -> Text:
     return t
 
 
+def stop_text(s: Stop) -> Text:
+    """'truncated at offset 0x1f (31) [ram]: the data ends ...' (the error line's form)."""
+    at = f" at offset 0x{s.offset:x} ({s.offset})" if s.offset is not None else ""
+    return line(f"{s.kind}{at}", f" [{s.where}]" if s.where else None, ": ", s.message)
+
+
+def note_text(n: Note) -> Text:
+    """'warning at 0x1234 (where): message', the severity in its colour."""
+    from .vocab import SEVERITY_STYLE
+
+    at = f" at 0x{n.offset:x}" if n.offset is not None else ""
+    where = f" ({n.where})" if n.where else ""
+    return line((n.severity, SEVERITY_STYLE.get(n.severity, "")), at, where, ": ", n.message)
+
+
 # -- wrapping ---------------------------------------------------------------------------
 
 _NAME_BREAK = re.compile(r"[^/:.@\-_, ]*[/:.@\-_, ]|[^/:.@\-_, ]+")
@@ -124,11 +141,27 @@ def wrap_name(s: str, width: int) -> list[str]:
     return [ln.rstrip(" ") or ln for ln in wrap_pieces(name_pieces(s), width)]
 
 
+_ENDS_IN_DIGIT = re.compile(r"\d$")
+_UNIT = re.compile(r"(B|KiB|MiB|GiB|TiB|PiB|bytes?|pages?)\b")
+
+
+def _keep_units(words: list[str]) -> list[str]:
+    """Words with every number joined to the unit after it ('33.32 MiB' stays one piece)."""
+    out: list[str] = []
+    for w in words:
+        if out and _ENDS_IN_DIGIT.search(out[-1]) and _UNIT.match(w):
+            out[-1] += " " + w
+        else:
+            out.append(w)
+    return out
+
+
 def wrap_words(s: str, width: int) -> list[str]:
-    """Prose broken at spaces (a word longer than a line is broken at / : . too)."""
+    """Prose broken at spaces, never between a number and its unit (a word longer than a
+    line is broken at / : . too)."""
     lines: list[str] = []
     for para in s.split("\n"):
-        words = para.split(" ")
+        words = _keep_units(para.split(" "))
         pieces: list[str] = []
         for i, w in enumerate(words):
             w = w + (" " if i + 1 < len(words) else "")
