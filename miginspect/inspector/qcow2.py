@@ -918,11 +918,6 @@ def snapshot_json(sn: Qcow2Snapshot) -> dict[str, Any]:
     return asdict(SnapshotFacts.of(sn))
 
 
-def image_json(img: Qcow2Image) -> dict[str, Any]:
-    """The image facts of the JSON reports."""
-    return asdict(ImageFacts.of(img))
-
-
 def open_snapshot(path: str, snapshot: str | None = None,
                   progress: Progress | None = None) -> Source:
     """The VM state of `snapshot` (ID or name; None: the only one with VM state) of the

@@ -10,7 +10,7 @@ image holds the state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import MigError
@@ -18,9 +18,9 @@ from ..formats import libvirt as lv
 from .qcow2 import (
     KIND_UNALLOCATED,
     KIND_ZERO,
+    ImageFacts,
     Qcow2Image,
     Qcow2Snapshot,
-    image_json,
     is_qcow2,
     open_image,
     snapshot_json,
@@ -50,19 +50,18 @@ class SnapshotRow:
 
 @dataclass
 class ImageSnapshots:
-    image: dict[str, Any]  # qcow2.image_json and "format" ("qcow2", or what else it is)
+    path: str
+    format: str  # "qcow2", or what else the file is ("libvirt save image", ...)
+    facts: ImageFacts | None = None  # the qcow2 header's facts (None: not a qcow2 image)
     snapshots: list[SnapshotRow] = field(default_factory=list)
 
     @property
-    def path(self) -> str:
-        return self.image["path"]
-
-    @property
     def is_qcow2(self) -> bool:
-        return self.image.get("format") == "qcow2"
+        return self.facts is not None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.image, snapshots=[r.to_json() for r in self.snapshots])
+        head = asdict(self.facts) if self.facts is not None else {"path": self.path}
+        return dict(head, format=self.format, snapshots=[r.to_json() for r in self.snapshots])
 
 
 @dataclass
@@ -136,9 +135,9 @@ def _image(path: str) -> ImageSnapshots:
         head = f.read(16)
     kind = None if is_qcow2(head) else other_kind(head)
     if kind is not None:
-        return ImageSnapshots({"path": path, "format": kind})
+        return ImageSnapshots(path, kind)
     with open_image(path) as img:  # not a qcow2 image either: open_image says so
-        return ImageSnapshots(dict(image_json(img), format="qcow2"),
+        return ImageSnapshots(path, "qcow2", ImageFacts.of(img),
                               [_row(img, sn) for sn in img.snapshots])
 
 

@@ -43,19 +43,20 @@ def verdict(r: SnapshotsReport) -> Text:
 
 
 def _image_line(im: ImageSnapshots) -> Text:
-    i = im.image
-    t = line(f"  qcow2 v{i['version']}, {short_size(i['cluster_size'])} clusters, disk "
-             f"{short_size(i['virtual_size'])}")
-    if i["extended_l2"]:
+    i = im.facts
+    assert i is not None
+    t = line(f"  qcow2 v{i.version}, {short_size(i.cluster_size)} clusters, disk "
+             f"{short_size(i.virtual_size)}")
+    if i.extended_l2:
         t += line(", extended L2")
-    if i["compression_type"] != "zlib":
-        t += line(", compression ", i["compression_type"])
-    if i["encryption"]:
-        t += line(", ", (f"encrypted ({i['encryption']})", V.ORANGE))
-    if i["data_file"]:
-        t += line(", ", ("external data file ", V.ORANGE), (i["data_file"], V.ORANGE))
-    if i["backing_file"]:
-        t += line(", backing file ", i["backing_file"])
+    if i.compression_type != "zlib":
+        t += line(", compression ", i.compression_type)
+    if i.encryption:
+        t += line(", ", (f"encrypted ({i.encryption})", V.ORANGE))
+    if i.data_file:
+        t += line(", ", ("external data file ", V.ORANGE), (i.data_file, V.ORANGE))
+    if i.backing_file:
+        t += line(", backing file ", i.backing_file)
     return t
 
 
@@ -115,7 +116,7 @@ def _image(im: ImageSnapshots, console: Console) -> None:
     console.print()
     _path(console, im.path)
     if not im.is_qcow2:
-        say(console, "  not a qcow2 image: a ", im.image["format"], ", no internal snapshots "
+        say(console, "  not a qcow2 image: a ", im.format, ", no internal snapshots "
             "(the other commands read its VM state directly)")
         return
     say(console, _image_line(im))
