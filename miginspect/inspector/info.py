@@ -11,7 +11,7 @@ from ..formats.stream import MIG_CMD_NAMES
 from .capture import Capture
 from .containers.base import ContainerInfo, StreamExtent
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
-from .report import Note, Stop
+from .report import Note, Stop, stop_of
 
 
 @dataclass
@@ -200,7 +200,7 @@ def stream_extent(cap: Capture) -> StreamExtent:
         complete=err is None and w.eof_offset is not None,
         bytes=len(src.buf) - src.base,
         stopped_at=err.offset if err is not None else None,
-        stopped=src.explain(err).oneline() if err is not None else None,
+        stopped=stop_of(src.explain(err)) if err is not None else None,
         ram_pages=pages,
         ram_pages_sent=pages - absent,
         decompressed=src.container.inflation,

@@ -36,6 +36,7 @@ from ...errors import MigError, UsageError
 from ...render.fmt import hexoff, num  # pure formatting (no rich): one unit system
 from ..inflate import Inflation, Progress
 from ..problems import Problem, problem
+from ..report import Stop
 
 if TYPE_CHECKING:
     from ..model import StreamWalk
@@ -102,7 +103,7 @@ class StreamExtent:
     complete: bool  # the walk reached the EOF record without a fatal problem
     bytes: int  # QEMU stream bytes present
     stopped_at: int | None
-    stopped: str | None
+    stopped: Stop | None  # the walk's stop, in the container's terms
     ram_pages: int
     ram_pages_sent: int
     decompressed: Inflation | None = None
