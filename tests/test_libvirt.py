@@ -352,7 +352,8 @@ def test_real_partial_image_is_reported_as_partial(name, capsys):
     assert rc == (0 if s["complete"] else 1)
     if not s["complete"]:
         assert s["stopped_at"] is not None and s["stopped_at"] <= m["image"]["apparent_size"]
-        assert "incomplete libvirt save" in s["stopped"]
+        assert "incomplete libvirt save" in s["stopped"]["message"]
+        assert s["stopped"]["offset"] == s["stopped_at"]
         assert 0 < s["ram_pages_sent"] < s["ram_pages"]
     rc, out, _ = run_cli(["info", "--no-sections", path], capsys)
     assert "INCOMPLETE" in out and "LibvirtQemudPart" in out
@@ -440,7 +441,9 @@ def test_partial_compressed_image(fmt, tmp_path, capsys):
     z = s["decompressed"]
     assert s["complete"] is False and z["complete"] is False and z["truncated"] is True
     assert z["error_offset"] == cut and s["bytes"] == z["inflated"] > 0
-    assert "incomplete libvirt save" in s["stopped"] and f"{fmt} data" in s["stopped"]
+    why = s["stopped"]
+    assert why["code"] == "container-truncated" and why["kind"] == "truncated"
+    assert "incomplete libvirt save" in why["message"] and f"{fmt} data" in why["message"]
 
 
 def test_version_1_header_is_raw(tmp_path):
