@@ -138,11 +138,9 @@ class DevicesReport:
     salvage: DeviceSalvage | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d = {"path": self.path, "devices": [d.to_json() for d in self.devices],
-             "notices": [asdict(n) for n in self.notices]}
-        if self.salvage is not None:
-            d["salvage"] = fields_json(self.salvage)
-        return d
+        return {"path": self.path, "devices": [d.to_json() for d in self.devices],
+                "notices": [asdict(n) for n in self.notices],
+                "salvage": fields_json(self.salvage) if self.salvage is not None else None}
 
 
 def _leaves(nodes: list[StateNode], prefix: str) -> Iterator[tuple[str, StateNode]]:

@@ -40,7 +40,16 @@ from ..formats import stream as S
 from .capture import Capture
 from .model import RamBlock, Section
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, BlockMap, mapped_ram_map, runs
-from .report import SEVERITY_WARNING, Note, Stop, note, stop_of
+from .report import (
+    NOTE_NO_BITMAP,
+    NOTE_OLDER_COPY,
+    NOTE_UNLISTED,
+    SEVERITY_WARNING,
+    Note,
+    Stop,
+    note,
+    stop_of,
+)
 from .vmdesc import device_index, salvage_description
 
 #: why a page is missing (the JSON `reason` of a missing range)
@@ -52,10 +61,6 @@ MISSING_PAST_END = "past-end-of-data"
 REASONS = (None, MISSING_NEVER_SENT, MISSING_CUT_RECORD, MISSING_NOT_REACHED, MISSING_PAST_END)
 _CODE = {r: i for i, r in enumerate(REASONS) if r}
 
-#: notes of a salvage
-NOTE_OLDER_COPY = "older-copy-held"  # the cut record's page has an older copy
-NOTE_UNLISTED = "blocks-not-listed"  # mapped-ram: block list entries past the stop
-NOTE_NO_BITMAP = "bitmaps-not-written"  # mapped-ram: no bit set at all (a killed save)
 #: container problems that say the save is incomplete or its data cut
 CONTAINER_CUT = ("libvirt-partial", "container-truncated", "container-damaged")
 
@@ -168,7 +173,7 @@ def salvage(cap: Capture) -> Salvage:
                               cut.offset, SEVERITY_WARNING))
     unlisted = _unlisted(cap)
     if unlisted:
-        notes.append(note(NOTE_UNLISTED, f"{unlisted} bytes of RAM are in blocks the file "
+        notes.append(note(NOTE_UNLISTED, f"{unlisted:,} bytes of RAM are in blocks the file "
                           "lists after the stop (mapped-ram writes each block's list entry "
                           "after the pages of the one before): their names are not known",
                           "ram", read_to, SEVERITY_WARNING))
