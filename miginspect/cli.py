@@ -31,7 +31,7 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 #: commands whose errors on damaged input point to `check` (and to --partial if they have it)
-POINT_TO_CHECK = {"size", "map", "diff", "extract", "convert"}
+POINT_TO_CHECK = {"size", "map", "diff", "extract", "convert", "devices"}
 
 
 class ArgError(Exception):

@@ -401,7 +401,7 @@ def test_traceback_anywhere_and_version(capsys):
 
 def test_commands_on_damaged_input_point_to_check(capsys):
     path = _sample_damaged("trunc-ram")
-    for cmd, partial in (("map", False), ("size", True), ("extract", False)):
+    for cmd, partial in (("map", True), ("size", True), ("extract", True), ("devices", True)):
         argv = [cmd, path] + (["-o", "/nonexistent-parent/x"] if cmd == "extract" else [])
         rc, _, err = run(argv, capsys)
         assert rc == 1 and len(err.splitlines()) == 1, (cmd, err)

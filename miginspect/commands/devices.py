@@ -28,16 +28,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flat", action="store_true",
                    help="print one 'device.field.path = value' line per value (for grep and "
                    "diff) instead of trees")
+    p.add_argument("--partial", action="store_true",
+                   help="a cut or damaged file: decode the device sections it holds whole "
+                   "(with what is whole of a cut vmdescription) and list where it stops and "
+                   "the sections it does not hold (exit status 1 when anything is missing)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size,
-                           snapshot=args.snapshot)
+        cap = open_capture(args.file, progress=cb, strict=not args.partial,
+                           page_size=args.page_size, snapshot=args.snapshot)
     with cap:
-        report = decode_devices(cap, only=args.device)
-    if args.device is not None and not report.devices:
+        report = decode_devices(cap, only=args.device, partial=args.partial)
+    if args.device is not None and not report.devices and report.salvage is None:
         raise UsageError(f"no device section matches {args.device!r}", code="usage")
     emit(args, report, lambda con: render_devices(report, con, flat=args.flat))
-    return 0
+    return 1 if report.salvage is not None and not report.salvage.complete else 0

@@ -68,6 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-ram-below-4g", type=parse_size, default=None, metavar="SIZE",
                    help="the machine's max-ram-below-4g property, if it was set (the file "
                    "does not record it)")
+    p.add_argument("--partial", action="store_true",
+                   help="a cut or damaged file (a killed virsh save): write every page it "
+                   "holds and list in the manifest the page ranges it does not, and why "
+                   "(exit status 1 when anything is missing)")
     p.set_defaults(func=run)
 
 
@@ -87,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None and not args.cpu:
         raise UsageError("extract needs -o DIR (or --cpu to print the registers)", code="usage")
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size,
-                           snapshot=args.snapshot)
+        cap = open_capture(args.file, progress=cb, strict=not args.partial,
+                           page_size=args.page_size, snapshot=args.snapshot)
     if args.cpu:
         with cap:
             cpus = cpu_states(cap)
@@ -98,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if physical:
             report = extract_physical(cap, args.output, args.force, _formats(args),
                                       args.ram_block, args.max_ram_below_4g, wcb,
-                                      base=args.base, include_stale=args.include_stale)
+                                      base=args.base, include_stale=args.include_stale,
+                                      partial=args.partial)
         else:
             report = extract_blocks(cap, args.output, args.force, args.block, wcb,
-                                    include_stale=args.include_stale)
+                                    include_stale=args.include_stale, partial=args.partial)
     emit(args, report, lambda con: render_extract(report, con))
-    return 0
+    return 1 if report.salvage is not None and not report.salvage.complete else 0

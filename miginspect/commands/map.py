@@ -28,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="lines per block at most (default 8; sets the cell size)")
     p.add_argument("--pages-per-cell", type=int, default=None, metavar="N",
                    help="fixed cell size instead of fitting --rows")
+    p.add_argument("--partial", action="store_true",
+                   help="a cut or damaged file (a killed virsh save): draw the pages it holds, "
+                   "the missing ones as ? and say where and why it stops (exit status 1 when "
+                   "anything is missing)")
     p.set_defaults(func=run)
 
 
@@ -35,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
     if args.rows < 1 or (args.pages_per_cell is not None and args.pages_per_cell < 1):
         raise UsageError("--rows and --pages-per-cell must be at least 1", code="usage")
     with ui.progress("reading") as cb:
-        cap = open_capture(args.file, progress=cb, page_size=args.page_size,
-                           snapshot=args.snapshot)
+        cap = open_capture(args.file, progress=cb, strict=not args.partial,
+                           page_size=args.page_size, snapshot=args.snapshot)
     with cap:
-        report = page_map(cap, args.block)
+        report = page_map(cap, args.block, partial=args.partial)
         emit(args, report, lambda con: render_map(report, con, rows=args.rows,
                                                   per_cell=args.pages_per_cell))
-    return 0
+    return 1 if report.salvage is not None and not report.salvage.complete else 0

@@ -21,8 +21,11 @@ import xxhash
 
 from ..errors import FormatError, MigError, UnsupportedError
 from ..formats import vmstate as V
+from ..jsondata import fields_json
 from .capture import Capture
+from .model import Section
 from .parsing import parse_at
+from .salvage import DESCRIPTION_WHOLE, DeviceSalvage, description, device_salvage
 from .vmdesc import device_index
 
 #: Opaque values longer than this are kept as a prefix plus a digest (`Opaque`).
@@ -131,10 +134,13 @@ class DevicesReport:
     path: str
     devices: list[DeviceState]
     notices: list[DeviceNotice] = field(default_factory=list)
+    #: --partial: which device sections the file holds whole, where and why it stops
+    salvage: DeviceSalvage | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "devices": [d.to_json() for d in self.devices],
-                "notices": [asdict(n) for n in self.notices]}
+                "notices": [asdict(n) for n in self.notices],
+                "salvage": fields_json(self.salvage) if self.salvage is not None else None}
 
 
 def _leaves(nodes: list[StateNode], prefix: str) -> Iterator[tuple[str, StateNode]]:
@@ -263,22 +269,35 @@ def _list(v: Any) -> list[Any]:
     return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
 
 
-def decode_devices(cap: Capture, only: str | None = None) -> DevicesReport:
+def decode_devices(cap: Capture, only: str | None = None,
+                   partial: bool = False) -> DevicesReport:
     """Decode every FULL section of `cap` that the vmdescription describes.
-    `only`: keep devices whose idstr or vmsd name equals it or contains it."""
+    `only`: keep devices whose idstr or vmsd name equals it or contains it. `partial`:
+    `cap` was opened with strict=False; decode the sections read whole with the
+    vmdescription's entries that are whole, and say what is not there (`salvage`)."""
     w = cap.walk
-    if w.trailer is None or w.trailer.data is None:
+    source = DESCRIPTION_WHOLE
+    if partial:
+        data, source = description(cap)
+    elif w.trailer is None or w.trailer.data is None:
         why = w.trailer.error if w.trailer is not None and w.trailer.error else (
             "the file has no vmdescription trailer (suppress-vmdesc, postcopy or cut short)")
         raise UnsupportedError(f"cannot decode device state: {why}",
                                w.trailer_offset, "vmdescription", code="no-trailer")
-    index = device_index(w.trailer.data)
+    else:
+        data = w.trailer.data
+    index = device_index(data)
     report = DevicesReport(cap.path, [])
+    undescribed: list[Section] = []
     for sec in w.sections:
-        if sec.kind != "FULL" or sec.payload_offset is None:
+        if sec.kind != "FULL" or sec.payload_offset is None or \
+                (partial and sec.payload_end is None):
             continue
         descs = index.get((sec.idstr or "", sec.instance_id or 0))
         if not descs:
+            if partial and source != DESCRIPTION_WHOLE:
+                undescribed.append(sec)
+                continue
             report.notices.append(DeviceNotice("the section is not in the vmdescription; not "
                                                "decoded", sec.offset, sec.idstr or ""))
             continue
@@ -303,7 +322,9 @@ def decode_devices(cap: Capture, only: str | None = None) -> DevicesReport:
         report.devices.append(dev)
     if only is not None and any(_matches(d, only, exact=True) for d in report.devices):
         report.devices = [d for d in report.devices if _matches(d, only, exact=True)]
-    if w.error is not None:
+    if partial:
+        report.salvage = device_salvage(cap, data, source, undescribed)
+    elif w.error is not None:
         report.notices.append(DeviceNotice(f"the walk stopped early: {w.error.message}",
                                            w.error.offset, w.error.where))
     return report

@@ -39,6 +39,7 @@ from .copier import PageCopier, pwrite_all
 from .corefile import FILE_NAMES, MACHINES, core_notes, image_layout
 from .cpustate import CpuReport, cpu_states
 from .integrity import sha256_file, stale_pages, with_stale
+from .model import RamBlock
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO, BlockMap
 from .physical import PhysicalLayout, machine_family, physical_layout
 from .report import (
@@ -54,6 +55,7 @@ from .report import (
     note,
     stop_of,
 )
+from .salvage import MissingRange, Salvage, physical_missing, salvage, salvage_blocks
 
 MANIFEST = "miginspect-extract.json"
 PHYSICAL_MANIFEST = "miginspect-physical.json"
@@ -96,6 +98,10 @@ class ExtractedFile:
     stale_pages: int | None = None  # mapped-ram: bytes under clear bitmap bits found
     stale_included: bool | None = None  # written as data (--include-stale)
     sha256: str | None = None  # of the file as written (holes read as zeros)
+    # --partial: pages of the file the input gives (data or zero) / does not, and why
+    held_pages: int | None = None
+    missing_pages: int | None = None
+    missing: list[MissingRange] | None = None
 
 
 @dataclass
@@ -108,6 +114,7 @@ class ExtractReport:
     notes: list[Note] = field(default_factory=list)
     cpu: CpuReport | None = None  # registers written into the ELF notes
     stopped: Stop | None = None  # the walk stopped early: pages after it are missing
+    salvage: Salvage | None = None  # --partial: what the file holds and where it stops
 
     def to_json(self) -> dict[str, Any]:
         return fields_json(self)
@@ -122,23 +129,62 @@ def write_pages(cap: Capture, bm: BlockMap, fd: int, dest: int, first: int, coun
 
 
 # -- extract -------------------------------------------------------------------------
-def _stopped_note(cap: Capture, rep: ExtractReport) -> None:
-    rep.stopped = stop_of(cap.walk.error)
+def _stopped_note(cap: Capture, rep: ExtractReport, sal: Salvage | None = None) -> None:
+    rep.stopped = sal.stopped if sal is not None else stop_of(cap.walk.error)
+
+
+def _chosen(cap: Capture, names: list[str] | None, sal: Salvage | None) -> list[RamBlock]:
+    """The blocks to write: the named ones (all when None); with a salvage, also a
+    mapped-ram block the data ends inside."""
+    if sal is None:
+        return [cap.block(n) for n in names] if names else list(cap.blocks)
+    every = salvage_blocks(cap)
+    if not names:
+        return every
+    by = {b.name: b for b in every}
+    for n in names:
+        if n not in by:
+            cap.block(n)  # raises, naming the blocks
+    return [by[n] for n in names]
+
+
+def _maps(cap: Capture, sal: Salvage | None) -> dict[str, BlockMap]:
+    if sal is None:
+        return cap.maps
+    return {b.name: b.block_map for b in sal.blocks if b.block_map is not None}
+
+
+def _partial(f: ExtractedFile, sal: Salvage | None, name: str,
+             missing: list[MissingRange] | None = None) -> None:
+    ext = sal.extent(name) if sal is not None else None
+    if ext is None:
+        return
+    f.held_pages, f.missing_pages = ext.held_pages, ext.missing_pages
+    f.missing = ext.missing if missing is None else missing
+    if missing is not None:
+        f.missing_pages = sum(m.pages for m in missing)
+        f.held_pages = (f.pages or 0) - f.missing_pages
 
 
 def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = False,
                    blocks: list[str] | None = None, progress: Progress | None = None,
-                   manifest: bool = True, include_stale: bool = False) -> ExtractReport:
+                   manifest: bool = True, include_stale: bool = False,
+                   partial: bool = False) -> ExtractReport:
     """One sparse raw file per RAMBlock in `outdir` (plus a JSON manifest with each
-    file's sha256 and page counts)."""
-    chosen = [cap.block(n) for n in blocks] if blocks else list(cap.blocks)
+    file's sha256 and page counts). `partial`: `cap` was opened with strict=False; write
+    what it holds and list, per file, the pages it does not (`salvage`)."""
+    sal = salvage(cap) if partial else None
+    chosen = _chosen(cap, blocks, sal)
     taken: set[str] = {MANIFEST.lower()}
     names = [safe_name(b.name, taken) for b in chosen]
     with OutputDir(outdir, force, cap.path) as out:
         out.check(names + ([MANIFEST] if manifest else []))
         rep = ExtractReport(cap.path, cap.format, str(out.root))
-        _stopped_note(cap, rep)
-        maps = cap.maps
+        _stopped_note(cap, rep, sal)
+        if sal is not None:
+            rep.salvage = sal.only([b.name for b in chosen])
+            rep.notes.extend(sal.notes)
+        maps = _maps(cap, sal)
         total = sum(maps[b.name].count(PAGE_DATA) * b.page_size for b in chosen)
         done = [0]
 
@@ -149,7 +195,7 @@ def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = F
 
         copier = PageCopier(cap)
         for b, fname in zip(chosen, names, strict=True):
-            bm, stale = _physical_map(cap, b.name, include_stale, rep)
+            bm, stale = _physical_map(cap, b.name, include_stale, rep, maps[b.name])
             fd = out.open(fname)
             try:
                 nbytes = copier.copy_block(bm, fd, 0, 0, bm.pages, tick)
@@ -159,6 +205,7 @@ def extract_blocks(cap: Capture, outdir: str | os.PathLike[str], force: bool = F
             f = _block_file(cap, maps[b.name], fname, nbytes)
             f.stale_pages, f.stale_included = stale, include_stale
             f.sha256 = sha256_file(out.target(fname), dir_fd=out.fd)
+            _partial(f, sal, b.name)
             rep.files.append(f)
             _block_notes(cap, maps[b.name], rep)
         if manifest:
@@ -195,14 +242,18 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
                      formats: tuple[str, ...] = ("elf",), ram_block: str | None = None,
                      max_ram_below_4g: int | None = None, progress: Progress | None = None,
                      manifest: bool = True, base: int | None = None,
-                     include_stale: bool = False) -> ExtractReport:
+                     include_stale: bool = False, partial: bool = False) -> ExtractReport:
     """Guest-physical memory (inspector/physical.py decides the layout or refuses) as
     `physical.elf` (ELF64 core with QEMU's per-vCPU notes, inspector/corefile.py),
-    `physical.lime` and/or `physical.raw` (byte at address A at offset A); all sparse."""
-    lay = physical_layout(cap.walk.machine_type, {b.name: b.used_length for b in cap.blocks},
+    `physical.lime` and/or `physical.raw` (byte at address A at offset A); all sparse.
+    `partial`: as in `extract_blocks`; missing ranges carry their guest-physical
+    addresses."""
+    sal = salvage(cap) if partial else None
+    every = _chosen(cap, None, sal)
+    lay = physical_layout(cap.walk.machine_type, {b.name: b.used_length for b in every},
                           ram_block, base, max_ram_below_4g)
     name = lay.ram_block
-    blk = cap.block(name)
+    blk = _chosen(cap, [name], sal)[0]
     unknown = [f for f in formats if f not in FILE_NAMES]
     if unknown or not formats:
         raise UsageError(f"unknown image format {unknown}: choose from {', '.join(FILE_NAMES)}",
@@ -211,17 +262,23 @@ def extract_physical(cap: Capture, outdir: str | os.PathLike[str], force: bool =
     with OutputDir(outdir, force, cap.path) as out:
         out.check(names + ([PHYSICAL_MANIFEST] if manifest else []))
         return _physical(cap, out, lay, blk, formats, names, progress, manifest,
-                         include_stale)
+                         include_stale, sal)
 
 
 def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any,
               formats: tuple[str, ...], names: list[str], progress: Progress | None,
-              manifest: bool, include_stale: bool) -> ExtractReport:
+              manifest: bool, include_stale: bool, sal: Salvage | None) -> ExtractReport:
     name = blk.name
     rep = ExtractReport(cap.path, cap.format, str(out.root), physical=lay)
-    _stopped_note(cap, rep)
+    _stopped_note(cap, rep, sal)
     cpus = _core_cpus(cap, rep) if "elf" in formats else None
-    bm, stale = _physical_map(cap, name, include_stale, rep)
+    ext = sal.extent(name) if sal is not None else None
+    if sal is not None:
+        rep.salvage = sal.only([name])
+        rep.notes.extend(sal.notes)
+    bm, stale = _physical_map(cap, name, include_stale, rep, _maps(cap, sal)[name])
+    lost = physical_missing(ext, [(r.gpa, r.block_offset, r.length) for r in lay.ranges],
+                            blk.page_size) if ext is not None else None
     ps = blk.page_size
     total = bm.count(PAGE_DATA) * ps * len(formats)
     done = [0]
@@ -256,6 +313,7 @@ def _physical(cap: Capture, out: OutputDir, lay: PhysicalLayout, blk: Any,
             file=fname, kind=f"physical-{f}", size=il.size, data_bytes=nbytes, block=name,
             used_length=blk.used_length, **counts, stale_pages=stale,
             stale_included=include_stale, sha256=sha256_file(out.target(fname), dir_fd=out.fd)))
+        _partial(rep.files[-1], sal, name, lost)
     if manifest:
         _write_manifest(out, rep, PHYSICAL_MANIFEST)
     return rep
@@ -288,12 +346,13 @@ def _core_cpus(cap: Capture, rep: ExtractReport) -> CpuReport | None:
     return cpus
 
 
-def _physical_map(cap: Capture, name: str, include_stale: bool,
-                  rep: ExtractReport) -> tuple[BlockMap, int | None]:
-    """A block's page map (with stale pages as data if asked) and its stale count
-    (None for legacy streams, which have none)."""
-    bm = cap.maps[name]
-    if cap.format != "mapped-ram":
+def _physical_map(cap: Capture, name: str, include_stale: bool, rep: ExtractReport,
+                  bm: BlockMap | None = None) -> tuple[BlockMap, int | None]:
+    """A block's page map (`bm`, else the capture's; with stale pages as data if asked)
+    and its stale count (None for legacy streams, which have none, and for a mapped-ram
+    block the data ends inside, whose region is not all there to look at)."""
+    bm = cap.maps[name] if bm is None else bm
+    if cap.format != "mapped-ram" or bm.block is cap.walk.cut_block:
         return bm, None
     n = len(stale_pages(cap, name))
     if n and include_stale:

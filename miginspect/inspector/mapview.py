@@ -25,14 +25,17 @@ from .pagemap import (
     PAGE_ZERO,
     STATE_KEYS,
     BlockMap,
+    runs,
 )
 from .report import PageCounts, SendHistogram, Stop, stop_of
+from .salvage import Salvage, salvage
 
 # Cell classes: the page states, plus re-sent (sent >= 2 times, whatever the final state).
 CLASS_NEVER_SENT = PAGE_NEVER_SENT
 CLASS_ZERO = PAGE_ZERO
 CLASS_DATA = PAGE_DATA
 CLASS_RESENT = 3
+CLASS_MISSING = 4  # --partial: not in the file (it stops before the page's last copy)
 
 
 @dataclass
@@ -50,6 +53,8 @@ class BlockView:
     bitmap_verdict: str | None = None  # mapped-ram: mapped_ram.VERDICT_*
     state: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint8))
     sends: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.uint32))
+    #: --partial: pages the file does not give (salvage.BlockExtent.missing_mask)
+    missing: np.ndarray | None = field(repr=False, default=None)
 
     def ranges(self) -> dict[str, list[list[int]]]:
         """state -> [[first_page, end_page), ...] run-length ranges."""
@@ -92,6 +97,7 @@ class MapReport:
     page_size: int
     blocks: list[BlockView]
     stopped: Stop | None = None  # why the walk stopped early (pages after it are missing)
+    salvage: Salvage | None = None  # --partial: the pages the file gives and misses, and why
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,22 +105,11 @@ class MapReport:
             "format": self.format,
             "page_size": self.page_size,
             "stopped": self.stopped,
+            "salvage": self.salvage,
             "range_convention": "[first_page, end_page) page indices within the block; "
                                 "byte offset = page * page_size",
             "blocks": [b.to_json() for b in self.blocks],
         }
-
-
-def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run-length encoding: (starts, ends, value) of runs of equal values."""
-    n = len(values)
-    if n == 0:
-        e = np.empty(0, np.int64)
-        return e, e, values[:0]
-    cut = np.flatnonzero(values[1:] != values[:-1]) + 1
-    starts = np.concatenate(([0], cut)).astype(np.int64)
-    ends = np.concatenate((cut, [n])).astype(np.int64)
-    return starts, ends, values[starts]
 
 
 def block_view(bm: BlockMap, bitmap: BitmapCheck | None = None) -> BlockView:
@@ -143,15 +138,29 @@ def block_view(bm: BlockMap, bitmap: BitmapCheck | None = None) -> BlockView:
     )
 
 
-def page_map(cap: Capture, blocks: list[str] | None = None) -> MapReport:
-    """The map report of `cap`, limited to the named blocks if given."""
-    names = [cap.block(n).name for n in blocks] if blocks else [b.name for b in cap.blocks]
-    maps = cap.maps
+def page_map(cap: Capture, blocks: list[str] | None = None,
+             partial: bool = False) -> MapReport:
+    """The map report of `cap`, limited to the named blocks if given. `partial`: `cap`
+    was opened with strict=False; pages the file does not give are missing (`salvage`)."""
     trust = cap.bitmap_trust
-    err = cap.walk.error
-    return MapReport(cap.path, cap.format, cap.page_size,
-                     [block_view(maps[n], trust.check(n)) for n in names],
-                     stop_of(err))
+    if not partial:
+        names = [cap.block(n).name for n in blocks] if blocks else [b.name for b in cap.blocks]
+        return MapReport(cap.path, cap.format, cap.page_size,
+                         [block_view(cap.maps[n], trust.check(n)) for n in names],
+                         stop_of(cap.walk.error))
+    sal = salvage(cap)
+    every = [b.name for b in sal.blocks]
+    for n in blocks or []:
+        if n not in every:
+            cap.block(n)  # raises, naming the blocks
+    sal = sal.only(blocks or every)
+    views = []
+    for ext in sal.blocks:
+        assert ext.block_map is not None
+        v = block_view(ext.block_map, trust.check(ext.name))
+        v.missing = ext.missing_mask
+        views.append(v)
+    return MapReport(cap.path, cap.format, cap.page_size, views, sal.stopped, sal)
 
 
 @dataclass
@@ -159,7 +168,7 @@ class Cells:
     """Per-cell page counts of one block (cells of `per_cell` consecutive pages)."""
 
     per_cell: int
-    counts: np.ndarray  # (ncells, 4) pages per class (CLASS_*)
+    counts: np.ndarray  # (ncells, 5) pages per class (CLASS_*)
     max_sends: np.ndarray  # (ncells,) highest send count in the cell
     size: np.ndarray  # (ncells,) pages in the cell (the last one may be short)
 
@@ -187,10 +196,12 @@ def cells(view: BlockView, per_cell: int) -> Cells:
     cls = view.state.astype(np.uint8)  # CLASS_* equal PAGE_* for the three states
     resent = view.sends >= 2
     cls = np.where(resent, CLASS_RESENT, cls)
+    if view.missing is not None:
+        cls = np.where(view.missing, CLASS_MISSING, cls)
     ncells = (n + per_cell - 1) // per_cell
     pad = ncells * per_cell - n
     c = np.concatenate((cls, np.full(pad, 255, np.uint8))).reshape(ncells, per_cell)
-    counts = np.stack([(c == k).sum(axis=1) for k in range(4)], axis=1)
+    counts = np.stack([(c == k).sum(axis=1) for k in range(5)], axis=1)
     s = np.concatenate((view.sends, np.zeros(pad, view.sends.dtype))).reshape(ncells, per_cell)
     size = np.full(ncells, per_cell, np.int64)
     if pad and ncells:

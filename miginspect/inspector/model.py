@@ -93,6 +93,17 @@ class OtherRamRecords:
 
 
 @dataclass
+class CutRecord:
+    """The RAM page record the data ends inside (a cut file): where it starts and, when
+    enough of its header is there, the block and page it carries (None where cut off)."""
+
+    offset: int  # the record's be64 word
+    block: int | None  # index into the block list
+    page: int | None  # page index inside the block
+    kind: int | None  # RAM_SAVE_FLAG_PAGE / ZERO / XBZRLE / COMPRESS_PAGE
+
+
+@dataclass
 class StreamWalk:
     base: int
     buf_size: int
@@ -111,6 +122,11 @@ class StreamWalk:
     notices: list[Notice] = field(default_factory=list)
     error: MigError | None = None
     other_ram_records: OtherRamRecords = field(default_factory=lambda: OtherRamRecords())
+    #: a cut file: the page record the data ends inside (legacy), if any
+    cut_record: CutRecord | None = None
+    #: a cut mapped-ram file: the block whose pages region runs past the end of the data
+    #: (its header and bitmap are whole; it is not in `blocks`, which hold whole blocks)
+    cut_block: RamBlock | None = None
 
     @property
     def capabilities(self) -> list[str]:

@@ -147,3 +147,15 @@ def mapped_ram_map(blk: RamBlock, raw_bitmap: np.ndarray,
     else:
         state[:] = PAGE_NEVER_SENT
     return BlockMap(blk, state, sends, offset, final_kind, layout=layout)
+
+
+def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-length encoding: (starts, ends, value) of runs of equal values."""
+    n = len(values)
+    if n == 0:
+        e = np.empty(0, np.int64)
+        return e, e, values[:0]
+    cut = np.flatnonzero(values[1:] != values[:-1]) + 1
+    starts = np.concatenate(([0], cut)).astype(np.int64)
+    ends = np.concatenate((cut, [n])).astype(np.int64)
+    return starts, ends, values[starts]

@@ -419,3 +419,24 @@ class RamScanner:
 
     def table(self) -> RecordTable:
         return self.cols.table()
+
+    def cut_record(self, rec: int, end: int) -> tuple[int | None, int | None, int | None]:
+        """(block index, page, kind) of the page record at `rec` that the data (ending at
+        `end`) cuts short, as far as its header is there: (None, None, None) when the
+        record word itself is cut; block None when its RAMBlock name is."""
+        if rec < 0 or rec + 8 > end:
+            return None, None, None
+        w = _U64.unpack_from(self.buf, rec)[0]
+        flags = w & self.mask
+        ptype = flags & ~R.RAM_SAVE_FLAG_CONTINUE
+        if ptype not in _PAGE_TYPES:
+            return None, None, None
+        page = (w ^ flags) >> self.shift
+        if flags & R.RAM_SAVE_FLAG_CONTINUE:
+            blk = self.cur if self.cur >= 0 else None
+        else:
+            n = self.buf[rec + 8] if rec + 9 <= end else -1
+            blk = self.cur if 0 <= n and rec + 9 + n <= end and self.cur >= 0 else None
+        if blk is not None and (page + 1) << self.shift > self.lengths[blk]:
+            page = None
+        return blk, page, ptype

@@ -33,6 +33,9 @@ NOTE_PHYSICAL_LAYOUT = "physical-layout"  # the guest-physical rule applied
 NOTE_OTHER_BLOCKS = "other-blocks-left-out"  # only the main RAM block is in the image
 NOTE_NO_CPU_NOTES = "no-cpu-notes"  # the ELF core has no CPU notes
 NOTE_CPU_STATE = "cpu-state"  # a limit of the CPU state met (AArch32 vCPU, ...)
+NOTE_OLDER_COPY = "older-copy-held"  # --partial: the cut record's page has an older copy
+NOTE_UNLISTED = "blocks-not-listed"  # --partial, mapped-ram: list entries past the stop
+NOTE_NO_BITMAP = "bitmaps-not-written"  # --partial, mapped-ram: no bit set (a killed save)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .devsize import DeviceSizer, qemu_idstr
 from .model import (
     DEFAULT_PAGE_SIZE,
     Configuration,
+    CutRecord,
     MappedRamInfo,
     Notice,
     OtherRamRecords,
@@ -109,10 +110,20 @@ class StreamWalker:
                 if sec.end == 0:
                     sec.end = max(sec.offset, stop)
         if self.scanner is not None:
+            self._cut_record()
             w.records = self.scanner.table()
             other = self.scanner.other_records
             w.other_ram_records = OtherRamRecords(other["EOS"], other["MULTIFD_FLUSH"])
         return w
+
+    def _cut_record(self) -> None:
+        """A walk that stopped inside a page record: which page that record carried."""
+        err, scanner = self.w.error, self.scanner
+        if not isinstance(err, TruncatedError) or err.code != "truncated-ram" or \
+                err.offset is None or scanner is None:
+            return
+        blk, page, kind = scanner.cut_record(err.offset, self.end)
+        self.w.cut_record = CutRecord(err.offset, blk, page, kind)
 
     def _walk(self) -> None:
         w, buf = self.w, self.buf
@@ -510,8 +521,13 @@ class StreamWalker:
                            mr_addr=entry.mr_addr)
             pos += n
             if w.mapped_ram:
-                pos = read_block_header(w, self.buf, self.end, blk, entry.mapped_ram,
-                                        pos - M.MAPPED_RAM_HEADER_SIZE)
+                try:
+                    pos = read_block_header(w, self.buf, self.end, blk, entry.mapped_ram,
+                                            pos - M.MAPPED_RAM_HEADER_SIZE)
+                except TruncatedError as e:
+                    if e.code == "mapped-ram-truncated":
+                        w.cut_block = blk  # its bitmap is whole: what it holds is known
+                    raise
             w.blocks.append(blk)
             remaining -= entry.used_length
         return pos

@@ -10,6 +10,7 @@ A `struct` field's `size` already includes its own subsections.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,4 +145,42 @@ def device_index(data: dict[str, Any] | None) -> dict[tuple[str, int], list[dict
         except (TypeError, ValueError, OverflowError):
             continue  # a damaged entry describes nothing (QEMU never reads the trailer)
         out.setdefault(key, []).append(dev)
+    return out
+
+
+_DEVICES_KEY = re.compile(r'"devices"\s*:\s*\[')
+_PAGE_SIZE_KEY = re.compile(r'"page_size"\s*:\s*(\d{1,12})\s*[,}]')
+
+
+def salvage_description(buf: Any, t: Trailer, end: int | None = None) -> dict[str, Any] | None:
+    """The device entries a cut (or damaged) vmdescription JSON still holds whole: the
+    JSON object QEMU writes (`{"page_size": N, "devices": [{...}, ...]}`) rebuilt from the
+    bytes up to `end` (the end of the data), each entry parsed on its own until the first
+    one that does not parse. None when no entry is whole."""
+    stop = min(len(buf) if end is None else end, t.json_offset + t.length)
+    if stop <= t.json_offset:
+        return None
+    text = bytes(buf[t.json_offset:stop]).decode("utf-8", "replace")
+    m = _DEVICES_KEY.search(text)
+    if m is None:
+        return None
+    dec = json.JSONDecoder()
+    devices: list[Any] = []
+    pos = m.end()
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] != "{":
+            break
+        try:
+            entry, pos = dec.raw_decode(text, pos)
+        except (json.JSONDecodeError, RecursionError):
+            break
+        devices.append(entry)
+    if not devices:
+        return None
+    out: dict[str, Any] = {"devices": devices}
+    ps = _PAGE_SIZE_KEY.search(text, 0, m.start())
+    if ps is not None:
+        out["page_size"] = int(ps.group(1))
     return out

@@ -18,10 +18,17 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ..inspector.devices import DevicesReport, DeviceState, Opaque, StateNode
+from ..inspector.salvage import (
+    DESCRIPTION_CUT,
+    DESCRIPTION_MISSING,
+    DESCRIPTION_WHOLE,
+    DeviceSalvage,
+)
 from . import vocab as V
 from .fmt import hexoff, num
 from .layout import layout_width, say
-from .text import line, printable
+from .salvage import stop_line
+from .text import line, note_text, printable
 
 #: tree indentation per level (rich's guides)
 INDENT = 4
@@ -170,7 +177,51 @@ def verdict(r: DevicesReport) -> Text:
                   f" ({', '.join(bad)})")
     if r.notices:
         t += line(f"; {len(r.notices)} note{'s' if len(r.notices) != 1 else ''} below")
+    s = r.salvage
+    if s is not None and s.complete:
+        t += line("; ", ("read to the end, nothing is missing", V.GOOD))
+    elif s is not None:
+        t += line("; ", ("PARTIAL: the file stops early", V.BAD) if s.stopped else
+                  ("PARTIAL: the vmdescription is not whole", V.BAD))
     return t
+
+
+_DESCRIPTION = {
+    DESCRIPTION_WHOLE: "whole",
+    DESCRIPTION_CUT: "cut short: decoded with the device entries it still holds whole",
+    DESCRIPTION_MISSING: "not in the file (past the stop, or suppressed): nothing can be "
+                         "decoded",
+}
+
+
+def salvage_lines(s: DeviceSalvage) -> list[Text]:
+    """--partial: the stop, the vmdescription, the section cut, those not decoded and
+    those not reached."""
+    out = [stop_line(s.stopped, s.read_to)]
+    d = _DESCRIPTION.get(s.description, s.description)
+    if s.description == DESCRIPTION_CUT:
+        d += f" ({num(s.described_devices)})"
+    out.append(line("vmdescription: ", (d, V.GOOD if s.description == DESCRIPTION_WHOLE
+                                          else V.BAD)))
+    out.append(line(f"device sections read whole: {num(s.sections_read)}"))
+    if s.cut_section is not None:
+        c = s.cut_section
+        out.append(line(("the data ends inside ", V.BAD), (c.key, "bold"),
+                        f" (section at {hexoff(c.offset)})"))
+    if s.undescribed:
+        out.append(line((f"{len(s.undescribed)} read whole but not decoded", V.ORANGE),
+                        " (no vmdescription entry for them): ",
+                        ", ".join(x.key for x in s.undescribed)))
+    if s.not_reached is None:
+        out.append(line(("device sections after the stop: not known", V.BAD),
+                        " (the vmdescription that lists them lies past the stop)"))
+    elif s.not_reached:
+        out.append(line((f"{len(s.not_reached)} not reached", V.BAD),
+                        " (listed by the vmdescription, after the stop): ",
+                        ", ".join(x.key for x in s.not_reached)))
+    for n in s.notes:
+        out.append(note_text(n))
+    return out
 
 
 def flat_lines(r: DevicesReport) -> list[str]:
@@ -202,14 +253,21 @@ def render_devices(r: DevicesReport, console: Console, flat: bool = False) -> No
     if flat:
         for ln in flat_lines(r):
             console.print(line(ln), soft_wrap=True)
+        if r.salvage is not None and not r.salvage.complete:
+            console.print(line("! ", stop_line(r.salvage.stopped, r.salvage.read_to)),
+                          soft_wrap=True)
         return
     say(console, verdict(r))
     say(console, "file: ", r.path)
+    if r.salvage is not None:
+        for t in salvage_lines(r.salvage):
+            say(console, t)
     width = None if getattr(console, "natural", False) else layout_width(console)
     for d in r.devices:
         console.print(device_tree(d, width))
     if not r.devices:
-        say(console, ("no matching device sections", V.ORANGE))
+        say(console, ("no matching device sections" if r.salvage is None else
+                      "no device section could be decoded", V.ORANGE))
     for n in r.notices:
         at = f" at {hexoff(n.offset)}" if n.offset is not None else ""
         where = f" ({n.where})" if n.where else ""

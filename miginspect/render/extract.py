@@ -6,12 +6,17 @@ from rich.console import Console
 from rich.text import Text
 
 from ..inspector.cpustate import Aarch64Cpu, CpuReport, X86Cpu
-from ..inspector.extract import ExtractReport
+from ..inspector.extract import MANIFEST, PHYSICAL_MANIFEST, ExtractReport
 from ..inspector.physical import PhysicalLayout
+from ..inspector.salvage import MISSING_NOT_REACHED
 from . import vocab as V
 from .fmt import hexoff, num, short_size, size
 from .layout import Col, Grid, layout_width, say
+from .salvage import missing_text, stop_line
 from .text import line, note_text, stop_text
+
+#: the manifest each kind of extraction writes (physical or not)
+MANIFESTS = {False: MANIFEST, True: PHYSICAL_MANIFEST}
 
 
 def safe_differs(block: str, file: str) -> bool:
@@ -20,9 +25,17 @@ def safe_differs(block: str, file: str) -> bool:
 
 def verdict(r: ExtractReport) -> Text:
     data = sum(f.data_bytes for f in r.files)
-    return line(("extract: ", "bold"), f"wrote {len(r.files)} file"
-                f"{'s' if len(r.files) != 1 else ''} into ", r.output_dir,
-                f" ({size(data)} of data; zero and never-sent pages are holes)")
+    t = line(("extract: ", "bold"), f"wrote {len(r.files)} file"
+             f"{'s' if len(r.files) != 1 else ''} into ", r.output_dir)
+    s = r.salvage
+    if s is None:
+        return t + line(f" ({size(data)} of data; zero and never-sent pages are holes)")
+    t += line(f" ({size(data)} of data; zero and missing pages are holes); ")
+    if s.complete:
+        return t + line(("the file was read to its end, nothing is missing", V.GOOD))
+    pages = sum(b.pages for b in s.blocks)
+    return t + line((f"PARTIAL: {num(s.missing_pages)} of {num(pages)} pages missing", V.BAD),
+                    f", listed in {MANIFESTS[r.physical is not None]}")
 
 
 def _physical(p: PhysicalLayout) -> Grid:
@@ -38,16 +51,19 @@ def _physical(p: PhysicalLayout) -> Grid:
 def render_extract(r: ExtractReport, console: Console) -> None:
     say(console, verdict(r))
     say(console, "from: ", r.path, f" ({r.format})")
+    # a RAM section cut short: every never-sent page is a missing one
+    missing = r.salvage is not None and not r.salvage.ram_complete
+    last = V.MISSING if missing else V.NEVER_SENT
     g = Grid([Col("file (RAMBlock when the name differs)", "left", flex="name"),
               Col("size"), Col(V.DATA.word, style=V.DATA.style),
               Col(f"{V.ZERO.word} pages", style=V.ZERO.style),
-              Col(V.NEVER_SENT.word, style=V.NEVER_SENT.style)])
+              Col(last.word, style=last.style)])
     for f in r.files:
         label = line(f.file)
         if f.block and f.kind == "block" and safe_differs(f.block, f.file):
             label += line((f" ({f.block})", "dim"))
         g.add_row(label, short_size(f.size), short_size(f.data_bytes), num(f.zero_pages),
-                  num(f.never_sent_pages))
+                  num(f.missing_pages if missing else f.never_sent_pages))
     console.print()
     console.print(g)
     if r.physical is not None:
@@ -64,9 +80,32 @@ def render_extract(r: ExtractReport, console: Console) -> None:
         console.print(h)
     for n in r.notes:
         say(console, note_text(n))
-    if r.stopped is not None:
+    if r.salvage is not None:
+        _salvage(r, console)
+    elif r.stopped is not None:
         say(console, ("the walk stopped early, pages after it are missing", V.BAD), ": ",
             stop_text(r.stopped))
+
+
+def _salvage(r: ExtractReport, console: Console) -> None:
+    """--partial: the stop and, per file, its missing pages by reason."""
+    s = r.salvage
+    assert s is not None
+    console.print()
+    say(console, stop_line(s.stopped, s.read_to))
+    unreached = [f for f in r.files if f.missing and not f.held_pages and
+                 all(m.reason == MISSING_NOT_REACHED for m in f.missing)]
+    for f in r.files:
+        if f.missing and f not in unreached:
+            say(console, (f.file, "bold"), ": ", missing_text(f.missing, f.missing_pages))
+    if unreached:
+        n = sum(f.missing_pages or 0 for f in unreached)
+        say(console, (f"{len(unreached)} block{'s' if len(unreached) != 1 else ''} not reached "
+                      f"({num(n)} pages missing)", V.MISSING.style), ": ",
+            ", ".join(f.file for f in unreached))
+    if s.unlisted_ram_bytes:
+        say(console, (f"{num(s.unlisted_ram_bytes)} B of RAM in blocks listed after the "
+                      "stop", V.MISSING.style), " (their names are not in the file)")
 
 
 # -- --cpu --------------------------------------------------------------------------

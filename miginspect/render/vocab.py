@@ -42,8 +42,19 @@ RESENT = Mark("resent", "re-sent", "2", ORANGE)  # the glyph is the send count, 
 #: re-sent 10 times or more
 RESENT_MANY = "+"
 
+#: --partial: a page the file does not give (it stops before the page's last copy)
+MISSING = Mark("missing", "missing", "?", VERMILLION)
+
 #: the page states, in the order reports list them
 PAGE_STATES = (DATA, ZERO, NEVER_SENT, RESENT)
+
+#: why a page is missing (inspector/salvage.py MISSING_*), in words
+MISSING_WORDS = {
+    "never-sent-before-stop": "never sent before the stop",
+    "cut-inside-record": "cut inside its record",
+    "block-not-reached": "block not reached",
+    "past-end-of-data": "past the end of the data",
+}
 
 # diff: how a page of A compares with the same page of B
 EQUAL = Mark("equal", "equal", "·", GREY)
@@ -75,8 +86,9 @@ def mark(m: Mark, text: str | None = None) -> Text:
     return Text(f"{m.glyph} {text or m.word}", style=m.style)
 
 
-def page_legend(legacy: bool, partial: bool = True) -> Text:
-    """The page-state legend, the same in map, diff and everywhere a glyph is drawn."""
+def page_legend(legacy: bool, partial: bool = True, missing: bool = False) -> Text:
+    """The page-state legend, the same in map, diff and everywhere a glyph is drawn
+    (`partial`: the some-data cell glyph; `missing`: a --partial report's missing pages)."""
     t = Text()
     items = [mark(DATA)]
     if partial:
@@ -86,6 +98,8 @@ def page_legend(legacy: bool, partial: bool = True) -> Text:
         items.append(mark(NEVER_SENT))
         items.append(Text(f"2-9 {RESENT.word} x2-x9, {RESENT_MANY} x10 or more",
                           style=RESENT.style))
+    if missing:
+        items.append(mark(MISSING, "missing (not in the file: it stops first)"))
     for i, it in enumerate(items):
         if i:
             t.append("  ")
