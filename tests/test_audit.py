@@ -370,17 +370,20 @@ def _many(tree: Path, name: str, n: int) -> Path:
 
 
 def _dask_run(cluster, routes_, lost_after: float, on_first) -> list:  # noqa: ANN001
+    """The results of a Dask run; `on_first()` is called at the first file's answer, and
+    files must still be without an answer then (the kill is mid-run)."""
     from miginspect.inspector.audit_dask import routes, run_dask
     from miginspect.inspector.audit_walk import WalkCounts
 
     rts = routes(cluster.client, routes_, [])
     counts = WalkCounts()
-    out, fired = [], False
+    out, at = [], None
     for res in run_dask(cluster.client, rts, 120, lost_after, counts):
         out.append(res)
-        if not fired and isinstance(res, FileResult) and res.rows:
-            fired = True
+        if at is None and isinstance(res, FileResult) and res.rows:
             on_first()
+            at = len(out)
+    assert at is not None and at < counts.files, (at, counts.files)
     return out
 
 

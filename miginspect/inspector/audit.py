@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ..errors import FormatError, MigError, UsageError
 from ..formats import qcow2 as Q
 from .capture import Capture, open_capture
-from .check import CheckReport, check_capture, check_source_error
+from .check import check_capture, check_source_error
 from .containers.compressed import sniff_compression
 from .containers.registry import inner_kind, kind_of
 from .inflate import inflate_head
@@ -163,17 +163,13 @@ def _sized(cap: Capture) -> SizeReport | None:
         return None
 
 
-def _first_error(rep: CheckReport) -> Problem | None:
-    return rep.primary
-
-
 def _capture_row(path: str, cap: Capture) -> StateRow:
     src = cap.source
     c = src.container
     rep = check_capture(cap)
     row = StateRow(path, snapshot=c.brief().snapshot, kind=c.kind, compression=c.compression,
                    format=rep.format, machine_type=cap.walk.machine_type,
-                   verdict=rep.verdict, problem=_first_error(rep))
+                   verdict=rep.verdict, problem=rep.primary)
     if c.libvirt is not None:
         from .containers.libvirt import parse_domain
 

@@ -17,13 +17,15 @@ whose worker died `distributed.scheduler.allowed-failures` times is one too. Res
 are handed on as they finish; at most a few tasks per worker thread are in flight.
 
 The walk of each route runs on its host too (`walk_task`), as does the per-file task
-(`audit_pool.audit_task`, with its hard time limit). Dask is optional: without it,
-`require_dask` says what to install.
+(`audit_pool.audit_task`, with its hard time limit), a few files per Dask task
+(`audit_batch`: a task's scheduling costs more than reading a small state). Dask is
+optional: without it, `require_dask` says what to install.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -40,16 +42,18 @@ from .audit import (
     failed_result,
     failed_row,
 )
-from .audit_pool import audit_task
+from .audit_pool import audit_batch
 from .audit_walk import WalkCounts, walk
 
 DASK_MISSING = ("--scheduler needs Dask's distributed scheduler: pip install "
                 "'miginspect[dask]' (or pip install 'dask[distributed]')")
 #: seconds between looks at which workers are left
-POLL = 0.05
+POLL = 0.02
 LOOK_EVERY = 1.0
 #: tasks in flight per worker thread of a host
 IN_FLIGHT = 3
+#: files per task (each file still has its own time limit and its own result)
+BATCH = 8
 
 
 def require_dask() -> Any:
@@ -110,9 +114,14 @@ def routes(client: Any, on_host: list[tuple[str, str]], paths: list[str]) -> lis
 
 
 def walk_task(path: str) -> tuple[list[FileRef | StateRow], WalkCounts]:
-    """The walk of one route, on its host."""
+    """The walk of one route, on its host (its rows name the host)."""
     counts = WalkCounts()
-    return list(walk([path], counts)), counts
+    items = list(walk([path], counts))
+    here = socket.gethostname()
+    for x in items:
+        if isinstance(x, StateRow):
+            x.host = here
+    return items, counts
 
 
 @dataclass
@@ -123,6 +132,9 @@ class _Host:
     flying: int = 0
     gone_since: float | None = None
     lost: bool = False
+
+
+Work = Route | list[FileRef]  # what a task does: list a route, or read a batch of files
 
 
 class DaskRun:
@@ -137,30 +149,48 @@ class DaskRun:
         self.lost_after = lost_after
         self.counts = counts
         self.hosts: dict[str, _Host] = {r.host: _Host() for r in rts}
-        self.ac = self.d.as_completed(loop=client.loop)
-        self.pending: dict[Any, tuple[str, FileRef | Route]] = {}
+        # results are fetched from the workers in the background as tasks finish
+        self.ac = self.d.as_completed(loop=client.loop, with_results=True,
+                                      raise_errors=False)
+        self.pending: dict[Any, tuple[str, Work]] = {}
         self.threads: dict[str, int] = {}
         self._looked = 0.0
 
-    def _submit(self, host: str, fn: Any, arg: Any, what: FileRef | Route) -> None:
-        fut = self.client.submit(fn, arg, *(() if fn is walk_task else (self.timeout,)),
-                                 workers=[host], allow_other_workers=False, pure=False)
-        self.pending[fut] = (host, what)
+    def _submit(self, host: str, work: Work) -> None:
+        if isinstance(work, Route):
+            fut = self.client.submit(walk_task, work.path, workers=[host],
+                                     allow_other_workers=False, pure=False)
+        else:
+            fut = self.client.submit(audit_batch, work, self.timeout, workers=[host],
+                                     allow_other_workers=False, pure=False)
+        self.pending[fut] = (host, work)
         self.hosts[host].flying += 1
         self.ac.add(fut)
 
     def _fill(self) -> Iterator[FileResult]:
         for host, h in self.hosts.items():
             while h.queue and (h.lost or h.flying < IN_FLIGHT * self.threads.get(host, 1)):
-                ref = h.queue.popleft()
+                batch = [h.queue.popleft() for _ in range(min(BATCH, len(h.queue)))]
                 if h.lost:
-                    yield self._lost(ref, host)
+                    yield from self._lost(batch, host, "read it")
                 else:
-                    self._submit(host, audit_task, ref, ref)
+                    self._submit(host, batch)
 
-    def _lost(self, ref: FileRef, host: str) -> FileResult:
-        return failed_result(ref, CODE_WORKER_LOST, f"no Dask worker of host {host} was left "
-                             "to read it")
+    @staticmethod
+    def _lost(refs: list[FileRef], host: str, what: str, code: str = CODE_WORKER_LOST,
+              msg: str | None = None) -> Iterator[FileResult]:
+        for ref in refs:
+            res = failed_result(ref, code, msg or f"no Dask worker of host {host} was left "
+                                f"to {what}")
+            res.host = host  # where the file is (as the scheduler names the host)
+            yield res
+
+    @staticmethod
+    def _route_lost(r: Route, host: str, code: str, msg: str) -> StateRow:
+        row = failed_row(FileRef(r.path, 0, 0), code, msg)
+        row.file_size = row.allocated_size = None
+        row.host = host
+        return row
 
     def _look(self) -> Iterator[FileResult | StateRow]:
         """Which hosts still have workers; a host gone for `lost_after` s loses its files."""
@@ -168,9 +198,8 @@ class DaskRun:
         if now - self._looked < LOOK_EVERY:
             return
         self._looked = now
-        workers = _workers(self.client)
         self.threads = {}
-        for w in workers.values():
+        for w in _workers(self.client).values():
             self.threads[str(w["host"])] = self.threads.get(str(w["host"]), 0) + \
                 int(w.get("nthreads", 1))
         for host, h in self.hosts.items():
@@ -183,37 +212,41 @@ class DaskRun:
                 yield from self._drop(host)
 
     def _drop(self, host: str) -> Iterator[FileResult | StateRow]:
-        for fut, (fh, what) in list(self.pending.items()):
+        for fut, (fh, work) in list(self.pending.items()):
             if fh != host:
                 continue
             del self.pending[fut]
             fut.cancel()
-            if isinstance(what, Route):
-                yield failed_row(FileRef(what.path, 0, 0), CODE_WORKER_LOST,
-                                 f"no Dask worker of host {host} was left to list it")
+            if isinstance(work, Route):
+                yield self._route_lost(work, host, CODE_WORKER_LOST, f"no Dask worker of host "
+                                       f"{host} was left to list it")
             else:
-                yield self._lost(what, host)
+                yield from self._lost(work, host, "read it")
 
-    def _done(self, fut: Any) -> Iterator[FileResult | StateRow]:
+    def _failed(self, host: str, work: Work, exc: BaseException
+                ) -> Iterator[FileResult | StateRow]:
+        killed = type(exc).__name__ == "KilledWorker"
+        msg = ("the Dask workers running it died (distributed.scheduler.allowed-failures)"
+               if killed else f"{type(exc).__name__}: {exc}")
+        code = CODE_WORKER_LOST if killed else CODE_INTERNAL
+        if isinstance(work, Route):
+            yield self._route_lost(work, host, code, msg)
+        else:
+            yield from self._lost(work, host, "", code, msg)
+
+    def _done(self, fut: Any, result: Any) -> Iterator[FileResult | StateRow]:
         entry = self.pending.pop(fut, None)
         if entry is None:  # cancelled: already reported
             return
-        host, what = entry
+        host, work = entry
         self.hosts[host].flying -= 1
-        ref = FileRef(what.path, 0, 0) if isinstance(what, Route) else what
-        if fut.status == "finished":
-            res = fut.result()
-        else:
-            exc = fut.exception()
-            killed = type(exc).__name__ == "KilledWorker"
-            msg = ("the Dask workers running it died (distributed.scheduler.allowed-failures)"
-                   if killed else f"{type(exc).__name__}: {exc}")
-            code = CODE_WORKER_LOST if killed else CODE_INTERNAL
-            res = failed_row(ref, code, msg) if isinstance(what, Route) else \
-                failed_result(ref, code, msg)
+        ok = fut.status == "finished"
         fut.release()
-        if isinstance(what, Route) and isinstance(res, tuple):
-            items, counts = res
+        if not ok:  # an error: (type, exception, traceback)
+            yield from self._failed(host, work, result[1] if isinstance(result, tuple)
+                                    else result)
+        elif isinstance(work, Route):
+            items, counts = result
             self.counts.add(counts)
             for x in items:
                 if isinstance(x, StateRow):
@@ -221,17 +254,17 @@ class DaskRun:
                 else:
                     self.hosts[host].queue.append(x)
         else:
-            yield res
+            yield from result
 
     def run(self) -> Iterator[FileResult | StateRow]:
         yield from self._look()
         for r in self.routes:
-            self._submit(r.host, walk_task, r.path, r)
+            self._submit(r.host, r)
         while self.pending or any(h.queue for h in self.hosts.values()):
             yield from self._fill()
             batch = self.ac.next_batch(block=False) if self.ac.has_ready() else []
-            for fut in batch:
-                yield from self._done(fut)
+            for fut, result in batch:
+                yield from self._done(fut, result)
             if not batch:
                 time.sleep(POLL)
                 yield from self._look()

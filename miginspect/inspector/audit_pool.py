@@ -57,6 +57,9 @@ class Child:
         r_task, w_task = os.pipe()
         r_res, w_res = os.pipe()
         env = dict(os.environ)
+        # a Dask nanny sets this for its worker (glibc then trims the heap after every
+        # free: many syscalls for numpy's large temporary arrays); the children are ours
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
         env["PYTHONPATH"] = os.pathsep.join(
             [_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         code = ("from miginspect.inspector.audit_pool import child_main; "
@@ -237,4 +240,10 @@ def audit_task(ref: FileRef, timeout: float | None) -> FileResult:
     return _POOL.run(ref, timeout)
 
 
-__all__ = ["ChildPool", "run_local", "audit_task", "child_main", "DEFAULT_TIMEOUT"]
+def audit_batch(refs: list[FileRef], timeout: float | None) -> list[FileResult]:
+    """`audit_task` on each file of a batch, one after the other."""
+    return [audit_task(r, timeout) for r in refs]
+
+
+__all__ = ["ChildPool", "run_local", "audit_task", "audit_batch", "child_main",
+           "DEFAULT_TIMEOUT"]

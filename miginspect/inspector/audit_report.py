@@ -179,7 +179,9 @@ def collect(results: Iterable[FileResult | StateRow], counts: WalkCounts,
     done = done_bytes = 0
     try:
         for res in results:
-            if isinstance(res, StateRow):
+            if isinstance(res, StateRow):  # a path the walk could not read
+                if res.host == here:
+                    res.host = None
                 rows = [res]
             else:
                 done += 1
