@@ -23,7 +23,7 @@ from .errors import FormatError, MigError, UsageError
 
 #: Subcommand modules in miginspect.commands, in help order.
 COMMANDS = ["info", "map", "extract", "size", "diff", "devices", "xml", "check", "convert",
-            "snapshots"]
+            "snapshots", "audit"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1

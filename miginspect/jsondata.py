@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
@@ -49,3 +50,16 @@ def fields_json(o: Any) -> dict[str, Any]:
 
 def dumps(data: Any, indent: int | None = 2) -> str:
     return json.dumps(jsonable(data), indent=indent)
+
+
+class JsonLines:
+    """A report printed as JSON Lines: one compact object per line (`audit --json`).
+    Wraps a callable that yields the objects, so the lines are made as they are
+    written (the report is never one object in memory)."""
+
+    def __init__(self, objects: Callable[[], Iterable[Any]]) -> None:
+        self.objects = objects
+
+    def lines(self) -> Iterator[str]:
+        for o in self.objects():
+            yield json.dumps(jsonable(o), separators=(",", ":"))

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
-from .jsondata import dumps, jsonable
+from .jsondata import JsonLines, dumps, jsonable
 from .render.fmt import size
 
 #: console width when there is no limit (a pipe without COLUMNS): wide enough that no
@@ -115,13 +115,51 @@ def progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], 
         yield cb
 
 
+class _Files(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        total = task.fields.get("files_total")
+        done = f"{task.fields.get('files', 0):,}"
+        return Text(f"{done} of {total:,} files" if total else f"{done} files")
+
+
+@contextmanager
+def file_progress(label: str, enabled: bool = True
+                  ) -> Iterator[Callable[[int, int, int | None, int | None], None]]:
+    """A transient progress bar of files and bytes on stderr (only on a terminal), updated
+    at most ten times a second. Yields the callback (files done, bytes done, files in
+    all, bytes in all; the totals None while unknown)."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda files, done, files_total, total: None
+        return
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), _Files(),
+                   _IECDownload(), _IECSpeed(), _Remaining(), console=err_console(),
+                   transient=True)
+    task = bar.add_task(label, total=None, files=0, files_total=None)
+    last = [0.0]
+
+    def cb(files: int, done: int, files_total: int | None, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.1:
+            last[0] = now
+            bar.update(task, completed=done, total=total or None, files=files,
+                       files_total=files_total)
+
+    with bar:
+        yield cb
+
+
 # -- JSON ----------------------------------------------------------------------------------
 
 def print_json(data: Any, file: IO[str] | None = None) -> None:
     out = file or sys.stdout
+    if isinstance(data, JsonLines):
+        for ln in data.lines():
+            out.write(ln)
+            out.write("\n")
+        return
     out.write(dumps(data))
     out.write("\n")
 
 
-__all__ = ["console", "err_console", "output_width", "progress", "print_json", "dumps",
-           "jsonable", "ReportConsole", "NATURAL_WIDTH"]
+__all__ = ["console", "err_console", "output_width", "progress", "file_progress",
+           "print_json", "dumps", "jsonable", "JsonLines", "ReportConsole", "NATURAL_WIDTH"]

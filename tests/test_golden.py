@@ -1,6 +1,6 @@
-"""Golden reports: the text of info, map, size, diff, devices and check at 80 and 120
-columns (piped), on an 80-column terminal under NO_COLOR, and their JSON, compared whole
-with tests/golden/.
+"""Golden reports: the text of info, map, size, diff, devices, check, snapshots and audit
+at 80 and 120 columns (piped), on an 80-column terminal under NO_COLOR, and their JSON,
+compared whole with tests/golden/.
 
 Regenerate after an intended change (and read the diff before committing it):
 
@@ -50,6 +50,10 @@ CASES = {
     "check-qcow2": ["check", "samples/qcow2/q10-snapshots.qcow2.zst", "--snapshot", "1"],
     "extract-cpu": ["extract", "samples/q10-paused-legacy.mig.zst", "--cpu"],
     "snapshots-qcow2": ["snapshots", "{qcow2:q10-snapshots}", "{qcow2:q72-snapshots}"],
+    # a small fixed tree: the damaged samples (and the JSON beside them: not states), a
+    # libvirt image and a compressed qcow2 image with two snapshots
+    "audit-tree": ["audit", "samples/damaged", "samples/libvirt/save-gzip.img",
+                   "samples/qcow2/q10-snapshots.qcow2.zst"],
     # the target matrix: a pair that fails (two causes: the NICs swapped and -smp 2), one
     # that loads, one whose guest may not run; and a -dump-vmstate JSON of a q35 target
     "check-target-fails": ["check", "{state:q10-i440fx10-nics}", "--target-qemu",

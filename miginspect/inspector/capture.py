@@ -127,12 +127,14 @@ def open_capture(
     strict: bool = True,
     page_size: int | None = None,
     snapshot: str | None = None,
+    any_snapshot: bool = False,
 ) -> Capture:
     """Open and walk `path`. With `strict`, damage (a FormatError) is raised; other
     stops (an unsupported feature) stay in `capture.walk.error` for the caller to show.
     `snapshot`: which internal snapshot of a disk image (ID or name; the container kind
-    refuses it for inputs that have none)."""
-    src = open_source(path, progress, OpenOptions(snapshot=snapshot))
+    refuses it for inputs that have none); `any_snapshot`: without one, the first that
+    holds VM state (the container's `table` lists the others)."""
+    src = open_source(path, progress, OpenOptions(snapshot=snapshot, any_snapshot=any_snapshot))
     try:
         walk = walk_stream(src.buf, src.base, progress, page_size, src.release)
     except BaseException:

@@ -27,7 +27,7 @@ from ..formats import mapped_ram as M
 from ..formats import ram as R
 from ..formats import stream as S
 from ..jsondata import fields_json
-from .capture import Progress, open_capture
+from .capture import Capture, Progress, open_capture
 from .containers.base import Incoming, decompress_command
 from .mapped_ram import (
     VERDICT_OTHER_HOST,
@@ -218,11 +218,17 @@ def check_file(
     except MigError as e:
         return check_source_error(path, e)
     with cap:
-        from .prediction import target_problems  # --target / --target-qemu (issue 14)
+        return check_capture(cap, target, target_qemu)
 
-        extra, treport = target_problems(cap.source, cap.walk, target, target_qemu)
-        trust = cap.bitmap_trust if cap.walk.mapped_ram and cap.walk.error is None else None
-        return check(cap.source, cap.walk, extra, trust, treport)
+
+def check_capture(cap: Capture, target: TargetDescription | TargetModel | None = None,
+                  target_qemu: str | None = None) -> CheckReport:
+    """`check_file` on a capture opened with `strict=False` (the caller closes it)."""
+    from .prediction import target_problems  # --target / --target-qemu (issue 14)
+
+    extra, treport = target_problems(cap.source, cap.walk, target, target_qemu)
+    trust = cap.bitmap_trust if cap.walk.mapped_ram and cap.walk.error is None else None
+    return check(cap.source, cap.walk, extra, trust, treport)
 
 
 def check(src: Source, walk: StreamWalk, extra: list[Problem] | None = None,

@@ -452,6 +452,19 @@ _KINDS = [
          "the image (read as zeros)", (),
          "QEMU writes every byte of a state: the image was damaged or rewritten; compare with "
          "a backup copy"),
+    # -- audit (a file a whole run could not judge, and what it does not list) ------------------
+    Kind("not-a-state", _I, "a file whose content is not a saved VM state (audit counts it, "
+         "does not list it)", (), ""),
+    Kind("unreadable", _E, "a file or folder that cannot be opened or read (verdict: could not "
+         "tell)", (), "the cause says why (permissions, I/O error): fix it and audit the file "
+         "again", undecided=True),
+    Kind("timeout", _E, "no answer for the file within the audit's time limit (verdict: could "
+         "not tell)", (), "audit the file alone, or with a longer --timeout", undecided=True),
+    Kind("worker-lost", _E, "the process or worker reading the file ended without an answer "
+         "(verdict: could not tell)", (),
+         "audit the file again (the worker was killed, or ran out of memory)", undecided=True),
+    Kind("internal-error", _E, "this tool failed on the file (verdict: could not tell)", (),
+         "run `miginspect check FILE --traceback` on it and report the stack", undecided=True),
     # -- catch-alls (raise sites outside the engine that name no code) -----------------------
     Kind("damaged", _E, "damage of no more specific kind", (),
          "the stream is damaged here: use an intact copy"),

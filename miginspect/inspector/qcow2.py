@@ -816,12 +816,14 @@ def _listing(snaps: list[Qcow2Snapshot]) -> str:
     return ", ".join(f"{s.id} {s.name!r}" for s in snaps) or "none"
 
 
-def choose_snapshot(img: Qcow2Image, key: str | None = None) -> Qcow2Snapshot:
+def choose_snapshot(img: Qcow2Image, key: str | None = None,
+                    first: bool = False) -> Qcow2Snapshot:
     """The snapshot `key` (ID, else name, as QEMU looks it up); without `key`, the one
-    snapshot that holds VM state. UsageError when there is no such choice."""
+    snapshot that holds VM state (`first`: the first of several). UsageError when there
+    is no such choice."""
     with_state = [s for s in img.snapshots if s.has_vm_state]
     if key is None:
-        if len(with_state) == 1:
+        if len(with_state) == 1 or (first and with_state):
             return with_state[0]
         if not with_state:
             disk_only = [s for s in img.snapshots if not s.has_vm_state]

@@ -51,9 +51,12 @@ Part = tuple[str, str]  # (text, tone)
 
 @dataclass
 class OpenOptions:
-    """What the user chose about the container: which internal snapshot of a disk image."""
+    """What the user chose about the container: which internal snapshot of a disk image
+    (`any_snapshot`: without `snapshot`, the first that holds VM state rather than a
+    refusal when several do; `audit` reads them all, one after the other)."""
 
     snapshot: str | None = None
+    any_snapshot: bool = False
 
     def refuse_for(self, what: str, path: str) -> None:
         """A usage error when an option does not apply to this kind of input."""

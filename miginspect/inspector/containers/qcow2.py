@@ -129,6 +129,8 @@ class Qcow2Container(Container):
     layout: R.StateLayout | None = None
     zero_copy: bool = False  # buf is a mapping of the image's own pages
     notes: list[str] = field(default_factory=list)
+    #: every entry of the image's snapshot table (the state read is `snapshot`)
+    table: list[R.Qcow2Snapshot] = field(default_factory=list)
 
     @property
     def path(self) -> str:
@@ -221,13 +223,14 @@ class Qcow2Container(Container):
 
 
 def open_state(img: R.Qcow2Image, snapshot: str | None,
-               progress: Progress | None = None) -> Source:
+               progress: Progress | None = None, any_snapshot: bool = False) -> Source:
     """The Source of the VM state of `snapshot` of the opened image `img` (which the
-    Source owns from then on)."""
+    Source owns from then on; `any_snapshot`: see `OpenOptions`)."""
     R.refuse_unreadable(img)
-    sn = R.choose_snapshot(img, snapshot)
+    sn = R.choose_snapshot(img, snapshot, first=any_snapshot)
     layout = img.state_layout(sn)
-    c = Qcow2Container(image=R.ImageFacts.of(img), snapshot=sn, layout=layout)
+    c = Qcow2Container(image=R.ImageFacts.of(img), snapshot=sn, layout=layout,
+                       table=list(img.snapshots))
     c.notes += R.state_notes(img, layout)
     sb = R.state_buffer(img, layout, progress)
     c.zero_copy = sb.zero_copy
@@ -249,7 +252,7 @@ class Qcow2Kind:
     def open(self, inp: Input, options: OpenOptions, progress: Progress | None) -> Source:
         img = R.open_image(inp.path, inp.fd)
         try:
-            src = open_state(img, options.snapshot, progress)
+            src = open_state(img, options.snapshot, progress, options.any_snapshot)
         except BaseException:
             img.close()
             raise
@@ -262,7 +265,7 @@ class Qcow2Kind:
         assert src.fd is not None
         img = R.open_image(src.path, src.fd)
         try:
-            out = open_state(img, options.snapshot, progress)
+            out = open_state(img, options.snapshot, progress, options.any_snapshot)
         except BaseException:
             img.close()
             raise
