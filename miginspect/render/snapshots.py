@@ -75,9 +75,10 @@ def _table(im: ImageSnapshots) -> Grid:
     cols = [Col("ID name", "left", flex="name"), Col("date (UTC)", "left"),
             Col("VM clock", "left"), Col("VM state")] + ([Col("icount")] if icount else [])
     g = Grid(cols)
+    w = max([2] + [len(r.snapshot.id) for r in im.snapshots])  # names start in one column
     for r in im.snapshots:
         sn = r.snapshot
-        row = [line(sn.id, " ", sn.name), date(sn.date_sec), vm_clock(sn.vm_clock_nsec),
+        row = [line(sn.id.ljust(w), " ", sn.name), date(sn.date_sec), vm_clock(sn.vm_clock_nsec),
                _state_cell(r, im)]
         if icount:
             row.append("-" if sn.icount is None else num(sn.icount))
