@@ -76,6 +76,12 @@ def _smallest(caps_has_mapped_ram: bool) -> str | None:
 
 @pytest.fixture(scope="module")
 def bases() -> list[Base]:
+    return make_bases()
+
+
+def make_bases() -> list[Base]:
+    """The fuzz bases: small real captures (legacy, bare, libvirt-wrapped, zstd, mapped-ram)
+    and the small damaged samples."""
     out: list[Base] = []
     leg = _smallest(False)
     if leg is not None:
@@ -114,8 +120,11 @@ def _argv(cmd: str, path: str, base_path: str, outdir: Path, rnd: random.Random)
     if cmd == "convert":
         return ["convert", path, str(outdir / "out.mig"), "--to",
                 rnd.choice(["legacy", "mapped-ram"]), "--force", *js]
+    partial = ["--partial"] if rnd.random() < 0.3 else []
     if cmd == "extract":
-        return ["extract", path, "-o", str(outdir / "x")]
+        return ["extract", path, "-o", str(outdir / "x"), *partial]
+    if cmd in ("map", "devices", "size"):
+        return [cmd, path, *partial, *js]
     if cmd in ("xml",):
         return [cmd, path]
     if cmd == "check":
@@ -234,8 +243,10 @@ def _check_codes(argv: list[str], rc: int, out: str) -> str | None:
     return f"codes not in the table: {bad}" if bad else None
 
 
-def _fuzz(bases: list[Base], cases: Iterable[Case], work: Path, rnd: random.Random
-          ) -> list[str]:
+def _fuzz(bases: list[Base], cases: Iterable[Case], work: Path, rnd: random.Random,
+          stats: dict | None = None) -> list[str]:
+    """Runs the cases; `stats` (when given) gathers the campaign's figures: runs, exit
+    statuses, slowest run (CPU s) and largest peak growth (bytes), per command."""
     indir = work / "in"
     indir.mkdir()
     scratch = work / "cwd"
@@ -262,6 +273,8 @@ def _fuzz(bases: list[Base], cases: Iterable[Case], work: Path, rnd: random.Rand
             outdir.mkdir(exist_ok=True)
             argv = _argv(cmd, str(inp), str(base_paths[b.name]), outdir, rnd)
             rc, out, err, dt, peak = _run(argv)
+            if stats is not None:
+                _count(stats, argv, rc, dt, peak)
             bad = []
             why = _check_codes(argv, rc, out)
             if why:
@@ -296,6 +309,15 @@ def _fuzz(bases: list[Base], cases: Iterable[Case], work: Path, rnd: random.Rand
     finally:
         os.chdir(old_cwd)
     return failures
+
+
+def _count(stats: dict, argv: list[str], rc: int, dt: float, peak: int) -> None:
+    key = argv[0] + (" --partial" if "--partial" in argv else "")
+    c = stats.setdefault(key, {"runs": 0, "exits": {}, "slowest_s": 0.0, "peak_bytes": 0})
+    c["runs"] += 1
+    c["exits"][str(rc)] = c["exits"].get(str(rc), 0) + 1
+    c["slowest_s"] = max(c["slowest_s"], round(dt, 3))
+    c["peak_bytes"] = max(c["peak_bytes"], peak)
 
 
 def test_bases_are_clean(bases: list[Base], tmp_path: Path) -> None:
