@@ -148,9 +148,14 @@ class Qcow2Container(Container):
         return f"image offset 0x{at:x}" if at is not None else "not stored in the image"
 
     def stored_size(self, src: Source) -> tuple[int, int]:
-        """The state's own bytes in the image (not the whole disk image's)."""
+        """The state's own bytes in the image (not the whole disk image's). In an image
+        compressed as a whole (image.qcow2.zst), the state's disk bytes cannot be told apart:
+        its share of the compressed file, by the share of the image its clusters take."""
         if self.layout is None:
             return src.file_size, src.allocated_size
+        if self.compression is not None and self.image is not None and self.image.file_size:
+            share = min(1.0, self.layout.allocated / self.image.file_size)
+            return self.layout.size, int(src.allocated_size * share)
         return self.layout.size, self.layout.allocated
 
     def describe(self, src: Source, extent: StreamExtent | None) -> ContainerInfo:
