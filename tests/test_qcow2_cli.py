@@ -70,7 +70,7 @@ def test_report_text_reads_right_at_80_and_120_columns(capsys, monkeypatch, colu
 def test_narrow_terminal_stacks_rows_instead_of_cutting(capsys, monkeypatch) -> None:  # noqa: ANN001
     rc, out, _ = run(capsys, monkeypatch, str(image_file(NAME)), columns=50)
     lines = check_layout(out, 50)
-    assert rc == 0 and any(ln.startswith("2 disk-only") for ln in lines)
+    assert rc == 0 and any(ln.split()[:2] == ["2", "disk-only"] for ln in lines)
 
 
 def test_json_keys_and_values_equal_qemu_img(capsys, monkeypatch) -> None:  # noqa: ANN001
@@ -144,8 +144,9 @@ def test_untrusted_names_are_escaped_and_long_ones_fold(capsys, monkeypatch, tmp
     lines = out.splitlines()
     # the name does not fit: every snapshot's name on its own lines (broken after / or -),
     # its values on the next line
-    first = next(i for i, ln in enumerate(lines) if ln.startswith("3 a-very"))
-    pieces = [lines[first][2:]]
+    first = next(i for i, ln in enumerate(lines) if ln.split()[:1] == ["3"]
+                 and ln.split()[1].startswith("a-very"))
+    pieces = [lines[first].split(None, 1)[1]]
     for ln in lines[first + 1 :]:
         if ln.startswith("  ") or not ln.strip():
             break

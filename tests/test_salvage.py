@@ -382,6 +382,30 @@ def test_cuts_of_a_mapped_ram_file(where, tmp_path, capsys):
     check_against_walk(str(p), tmp_path / "x", m)
 
 
+@pytest.mark.parametrize("pages_offset", [1 << 63, (1 << 64) - 1, 1 << 40])
+def test_a_mapped_ram_region_offset_past_any_file(pages_offset, tmp_path, capsys):
+    """A damaged pages_offset (any 64-bit value): the block is missing past the end,
+    never an internal error (the fuzz run that found it: map --partial, exit 3)."""
+    path = sample_path(MAPPED)
+    with open_capture(str(path)) as whole:
+        hoff = whole.blocks[0].mapped_ram.header_offset
+    p = tmp_path / "bad.mig"
+    shutil.copyfile(path, p)
+    at = hoff + 4 + 8 + 8  # MappedRamHeader: version, page_size, bitmap_offset, pages_offset
+    with open(p, "r+b") as f:
+        f.seek(at)
+        f.write(pages_offset.to_bytes(8, "big"))
+    for argv in (["map", str(p), "--partial"], ["devices", str(p), "--partial"],
+                 ["extract", str(p), "--partial", "-o", str(tmp_path / "x")]):
+        rc, out, err = run(argv, capsys)
+        assert rc == 1 and "internal error" not in err, (argv, err)
+    with open_capture(str(p), strict=False) as cap:
+        s = salvage(cap)
+        name = cap.blocks[0].name if cap.blocks else "pc.ram"
+        assert not s.complete and s.stopped is not None and s.stopped.offset is not None
+        assert all(b.missing_mask.all() for b in s.blocks if b.name == name)
+
+
 def test_a_cut_compressed_capture(tmp_path, capsys):
     """A .zst capture whose compressed data is cut: read up to the break."""
     src = SAMPLES / f"{LEGACY}.mig.zst"

@@ -205,6 +205,12 @@ def _maps(cap: Capture) -> dict[str, BlockMap]:
     maps = dict(cap.maps)
     cb = cap.walk.cut_block
     if cb is not None and cb.mapped_ram is not None:
+        if cb.mapped_ram.pages_offset >= len(cap.source.buf):  # its region starts past the end
+            n = cb.pages  # (a damaged pages_offset can be any 64-bit value)
+            maps[cb.name] = BlockMap(cb, np.full(n, PAGE_NEVER_SENT, np.uint8),
+                                     np.zeros(n, np.uint32), np.full(n, -1, np.int64),
+                                     np.zeros(n, np.uint16))
+            return maps
         bm = mapped_ram_map(cb, cap.raw_bitmap(cb), cap.bitmap_layout or "le64")
         # pages whose bytes lie past the end of the data are not data the file holds
         past = bm.offset + cb.page_size > len(cap.source.buf)
