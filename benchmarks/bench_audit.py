@@ -34,6 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import cat_argv, miginspect_argv, run_once  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import unzstd_sparse  # noqa: E402  (the tests' sparse .zst unpacking)
+
 ROOT = Path(__file__).resolve().parent.parent
 S = ROOT / "samples"
 #: (sample, states in it, how many of every 20 files)
@@ -42,23 +45,6 @@ MIX = [("q10-paused-legacy.mig.zst", 1, 5), ("q10-live-legacy.mig.zst", 1, 4),
        ("qcow2/q10-snapshots.qcow2.zst", 2, 2), ("damaged/trunc-ram.mig.zst", 1, 1),
        ("=q10-paused-legacy.mig.zst", 1, 1), ("=q10-live-legacy.json", 0, 2)]
 PER_FOLDER = 100
-
-
-def unzstd(src: Path, dst: Path) -> None:
-    """Decompress a sample, zero runs as holes (mapped-ram stays sparse)."""
-    import zstandard
-
-    zero = bytes(1 << 16)
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        r = zstandard.ZstdDecompressor().stream_reader(fi, read_across_frames=True)
-        n = 0
-        while chunk := r.read(1 << 16):
-            if chunk == zero[:len(chunk)]:
-                fo.seek(len(chunk), os.SEEK_CUR)
-            else:
-                fo.write(chunk)
-            n += len(chunk)
-        fo.truncate(n)
 
 
 def build(tree: Path, states: int) -> tuple[list[Path], int]:
@@ -75,7 +61,7 @@ def build(tree: Path, states: int) -> tuple[list[Path], int]:
         if raw:
             shutil.copyfile(p, out)
         else:
-            unzstd(p, out)
+            unzstd_sparse(p, out)
         made.append((out, n, share))
     files: list[Path] = []
     count = i = 0

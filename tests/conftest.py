@@ -39,6 +39,21 @@ def _cache_dir() -> Path:
     return d
 
 
+def unzstd_sparse(src: Path, dst: Path) -> None:
+    """Decompress a .zst sample into `dst`, zero runs as holes (mapped-ram stays sparse)."""
+    zero = bytes(1 << 16)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        reader = zstandard.ZstdDecompressor().stream_reader(fi, read_across_frames=True)
+        size = 0
+        while chunk := reader.read(1 << 16):
+            if chunk == zero[: len(chunk)]:
+                fo.seek(len(chunk), os.SEEK_CUR)
+            else:
+                fo.write(chunk)
+            size += len(chunk)
+        fo.truncate(size)
+
+
 def unpack(src: Path) -> Path:
     """Decompress a .zst sample once into the cache and return the raw file's path.
     Zero runs become holes, so mapped-ram samples keep their sparse layout."""
@@ -49,17 +64,7 @@ def unpack(src: Path) -> Path:
     out = _cache_dir() / f"{src.parent.name}-{src.name[:-4]}-{digest}"
     if not out.exists():
         tmp = out.with_suffix(f".part{os.getpid()}")
-        zero = bytes(1 << 16)
-        with open(src, "rb") as fi, open(tmp, "wb") as fo:
-            reader = zstandard.ZstdDecompressor().stream_reader(fi, read_across_frames=True)
-            size = 0
-            while chunk := reader.read(1 << 16):
-                if chunk == zero[: len(chunk)]:
-                    fo.seek(len(chunk), os.SEEK_CUR)
-                else:
-                    fo.write(chunk)
-                size += len(chunk)
-            fo.truncate(size)
+        unzstd_sparse(src, tmp)
         tmp.rename(out)
     _CACHE[key] = out
     return out
