@@ -271,21 +271,30 @@ class RamScanner:
             self._released = pos
 
     def _vector_run(self, pos: int, end: int, flags: int, stride: int, cur: int) -> int:
-        """Consume as many consecutive `flags` records as the data holds; return how many."""
+        """Consume as many consecutive `flags` records as the data holds; return how many.
+
+        Each chunk's header words are read from the buffer once, into a contiguous array
+        (a strided read touches one page per record: a second pass would pay the TLB
+        misses again); everything after works on that copy."""
         total = 0
         chunk = 256
         buf = self.buf
         limit = self.lengths[cur] - self.ps
+        mask = np.uint64(self.mask)
+        want = np.uint64(flags)
+        kind = flags ^ R.RAM_SAVE_FLAG_CONTINUE
         while True:
             k = min(chunk, (end - pos - 8) // stride)
             if k <= 0:
                 return total
-            words = np.ndarray((k,), dtype=">u8", buffer=buf, offset=pos, strides=(stride,))
-            ok = (words & np.uint64(self.mask)) == np.uint64(flags)
+            words = np.ndarray((k,), dtype=">u8", buffer=buf, offset=pos,
+                               strides=(stride,)).astype(np.uint64)
+            low = words & mask
+            ok = low == want
             m = k if ok.all() else int(np.argmin(ok))
             if m == 0:
                 return total
-            addrs = (words[:m] & np.uint64(~self.mask & 0xFFFFFFFFFFFFFFFF)).astype(np.int64)
+            addrs = (words[:m] ^ want).view(np.int64)
             bad = np.flatnonzero((addrs > limit) | (addrs < 0))
             if len(bad):
                 m = int(bad[0])  # stop before; the slow path reports it
@@ -297,13 +306,13 @@ class RamScanner:
                     m = int(nz[0])
             if m == 0:
                 return total
-            rec = pos + stride * np.arange(m, dtype=np.int64)
+            rec = np.arange(pos, pos + stride * m, stride, dtype=np.int64)
             self.cols.add_chunk(
                 rec,
                 rec + 8,
                 np.full(m, cur, dtype=np.int16),
                 (addrs[:m] >> self.shift).astype(np.uint32),
-                np.full(m, flags ^ R.RAM_SAVE_FLAG_CONTINUE, dtype=np.uint16),
+                np.full(m, kind, dtype=np.uint16),
             )
             total += m
             pos += m * stride
