@@ -154,13 +154,13 @@ class PageCopier:
         self.mapped = isinstance(self.buf, mmap.mmap)
         self.populate = self.mapped and hasattr(self.buf, "madvise")
         self._held: tuple[int, int] | None = None  # mapped span not yet released
-        self.fd = cap.source.fd
+        self.source = cap.source
         self.ps = cap.page_size
         self.per = max(1, min(max_bytes // self.ps, 1024))  # 1024: IOV_MAX of pwritev
         #: one buffer per slot (`read`): one per writing thread, the last for this one
         self.spans = [bytearray() for _ in range(WRITERS + 1)]
         self.own_slot = WRITERS
-        self.copy_range = hasattr(os, "copy_file_range") and self.fd is not None
+        self.copy_range = hasattr(os, "copy_file_range") and cap.source.has_file
         #: per slot: (count, stride) -> the scattering vectors and the pages they fill
         self._iovs: list[dict[tuple[int, int], tuple[list[memoryview], np.ndarray]]] = [
             {} for _ in self.spans]
@@ -206,23 +206,19 @@ class PageCopier:
         if len(self.spans[slot]) < length:
             self.spans[slot] = bytearray(length)
         mv = memoryview(self.spans[slot])[:length]
-        if self.fd is None:
-            mv[:] = self.buf[off : off + length]
-            return mv
-        got = 0
-        while got < length:
-            n = os.preadv(self.fd, [mv[got:]], off + got)
-            if n <= 0:
-                raise TruncatedError(f"the input ends inside page data ({length - got} bytes "
-                                     "missing)", off + got, "ram", code="truncated-ram")
-            got += n
+        got = self.source.read_into(off, mv)
+        if got < length:
+            raise TruncatedError(f"the input ends inside page data ({length - got} bytes "
+                                 "missing)", off + got, "ram", code="truncated-ram")
         return mv
 
     def _scatter(self, run: PageRun, slot: int = 0) -> np.ndarray | None:
         """One preadv of the run's span whose vectors put the pages side by side and the
         bytes between them (record headers) into a scratch buffer. The vectors are built
         once per (count, stride)."""
-        if self.fd is None:
+        want = (run.n - 1) * run.stride + self.ps
+        at = self.source.locate(run.offset, want)
+        if at is None:
             return None
         key = (run.n, run.stride)
         cache = self._iovs[slot]
@@ -239,8 +235,7 @@ class PageCopier:
             if len(cache) >= 4:  # bounded: a few (count, stride) shapes recur
                 cache.clear()
             hit = cache[key] = (iov, pages)
-        want = (run.n - 1) * run.stride + self.ps
-        if os.preadv(self.fd, hit[0], run.offset) != want:
+        if os.preadv(at[0], hit[0], at[1]) != want:
             return None
         return hit[1]
 
@@ -288,17 +283,21 @@ class PageCopier:
             length, src, to = run.n * self.ps, run.offset, dst
             try:
                 while length:
-                    n = os.copy_file_range(self.fd, out_fd, length, src, to)
+                    at = self.source.locate(src, length)
+                    if at is None:  # not one range of the file (runs of a qcow2 image)
+                        break
+                    n = os.copy_file_range(at[0], out_fd, length, at[1], to)
                     if n <= 0:
                         raise TruncatedError("the input ends inside page data", src, "ram",
                                              code="truncated-ram")
                     length, src, to = length - n, src + n, to + n
-                return
             except OSError:  # not between these files: read and write instead
                 self.copy_range = False
-                run = PageRun(run.first + (src - run.offset) // self.ps, length // self.ps,
-                              src, run.stride)
-                dst = to
+            if not length:
+                return
+            run = PageRun(run.first + (src - run.offset) // self.ps, length // self.ps,
+                          src, run.stride)
+            dst = to
         write_pages(self.read(run, self.own_slot), out_fd, dst)
 
     def preallocate(self, bm: BlockMap, out_fd: int, dest: int, first: int, stop: int) -> None:
@@ -356,7 +355,7 @@ class PageCopier:
         bytes of each run."""
         stop = bm.pages if count is None else min(bm.pages, first + count)
         self.preallocate(bm, out_fd, dest, first, stop)
-        if self.mapped and self.fd is None:
+        if self.mapped and not self.source.has_file:
             mv = memoryview(self.buf)
             try:
                 return self._copy_mapped(bm, mv, out_fd, dest, first, stop, progress)

@@ -50,7 +50,7 @@ from ..errors import (
 from ..formats import qcow2 as Q
 from .inflate import max_inflate, temp_dir
 from .parsing import parse_at
-from .source import Source
+from .source import Source, StoredRuns
 
 Progress = Callable[[int, int], None]
 
@@ -1035,6 +1035,14 @@ def _stitched(fd: int, layout: StateLayout) -> mmap.mmap | None:
             mm.close()
             return None
     return mm
+
+
+def stored_runs(fd: int, layout: StateLayout) -> StoredRuns:
+    """Where a state read in place is stored in the image: its data runs (the zero and
+    unallocated ones read as zeros)."""
+    d = layout.runs[layout.runs["kind"] == KIND_DATA]
+    return StoredRuns(fd, d["state_offset"].astype(np.int64), d["host_offset"].astype(np.int64),
+                      d["length"].astype(np.int64))
 
 
 def _advise(mm: mmap.mmap) -> None:

@@ -15,10 +15,13 @@ only holds the Source and the mmap plumbing they share.
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ..errors import MigError
 from .containers.base import Container, Input, OpenOptions
@@ -38,6 +41,9 @@ class Source:
     #: descriptor of the file behind `buf` (the input, or the temporary file a
     #: compressed input was inflated into), for SEEK_DATA/SEEK_HOLE queries
     fd: int | None = None
+    #: where buf's bytes are stored when that is not `fd` from offset 0 (a qcow2
+    #: snapshot's state: runs of the image's clusters)
+    stored: StoredRuns | None = None
     _closers: list[Any] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
@@ -58,6 +64,30 @@ class Source:
             except (AttributeError, OSError, ValueError):
                 pass
 
+    def locate(self, offset: int, length: int) -> tuple[int, int] | None:
+        """(descriptor, file offset) of buf[offset : offset + length] when those bytes are
+        one range of one file, else None."""
+        if self.stored is not None:
+            return self.stored.locate(offset, length)
+        return (self.fd, offset) if self.fd is not None else None
+
+    @property
+    def has_file(self) -> bool:
+        """Whether buf's bytes can be read from a file (`read_into`, `locate`)."""
+        return self.stored is not None or self.fd is not None
+
+    def read_into(self, offset: int, out: memoryview) -> int:
+        """Copy buf[offset : offset + len(out)] into `out`; returns the bytes copied
+        (fewer at the end of buf). With pread from the file where there is one (no page of
+        it mapped into this process: as fast as `cat`), else from the buffer."""
+        n = max(0, min(len(out), len(self.buf) - offset))
+        if self.stored is not None:
+            return self.stored.read_into(offset, out[:n])
+        if self.fd is None:
+            out[:n] = memoryview(self.buf)[offset : offset + n]
+            return n
+        return pread_into(self.fd, offset, out[:n])
+
     def explain(self, err: MigError) -> MigError:
         """`err` (where a walk of this source stopped) with what the container adds:
         compressed data cut or damaged, an incomplete libvirt save, the image offset of a
@@ -77,6 +107,67 @@ class Source:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def pread_into(fd: int, offset: int, out: memoryview) -> int:
+    """Fill `out` from `fd` at `offset`; returns the bytes read (fewer at its end)."""
+    got = os.preadv(fd, [out], offset)
+    n = len(out)
+    while 0 < got < n:
+        k = os.preadv(fd, [out[got:]], offset + got)
+        if k <= 0:
+            break
+        got += k
+    return max(got, 0)
+
+
+class StoredRuns:
+    """Where the bytes of a buffer are stored in one file: ascending, disjoint runs of
+    (buffer offset, file offset, length); bytes outside every run read as zeros."""
+
+    def __init__(self, fd: int, starts: np.ndarray, file_offsets: np.ndarray,
+                 lengths: np.ndarray) -> None:
+        self.fd = fd
+        self.starts: list[int] = np.asarray(starts, np.int64).tolist()
+        self.file_offsets: list[int] = np.asarray(file_offsets, np.int64).tolist()
+        self.ends: list[int] = (np.asarray(starts, np.int64)
+                                + np.asarray(lengths, np.int64)).tolist()
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _run(self, offset: int) -> int:
+        """Index of the last run starting at or before `offset` (-1 if none)."""
+        return bisect.bisect_right(self.starts, offset) - 1
+
+    def locate(self, offset: int, length: int) -> tuple[int, int] | None:
+        i = self._run(offset)
+        if i < 0 or offset + length > self.ends[i]:
+            return None
+        return self.fd, self.file_offsets[i] + offset - self.starts[i]
+
+    def read_into(self, offset: int, out: memoryview) -> int:
+        """Fill `out` with the buffer's bytes from `offset` (zeros between runs)."""
+        n, done = len(out), 0
+        starts, ends = self.starts, self.ends
+        i = max(0, self._run(offset))
+        while done < n:
+            pos = offset + done
+            if i >= len(starts) or pos < starts[i]:
+                stop = n if i >= len(starts) else min(n, starts[i] - offset)
+                out[done:stop] = bytes(stop - done)
+                done = stop
+                continue
+            if pos >= ends[i]:
+                i += 1
+                continue
+            k = min(n, ends[i] - offset) - done
+            got = pread_into(self.fd, self.file_offsets[i] + pos - starts[i],
+                             out[done : done + k])
+            done += got
+            if got < k:
+                break
+        return done
 
 
 def mmap_fd(fd: int, size: int) -> Any:

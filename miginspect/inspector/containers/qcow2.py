@@ -242,6 +242,7 @@ def open_state(img: R.Qcow2Image, snapshot: str | None,
     src = Source(img.path, sb.buf, 0, img.file_size, img.allocated_size, c, fd=sb.fd)
     if sb.zero_copy:
         src._closers += [img, sb.buf]  # the mapping needs the image open
+        src.stored = R.stored_runs(img.fd, layout)
     else:
         img.close()
         src._closers += sb.closers()
