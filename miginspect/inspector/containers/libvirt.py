@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +123,8 @@ def parse_domain(xml: str) -> Domain:
         return Domain(error="no domain XML")
     if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
         return Domain(error="the XML declares a DOCTYPE or entities; not parsed")
+    import xml.etree.ElementTree as ET  # only here: most inputs have no domain XML
+
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
