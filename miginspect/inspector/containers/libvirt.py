@@ -44,6 +44,7 @@ from .base import (
     stream_state,
 )
 from .compressed import inflate_into, inflation_explain
+from .magic import is_libvirt
 
 if TYPE_CHECKING:
     from ..model import StreamWalk
@@ -211,10 +212,6 @@ def parse_libvirt(buf: Any) -> LibvirtHeader:
         cookie=cookie,
         xml_length=xml_len,
     )
-
-
-def is_libvirt(head: bytes) -> bool:
-    return head[:16] in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL)
 
 
 def _payload_compression(h: LibvirtHeader) -> str | None:
