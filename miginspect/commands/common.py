@@ -91,11 +91,11 @@ def emit(args: argparse.Namespace, report: Any, render: Render, data: Any = None
     """Print `report`: as JSON (`data` if given, else the report itself) with --json,
     else through `render` on the terminal console; then --export it."""
     from .. import ui
-    from ..outfile import check_output_file
-    from ..render.text import printable
 
     export = getattr(args, "export", None)
     if export:
+        from ..outfile import check_output_file
+
         _export_kind(export)
         check_output_file(export, getattr(args, "force", False))
     if getattr(args, "json", False):
@@ -103,6 +103,8 @@ def emit(args: argparse.Namespace, report: Any, render: Render, data: Any = None
     else:
         render(ui.console(getattr(args, "width", None)))
     if export:
+        from ..render.text import printable
+
         export_report(export, render, getattr(args, "width", None),
                       getattr(args, "force", False), title=_title(args))
         ui.err_console().print(f"report written to {printable(export)}", markup=False,
