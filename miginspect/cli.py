@@ -11,10 +11,8 @@ object on stdout: {"error": {"code", "kind", "message", "offset", "where", "hint
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
-import shlex
 import sys
 from typing import Any, NoReturn
 
@@ -87,6 +85,9 @@ def _first_word(words: list[str]) -> str | None:
 def _command_hint(words: list[str]) -> tuple[str | None, str | None]:
     """For a first word that is not a command: (what the user probably meant, the
     command it names)."""
+    import difflib  # only on this error path
+    import shlex
+
     pos = [w for w in words if not w.startswith("-") or w == "-"]
     if not pos:
         return None, None

@@ -1,5 +1,6 @@
 """Terminal plumbing shared by the commands: consoles and their width, throttled
-progress, and JSON output (the one serializer is `jsondata.jsonable`, re-exported here).
+progress (the bars themselves are in `bars`, imported only when one is shown), and JSON
+output (the one serializer is `jsondata.jsonable`, re-exported here).
 
 Width: `--width N` wins; on a terminal, COLUMNS if set, else the terminal's width; in a
 pipe, COLUMNS if set, else no limit (`natural`: every table row on one line, messages
@@ -8,7 +9,6 @@ never wrapped). NO_COLOR, FORCE_COLOR and TERM=dumb are honoured by rich itself.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -17,11 +17,8 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
-from rich.text import Text
 
 from .jsondata import JsonLines, dumps, jsonable
-from .render.fmt import size
 
 #: console width when there is no limit (a pipe without COLUMNS): wide enough that no
 #: table row or message is ever folded; renderers size pictures on their own
@@ -72,27 +69,6 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False, emoji=False)
 
 
-class _IECDownload(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        done = size(int(task.completed))
-        return Text(f"{done} of {size(int(task.total))}" if task.total else done)
-
-
-class _IECSpeed(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{size(int(speed))}/s")
-
-
-class _Remaining(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        rem = task.time_remaining
-        if rem is None or not math.isfinite(rem):
-            return Text("")
-        m, s = divmod(int(rem), 60)
-        return Text(f"{m}:{s:02d} left")
-
-
 @contextmanager
 def progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A transient byte-progress bar on stderr (only on a terminal), updated at most
@@ -100,8 +76,9 @@ def progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], 
     if not enabled or not sys.stderr.isatty():
         yield lambda done, total: None
         return
-    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), _IECDownload(),
-                   _IECSpeed(), _Remaining(), console=err_console(), transient=True)
+    from .bars import byte_bar  # rich.progress: only when a bar is shown
+
+    bar = byte_bar(err_console())
     task = bar.add_task(label, total=None)
     last = [0.0]
 
@@ -115,13 +92,6 @@ def progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], 
         yield cb
 
 
-class _Files(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        total = task.fields.get("files_total")
-        done = f"{task.fields.get('files', 0):,}"
-        return Text(f"{done} of {total:,} files" if total else f"{done} files")
-
-
 @contextmanager
 def file_progress(label: str, enabled: bool = True
                   ) -> Iterator[Callable[[int, int, int | None, int | None], None]]:
@@ -131,9 +101,9 @@ def file_progress(label: str, enabled: bool = True
     if not enabled or not sys.stderr.isatty():
         yield lambda files, done, files_total, total: None
         return
-    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), _Files(),
-                   _IECDownload(), _IECSpeed(), _Remaining(), console=err_console(),
-                   transient=True)
+    from .bars import file_bar  # rich.progress: only when a bar is shown
+
+    bar = file_bar(err_console())
     task = bar.add_task(label, total=None, files=0, files_total=None)
     last = [0.0]
 

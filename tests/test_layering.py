@@ -29,6 +29,43 @@ def test_analysis_and_grammar_modules_do_not_import_rich() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _loaded_by(code: str) -> list[str]:
+    """The modules `code` loads (run in a fresh interpreter; what site loaded is left out)."""
+    run = ("import sys\nbefore = set(sys.modules)\n" + code +
+           "\nprint('\\n'.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
+def test_the_parser_imports_no_analysis_renderer_or_rich() -> None:
+    """`miginspect --help` and usage errors build the whole parser: the command modules
+    import their analyses, renderers and rich only when they run."""
+    loaded = _loaded_by("from miginspect.cli import build_parser\nbuild_parser()")
+    heavy = [m for m in loaded if m.split(".")[0] in ("rich", "numpy", "construct")
+             or m.startswith("miginspect.render")
+             or (m.startswith("miginspect.inspector.") and m != "miginspect.inspector.choices")]
+    assert heavy == []
+
+
+def test_a_plain_stream_imports_only_what_it_needs(tmp_path) -> None:  # noqa: ANN001
+    """`info` on a plain stream in a pipe: no decompressor, lzop pipe, temporary file, page
+    content reader, libvirt XML, libvirt or qcow2 module, or progress bar is imported."""
+    from conftest import sample_path
+
+    path = sample_path("q10-paused-legacy")
+    loaded = _loaded_by("import contextlib, io\nfrom miginspect.cli import main\n"
+                        "with contextlib.redirect_stdout(io.StringIO()):\n"
+                        f"    assert main(['info', {str(path)!r}]) == 0")
+    unwanted = {"bz2", "lzma", "zstandard", "subprocess", "tempfile", "shutil", "xxhash",
+                "xml.etree.ElementTree", "rich.progress", "miginspect.bars",
+                "miginspect.inspector.content", "miginspect.inspector.qcow2",
+                "miginspect.inspector.containers.libvirt",
+                "miginspect.inspector.containers.qcow2"}
+    assert sorted(unwanted & set(loaded)) == []
+    assert "miginspect.inspector.capture" in loaded  # the path was taken
+
+
 def test_no_function_over_80_lines() -> None:
     """Style: no function in miginspect/ longer than 80 lines."""
     import ast

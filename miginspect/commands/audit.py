@@ -7,17 +7,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .. import ui
 from ..errors import UsageError
-from ..inspector import audit_walk
-from ..inspector.audit_pool import DEFAULT_TIMEOUT, run_local
-from ..inspector.audit_report import AuditReport, AuditSummary, collect
-from ..jsondata import JsonLines
-from ..outfile import AtomicFile, check_output_file
-from ..render.audit import json_objects, render_audit, write_csv
-from ..render.text import printable
+from ..inspector.choices import DEFAULT_TIMEOUT
 from .common import common_options, emit
+
+if TYPE_CHECKING:
+    from ..inspector.audit_report import AuditReport
 
 Progress = Callable[[int, int, "int | None", "int | None"], None]
 
@@ -85,6 +82,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--csv - prints the CSV on standard output: not with --json or "
                          "--export", code="usage")
     if args.csv and args.csv != "-":
+        from ..outfile import check_output_file
+
         check_output_file(args.csv, args.force)
 
 
@@ -95,6 +94,10 @@ def _cores() -> int:
 
 
 def _local(args: argparse.Namespace, progress: Progress, show: bool) -> AuditReport:
+    from ..inspector import audit_walk
+    from ..inspector.audit_pool import run_local
+    from ..inspector.audit_report import AuditSummary, collect
+
     counts = audit_walk.WalkCounts()
     total = audit_walk.count(args.paths) if show else None
     jobs = args.jobs or _cores()
@@ -108,6 +111,8 @@ def _local(args: argparse.Namespace, progress: Progress, show: bool) -> AuditRep
 
 def _dask(args: argparse.Namespace, progress: Progress, show: bool) -> AuditReport:
     from ..inspector import audit_dask as D
+    from ..inspector import audit_walk
+    from ..inspector.audit_report import AuditSummary, collect
 
     D.require_dask()
     on_host = [D.parse_on_host(x) for x in args.on_host]
@@ -128,6 +133,11 @@ def _dask(args: argparse.Namespace, progress: Progress, show: bool) -> AuditRepo
 
 def _write_csv(args: argparse.Namespace, report: AuditReport) -> None:
     """The CSV file, written under a temporary name and renamed (outfile's rules)."""
+    from .. import ui
+    from ..outfile import AtomicFile
+    from ..render.audit import write_csv
+    from ..render.text import printable
+
     with AtomicFile(args.csv, args.force) as f:
         with open(f.fd, "w", encoding="utf-8", newline="", closefd=False) as out:
             write_csv(report, out)
@@ -137,6 +147,10 @@ def _write_csv(args: argparse.Namespace, report: AuditReport) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ui
+    from ..jsondata import JsonLines
+    from ..render.audit import json_objects, render_audit, write_csv
+
     _check_args(args)
     show = sys.stderr.isatty()
     with ui.file_progress("auditing", show) as progress:

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ui
-from ..inspector.check import check_file
-from ..inspector.target_formats import load_any_target
-from ..render.check import render_check
 from .common import INPUT_HELP, common_options, emit
 
 
@@ -33,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ui
+    from ..inspector.check import check_file
+    from ..inspector.target_formats import load_any_target
+    from ..render.check import render_check
+
     target = load_any_target(args.target) if args.target else None
     with ui.progress("checking") as cb:
         report = check_file(args.file, cb, args.page_size, target, args.target_qemu,

@@ -5,23 +5,23 @@ A command parses its own arguments, calls one analysis and hands the typed repor
 (through `ui.jsonable`), and exports it with `--export FILE.html|.svg|.txt`. Errors are
 not handled here: they propagate to `cli.main`, the one place that maps them to messages
 and exit codes.
+
+Building the parser (`common_options`, every command's `add_parser`) imports nothing
+beyond argparse: `miginspect --help` and usage errors load no analysis, renderer or
+rich. What prints a report (`emit`, the export) is imported when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
-import io
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from .. import ui
 from ..errors import UsageError
-from ..outfile import check_output_file, write_atomic
-from ..render.text import printable
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: the suffixes --export knows
 EXPORT_KINDS = {".html": "html", ".htm": "html", ".svg": "svg", ".txt": "txt"}
@@ -84,14 +84,18 @@ def common_options(page_size: bool = True, snapshot: bool | None = None
     return p
 
 
-Render = Callable[[Console], None]
+Render = Callable[["Console"], None]
 
 
 def emit(args: argparse.Namespace, report: Any, render: Render, data: Any = None) -> None:
     """Print `report`: as JSON (`data` if given, else the report itself) with --json,
     else through `render` on the terminal console; then --export it."""
+    from .. import ui
+
     export = getattr(args, "export", None)
     if export:
+        from ..outfile import check_output_file
+
         _export_kind(export)
         check_output_file(export, getattr(args, "force", False))
     if getattr(args, "json", False):
@@ -99,6 +103,8 @@ def emit(args: argparse.Namespace, report: Any, render: Render, data: Any = None
     else:
         render(ui.console(getattr(args, "width", None)))
     if export:
+        from ..render.text import printable
+
         export_report(export, render, getattr(args, "width", None),
                       getattr(args, "force", False), title=_title(args))
         ui.err_console().print(f"report written to {printable(export)}", markup=False,
@@ -107,6 +113,8 @@ def emit(args: argparse.Namespace, report: Any, render: Render, data: Any = None
 
 def _title(args: argparse.Namespace) -> str:
     """'miginspect info FILE' (the command and its inputs) for the exported document."""
+    from ..render.text import printable
+
     words = [str(args.command)] + [str(getattr(args, k)) for k in ("file", "a", "b", "input")
                                    if getattr(args, k, None)]
     return printable("miginspect " + " ".join(words))
@@ -125,7 +133,12 @@ _COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
 
 def render_export(kind: str, render: Render, width: int, title: str) -> str:
     """The report rendered at `width` as a self-contained HTML, SVG or text document."""
+    import html
+    import io
+
     from rich._export_format import CONSOLE_HTML_FORMAT, CONSOLE_SVG_FORMAT
+
+    from .. import ui
 
     con = ui.console(width, file=io.StringIO(), record=True, force_terminal=True,
                      no_color=False)
@@ -143,6 +156,9 @@ def render_export(kind: str, render: Render, width: int, title: str) -> str:
 
 def export_report(path: str, render: Render, width: int | None, force: bool,
                   title: str = "miginspect") -> None:
+    from .. import ui
+    from ..outfile import write_atomic
+
     kind = _export_kind(path)
     w = width or ui.output_width() or EXPORT_WIDTH
     doc = render_export(kind, render, w, title)

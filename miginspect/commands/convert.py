@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ui
 from ..errors import FormatError, UsageError
-from ..inspector.convert import TARGETS, convert
-from ..inspector.spool import is_stream_input
-from ..render.convert import render_convert
+from ..inspector.choices import TARGETS
 from .common import common_options, emit
 
 
@@ -42,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ui
+    from ..inspector.convert import convert
+    from ..inspector.spool import is_stream_input
+    from ..render.convert import render_convert
+
     if is_stream_input(args.input):
         raise UsageError(f"convert reads IN more than once: save the stream from {args.input} "
                          "to a file first", code="usage")

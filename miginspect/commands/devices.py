@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ui
 from ..errors import UsageError
-from ..inspector.capture import open_capture
-from ..inspector.devices import decode_devices
-from ..render.devices import render_devices
 from .common import INPUT_HELP, common_options, emit
 
 
@@ -36,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ui
+    from ..inspector.capture import open_capture
+    from ..inspector.devices import decode_devices
+    from ..render.devices import render_devices
+
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, strict=not args.partial,
                            page_size=args.page_size, snapshot=args.snapshot)

@@ -8,23 +8,10 @@ miginspect.inspector.diff.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 
-from .. import ui
 from ..errors import UsageError
-from ..inspector.capture import open_capture
-from ..inspector.diff import (
-    diff_sides,
-    page_hexdiff,
-    parse_page_spec,
-    raise_worker_error,
-    summarize,
-    summarize_path,
-)
-from ..render.diff import render_diff, render_page_hexdiff
 from .common import SNAPSHOT_HELP, common_options, emit
 
 EXIT_SAME = 0
@@ -87,6 +74,14 @@ def run(args: argparse.Namespace) -> int:
     _sides(args)
     if args.page is not None:
         return _run_page(args)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .. import ui
+    from ..inspector.capture import open_capture
+    from ..inspector.diff import diff_sides, raise_worker_error, summarize, summarize_path
+    from ..render.diff import render_diff
+
     strict = not args.partial
     devices = not args.ram_only
     with ExitStack() as stack:
@@ -121,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_page(args: argparse.Namespace) -> int:
+    from .. import ui
+    from ..inspector.capture import open_capture
+    from ..inspector.diff import page_hexdiff, parse_page_spec
+    from ..render.diff import render_page_hexdiff
+
     block, offset = parse_page_spec(args.page)
     with ExitStack() as stack:
         caps = []

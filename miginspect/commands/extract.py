@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ui
 from ..errors import UsageError
-from ..inspector.capture import open_capture
-from ..inspector.cpustate import cpu_states
-from ..inspector.extract import extract_blocks, extract_physical
-from ..render.extract import render_cpu, render_extract
 from .common import INPUT_HELP, common_options, emit
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -90,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
                          code="usage")
     if args.output is None and not args.cpu:
         raise UsageError("extract needs -o DIR (or --cpu to print the registers)", code="usage")
+    from .. import ui
+    from ..inspector.capture import open_capture
+    from ..inspector.cpustate import cpu_states
+    from ..inspector.extract import extract_blocks, extract_physical
+    from ..render.extract import render_cpu, render_extract
+
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, strict=not args.partial,
                            page_size=args.page_size, snapshot=args.snapshot)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ui
 from ..errors import FormatError
-from ..inspector.capture import open_capture
-from ..inspector.info import info
-from ..render.info import render_info
 from .common import INPUT_HELP, common_options, emit
 
 
@@ -23,6 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ui
+    from ..inspector.capture import open_capture
+    from ..inspector.info import info
+    from ..render.info import render_info
+
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, page_size=args.page_size, strict=False,
                            snapshot=args.snapshot)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ui
 from ..errors import UsageError
-from ..inspector.capture import open_capture
-from ..inspector.mapview import page_map
-from ..render.map import render_map
 from .common import INPUT_HELP, common_options, emit
 
 
@@ -38,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.rows < 1 or (args.pages_per_cell is not None and args.pages_per_cell < 1):
         raise UsageError("--rows and --pages-per-cell must be at least 1", code="usage")
+    from .. import ui
+    from ..inspector.capture import open_capture
+    from ..inspector.mapview import page_map
+    from ..render.map import render_map
+
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, strict=not args.partial,
                            page_size=args.page_size, snapshot=args.snapshot)

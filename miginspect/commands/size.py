@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ui
-from ..inspector.capture import open_capture
-from ..inspector.size import size_report
-from ..render.size import render_size, size_json
 from .common import INPUT_HELP, common_options, emit
 
 
@@ -29,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ui
+    from ..inspector.capture import open_capture
+    from ..inspector.size import size_report
+    from ..render.size import render_size, size_json
+
     with ui.progress("reading") as cb:
         cap = open_capture(args.file, progress=cb, strict=not args.partial,
                            page_size=args.page_size, snapshot=args.snapshot)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..inspector.snapshots import list_snapshots
-from ..render.snapshots import render_snapshots
 from .common import common_options, emit
 
 
@@ -21,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inspector.snapshots import list_snapshots
+    from ..render.snapshots import render_snapshots
+
     report = list_snapshots(args.images)
     emit(args, report, lambda con: render_snapshots(report, con))
     return 1 if report.problems else 0

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from .. import ui
 from ..errors import FormatError
-from ..inspector.source import Container, open_source, read_container
-from ..inspector.spool import is_stream_input
-from ..render.text import printable
 from .common import common_options, emit
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..inspector.containers.base import Container
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _container(path: str) -> Container:
+    from ..inspector.source import open_source, read_container
+    from ..inspector.spool import is_stream_input
+
     if not is_stream_input(path):
         return read_container(path)
     with open_source(path) as src:  # spooled: a pipe cannot be read twice
@@ -37,6 +40,8 @@ def _container(path: str) -> Container:
 
 def _show(text: str, console: Console) -> None:
     """The XML as stored; on a terminal, control characters are shown as escapes."""
+    from ..render.text import printable
+
     if console.is_terminal:
         text = "\n".join(printable(ln) for ln in text.split("\n"))
     if console.file is sys.stdout and not console.record:
@@ -46,6 +51,7 @@ def _show(text: str, console: Console) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ui
     from ..inspector.libvirt_image import image_summary
 
     c = _container(args.file)

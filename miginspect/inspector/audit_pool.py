@@ -34,11 +34,10 @@ from .audit import (
     audit_file,
     failed_result,
 )
+from .choices import DEFAULT_TIMEOUT
 
 #: files a child reads before it is replaced by a fresh one
 MAX_TASKS = 200
-#: default per-file time limit, seconds
-DEFAULT_TIMEOUT = 600.0
 #: seconds a child may take to start (import the package) and say it is ready
 START_LIMIT = 120.0
 READY = "ready"

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FormatError, MigError, UsageError
 from .containers.base import OpenOptions
-from .content import PageReader
 from .mapped_ram import BitmapTrust, raw_bitmap, source_bitmap_trust
 from .pagemap import BlockMap, legacy_maps, mapped_ram_map
 from .ramscan import RecordTable, empty_records
 from .recindex import RecordIndex
 from .source import Source, open_source
 from .stream import RamBlock, StreamWalk, walk_stream
+
+if TYPE_CHECKING:
+    from .content import PageReader  # imported by `reader`, when page content is read
 
 Progress = Callable[[int, int], None]
 
@@ -92,6 +95,8 @@ class Capture:
 
     @cached_property
     def reader(self) -> PageReader:
+        from .content import PageReader
+
         index = self.record_index if self.walk.records is not None else None
         r = PageReader(self.source.buf, self.page_size, self.walk.records, index)
         r.release = self.source.release

@@ -58,6 +58,7 @@ from ..formats import stream as S
 from ..formats.common import CountedString
 from ..outfile import AtomicFile, check_output_file
 from .capture import Capture, open_capture
+from .choices import TARGETS
 from .containers.base import ContainerBrief, OutputPrefix
 from .copier import RUN_BYTES, PageCopier, pwrite_all
 from .pagemap import PAGE_DATA, PAGE_NEVER_SENT, PAGE_ZERO
@@ -67,7 +68,6 @@ from .stream import RamBlock, Section
 
 Progress = Callable[[int, int], None]
 
-TARGETS = ("mapped-ram", "legacy")
 MAPPED_RAM = "mapped-ram"
 
 #: Sequential output is buffered up to this many bytes.

@@ -16,21 +16,17 @@ walked up to the cut.
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import os
-import shutil
-import subprocess
-import tempfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import zstandard
 
 from ..errors import FormatError, UnsupportedError
-from .parsing import short_error
+
+# The decoders (bz2, lzma, zlib, zstandard), the lzop pipe (shutil, subprocess) and the
+# temporary files are imported where data is actually inflated: opening a plain stream
+# does not pay for them.
 
 Progress = Callable[[int, int], None]
 
@@ -168,12 +164,20 @@ class _Member:
         self.eof = False
         self.unused = b""
         if kind == "gzip":
+            import zlib
+
             self._d = zlib.decompressobj(31)
         elif kind == "bzip2":
+            import bz2
+
             self._d = bz2.BZ2Decompressor()
         elif kind == "xz":
+            import lzma
+
             self._d = lzma.LZMADecompressor(lzma.FORMAT_XZ)
         elif kind == "zstd":
+            import zstandard
+
             wlog = int(os.environ.get("MIGINSPECT_ZSTD_WINDOW_LOG", DEFAULT_ZSTD_WINDOW_LOG))
             self._d = zstandard.ZstdDecompressor(max_window_size=1 << wlog).decompressobj()
         else:
@@ -208,7 +212,14 @@ class _Member:
                     return
 
 
-_DECODE_ERRORS = (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError)
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What the decoders raise on damaged data."""
+    import lzma
+    import zlib
+
+    import zstandard
+
+    return (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError)
 
 
 def _starts_member(kind: str, data: bytes) -> bool:
@@ -227,6 +238,7 @@ def decode(
     """Decode the `kind` data in [start, end) of `fd` (gzip, bzip2, xz, zstd) into
     `sink`, member after member. Stops early, without raising, on damaged or cut
     data (the returned `Inflation` says so), or once `stop_after` bytes came out."""
+    decode_errors = _decode_errors()
     st = Inflation(kind, start, start, 0, False)
     pos = start  # next file offset to read; `pending` always ends at `pos`
     pending = b""
@@ -256,7 +268,9 @@ def decode(
                     st.inflated += len(out)
             if progress:
                 progress(pos - start, end - start)
-        except _DECODE_ERRORS as e:
+        except decode_errors as e:
+            from .parsing import short_error
+
             st.end = data_off
             st.error = f"is damaged ({short_error(e)})"
             st.error_offset = data_off
@@ -296,6 +310,10 @@ def decode_lzop(
     stop_after: int | None = None,
 ) -> Inflation:
     """lzop data from `start` to the end of `path`, decoded by the `lzop` program."""
+    import shutil
+    import subprocess
+    import tempfile
+
     exe = shutil.which("lzop")
     if exe is None:
         raise UnsupportedError(
@@ -358,6 +376,8 @@ def inflate_to_tempfile(
 ) -> tuple[object, int, Inflation]:
     """Decompress [start, end) of the open file into an unnamed temporary file.
     Returns (the temporary file object, its size, the Inflation)."""
+    import tempfile
+
     tmp = tempfile.TemporaryFile(prefix="miginspect-", dir=temp_dir())
     try:
         w = HoleWriter(tmp.fileno(), max_inflate())

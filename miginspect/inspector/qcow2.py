@@ -48,6 +48,7 @@ from ..errors import (
     UsageError,
 )
 from ..formats import qcow2 as Q
+from .containers.magic import is_qcow2
 from .inflate import max_inflate, temp_dir
 from .parsing import parse_at
 from .source import Source, StoredRuns
@@ -86,11 +87,6 @@ _MAX_RUNS_FLOOR = 1 << 20
 
 def _err(cls: type[MigError], msg: str, offset: int | None, code: str) -> MigError:
     return cls(msg, offset, WHERE, code=code)
-
-
-def is_qcow2(head: bytes) -> bool:
-    """True when the first bytes are a qcow2 image's (magic "QFI\\xfb")."""
-    return head[:4] == Q.QCOW_MAGIC
 
 
 def _text(raw: bytes) -> str:

@@ -19,7 +19,6 @@ import os
 import select
 import stat
 import sys
-import tempfile
 from typing import IO
 
 from ..errors import BadMagicError, UsageError
@@ -99,6 +98,8 @@ def _known(head: bytes) -> bool:
 def open_stream_input(path: str, progress: Progress | None = None) -> IO[bytes]:
     """Spool `path` (see `is_stream_input`) into an unnamed temporary file and return
     it open for reading at offset 0. The caller closes it."""
+    import tempfile  # only here: a regular file is never spooled
+
     fd = _open(path)
     tmp = None
     try:

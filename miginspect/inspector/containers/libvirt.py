@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,7 @@ from .base import (
     stream_state,
 )
 from .compressed import inflate_into, inflation_explain
+from .magic import is_libvirt
 
 if TYPE_CHECKING:
     from ..model import StreamWalk
@@ -124,6 +124,8 @@ def parse_domain(xml: str) -> Domain:
         return Domain(error="no domain XML")
     if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
         return Domain(error="the XML declares a DOCTYPE or entities; not parsed")
+    import xml.etree.ElementTree as ET  # only here: most inputs have no domain XML
+
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
@@ -210,10 +212,6 @@ def parse_libvirt(buf: Any) -> LibvirtHeader:
         cookie=cookie,
         xml_length=xml_len,
     )
-
-
-def is_libvirt(head: bytes) -> bool:
-    return head[:16] in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL)
 
 
 def _payload_compression(h: LibvirtHeader) -> str | None:

@@ -39,6 +39,7 @@ from .base import (
     decompress_command,
     shell_word,
 )
+from .magic import is_qcow2
 
 if TYPE_CHECKING:
     from ..model import StreamWalk
@@ -253,7 +254,7 @@ class Qcow2Kind:
     name = "qcow2"
 
     def detect(self, head: bytes) -> bool:
-        return R.is_qcow2(head)
+        return is_qcow2(head)
 
     def open(self, inp: Input, options: OpenOptions, progress: Progress | None) -> Source:
         img = R.open_image(inp.path, inp.fd)
