@@ -151,6 +151,8 @@ class StoredRuns:
         n, done = len(out), 0
         starts, ends = self.starts, self.ends
         i = max(0, self._run(offset))
+        if i < len(starts) and starts[i] <= offset and offset + n <= ends[i]:  # one run
+            return pread_into(self.fd, self.file_offsets[i] + offset - starts[i], out)
         while done < n:
             pos = offset + done
             if i >= len(starts) or pos < starts[i]:
