@@ -15,10 +15,8 @@ Used by `extract` (one raw file per RAMBlock, guest-physical images) and `conver
   and written with one pwrite, by `WRITERS` threads at once, each with its own
   buffer (no page of the input is mapped into this process, so none has to be
   faulted in and dropped again: about 15% faster than writing from the mapping);
-  an input with no file behind it (a snapshot's state stitched from the pages of
-  a qcow2 image) is written from its mapping with one pwritev per run whose
-  vectors point at the pages, its pages dropped from the resident set right
-  after;
+  the input is read through `Source.read_into` / `locate`, so a qcow2 snapshot's
+  state is read from the image's clusters where they are;
 * pages whose final content is a delta (XBZRLE) or compressed are rebuilt by
   `PageReader`, one page at a time;
 * the destination extent of each long run of data pages is allocated up front
@@ -33,7 +31,6 @@ page fault per page (about 4x slower).
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import queue
 from collections import deque
@@ -52,11 +49,6 @@ from .pagemap import PAGE_DATA, BlockMap
 RUN_BYTES = 1 << 20
 #: runs of data pages shorter than this are not preallocated (a syscall each is not worth it)
 PREALLOC_MIN = 256 << 10
-#: mapped input pages leave the resident set in windows of this many bytes
-RELEASE_BYTES = 32 << 20
-#: madvise(MADV_POPULATE_READ) (Linux >= 5.14): map a span in one call, not a fault per
-#: few pages
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 #: threads reading and writing runs at once
 WRITERS = 2
 #: contiguous runs shorter than this are read and written, not copied file to file
@@ -149,11 +141,6 @@ class PageCopier:
 
     def __init__(self, cap: Capture, max_bytes: int = RUN_BYTES) -> None:
         self.reader = cap.reader
-        self.buf = cap.source.buf
-        self.release = cap.source.release
-        self.mapped = isinstance(self.buf, mmap.mmap)
-        self.populate = self.mapped and hasattr(self.buf, "madvise")
-        self._held: tuple[int, int] | None = None  # mapped span not yet released
         self.source = cap.source
         self.ps = cap.page_size
         self.per = max(1, min(max_bytes // self.ps, 1024))  # 1024: IOV_MAX of pwritev
@@ -309,44 +296,6 @@ class PageCopier:
                                                           n * ps):
                 return
 
-    def write_mapped(self, run: PageRun, mv: memoryview, out_fd: int, dst: int) -> None:
-        """Write a run straight from the input's mapping: the span mapped in one call,
-        then one pwritev whose vectors point at the pages (the caller releases the span:
-        `mapped_span`)."""
-        ps, off, stride = self.ps, run.offset, run.stride
-        start, end = self.mapped_span(run)
-        if self.populate:
-            try:
-                self.buf.madvise(MADV_POPULATE_READ, start, end - start)
-            except (OSError, ValueError):
-                self.populate = False
-        iov = [mv[o : o + ps] for o in range(off, off + run.n * stride, stride)]
-        n = os.pwritev(out_fd, iov, dst)
-        if n < run.n * ps:  # a short write: the rest one page at a time
-            k = n // ps
-            pwrite_all(out_fd, iov[k][n - k * ps :], dst + n)
-            for j in range(k + 1, run.n):
-                pwrite_all(out_fd, iov[j], dst + j * ps)
-
-    def mapped_span(self, run: PageRun) -> tuple[int, int]:
-        """The bytes of the input mapping a run's pages lie in (whole pages)."""
-        start = run.offset // mmap.PAGESIZE * mmap.PAGESIZE
-        return start, run.offset + (run.n - 1) * run.stride + self.ps
-
-    def _hold(self, start: int, end: int) -> None:
-        """Release mapped spans in windows of RELEASE_BYTES (one madvise each)."""
-        if self._held is not None and start >= self._held[0] and \
-                end - self._held[0] < RELEASE_BYTES:
-            self._held = (self._held[0], max(end, self._held[1]))
-            return
-        self.flush_release()
-        self._held = (start, end)
-
-    def flush_release(self) -> None:
-        if self._held is not None:
-            self.release(*self._held)
-            self._held = None
-
     def copy_block(self, bm: BlockMap, out_fd: int, dest: int = 0, first: int = 0,
                    count: int | None = None,
                    progress: Callable[[int], None] | None = None) -> int:
@@ -355,44 +304,7 @@ class PageCopier:
         bytes of each run."""
         stop = bm.pages if count is None else min(bm.pages, first + count)
         self.preallocate(bm, out_fd, dest, first, stop)
-        if self.mapped and not self.source.has_file:
-            mv = memoryview(self.buf)
-            try:
-                return self._copy_mapped(bm, mv, out_fd, dest, first, stop, progress)
-            finally:
-                self.flush_release()
-                mv.release()
         return self._copy_threaded(bm, out_fd, dest, first, stop, progress)
-
-    def _copy_mapped(self, bm: BlockMap, mv: memoryview, out_fd: int, dest: int, first: int,
-                     stop: int, progress: Callable[[int], None] | None) -> int:
-        """Strided runs written from the mapping by two threads (one maps the next span
-        while the other is in the kernel's write path); spans released in order."""
-        ps = self.ps
-        written = 0
-        pending: deque[tuple[Future, tuple[int, int]]] = deque()
-        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-            try:
-                for run in self.runs(bm, first, stop):
-                    dst = dest + (run.first - first) * ps
-                    if self.in_kernel(run) or run.data is not None:
-                        self.copy_to(run, out_fd, dst)
-                    else:
-                        pending.append((pool.submit(self.write_mapped, run, mv, out_fd, dst),
-                                        self.mapped_span(run)))
-                        while len(pending) > 2 * WRITERS:
-                            job, span = pending.popleft()
-                            job.result()
-                            self._hold(*span)
-                    written += run.n * ps
-                    if progress:
-                        progress(run.n * ps)
-            finally:
-                while pending:
-                    job, span = pending.popleft()
-                    job.result()
-                    self._hold(*span)
-        return written
 
     def _copy_threaded(self, bm: BlockMap, out_fd: int, dest: int, first: int, stop: int,
                        progress: Callable[[int], None] | None) -> int:
