@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import MigError
-from ..formats import libvirt as lv
+from .containers.magic import is_libvirt
 from .qcow2 import (
     KIND_UNALLOCATED,
     KIND_ZERO,
@@ -122,7 +122,7 @@ def other_kind(head: bytes) -> str | None:
     commands read (their VM state is read directly, there are no snapshots to list)."""
     from .containers.compressed import sniff_compression
 
-    if head[:16] in (lv.QEMU_SAVE_MAGIC, lv.QEMU_SAVE_PARTIAL):
+    if is_libvirt(head):
         return "libvirt save image"
     if head[:4] == b"QEVM":
         return "QEMU migration stream"

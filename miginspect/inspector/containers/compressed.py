@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FormatError, MigError, TruncatedError
-from ..inflate import Progress, inflate_to_tempfile
+from ..inflate import MEMBER_MAGICS, Progress, inflate_to_tempfile
 from ..problems import Problem, problem
 from ..source import Source, mmap_fd, mmap_input
 from .base import (
@@ -34,24 +34,15 @@ from .base import (
 if TYPE_CHECKING:
     from ..model import StreamWalk
 
-__all__ = ["COMPRESSION_MAGICS", "sniff_compression", "CompressedContainer", "inflate_into"]
-
-COMPRESSION_MAGICS = (
-    (b"\x1f\x8b", "gzip"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"\x89LZO\x00\r\n\x1a\n", "lzop"),
-)
+__all__ = ["sniff_compression", "CompressedContainer", "inflate_into"]
 
 
 def sniff_compression(head: bytes) -> str | None:
-    for magic, name in COMPRESSION_MAGICS:
-        if head.startswith(magic):
-            return name
-    if len(head) >= 4 and 0x50 <= head[0] <= 0x5F and head[1:4] == b"\x2a\x4d\x18":
-        return "zstd"  # a zstd skippable frame first (pzstd writes one before each frame)
-    return None
+    """The compression the first bytes start with: the magic of a member the decoder
+    reads (`inflate.MEMBER_MAGICS`; for zstd also a skippable frame, which pzstd writes
+    before each frame)."""
+    return next((kind for kind, magics in MEMBER_MAGICS.items()
+                 if any(head.startswith(m) for m in magics)), None)
 
 
 def inflation_explain(src: Source, err: MigError, prefix: list[str]) -> MigError:
