@@ -133,9 +133,6 @@ class StoredRuns:
         self.ends: list[int] = (np.asarray(starts, np.int64)
                                 + np.asarray(lengths, np.int64)).tolist()
 
-    def __len__(self) -> int:
-        return len(self.starts)
-
     def _run(self, offset: int) -> int:
         """Index of the last run starting at or before `offset` (-1 if none)."""
         return bisect.bisect_right(self.starts, offset) - 1
